@@ -1,0 +1,301 @@
+"""`ntkit.ntk`, `ntkit.ntk_fn`, `ntkit.ntk_vp`: the public entry points of the engine.
+
+The entry points validate everything first (so a bad call fails in milliseconds with a message
+that names the fix), plan blocks under a memory budget, let one method fill the upper-triangle
+blocks (all blocks when x2 is given), and mirror the rest when the kernel is symmetric.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import jvp, vjp
+
+from ntkit.engine.cost import estimate
+from ntkit.engine.functional import FunctionalModel, ParamSelection
+from ntkit.engine.jacobian_contraction import jacobian_contraction
+from ntkit.engine.memory import Plan, make_plan, parse_memory
+from ntkit.engine.ntk_vector_products import ntk_vector_products
+from ntkit.engine.outputs import OUTPUTS, OutputSpec, parse_output
+
+METHODS: tuple[str, ...] = ("auto", "jacobian", "ntk-vp")
+_STRATEGIES = {"jacobian": jacobian_contraction, "ntk-vp": ntk_vector_products}
+_ALIASES = {"jc": "jacobian", "jacobian-contraction": "jacobian", "jacobian_contraction": "jacobian",
+            "ntkvp": "ntk-vp", "ntk_vp": "ntk-vp", "ntk-vector-products": "ntk-vp"}
+
+
+def parse_method(method: str) -> str:
+    """Normalize a method name; unknown names get the list of valid ones."""
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, one of {', '.join(METHODS)}; got {method!r}")
+    m = method.strip().lower()
+    m = _ALIASES.get(m, m)
+    if m in METHODS:
+        return m
+    if m == "structured":
+        raise ValueError(
+            "method='structured' (structured derivatives) is not available in this version; "
+            f"valid methods: {', '.join(METHODS)}"
+        )
+    near = difflib.get_close_matches(m, list(METHODS), n=1)
+    hint = f" (did you mean {near[0]!r}?)" if near else ""
+    raise ValueError(f"unknown method {method!r}{hint}; valid methods: {', '.join(METHODS)}")
+
+
+def _as_tensor(x: Any, name: str, device: torch.device | None) -> torch.Tensor:
+    if x is None:
+        return None
+    if not isinstance(x, torch.Tensor):
+        try:
+            import numpy as np
+
+            if isinstance(x, np.ndarray):
+                x = torch.from_numpy(x)
+            else:
+                raise TypeError
+        except TypeError:
+            raise TypeError(f"{name} must be a torch.Tensor of shape (N, *input), got {type(x).__name__}") from None
+    return x.to(device) if device is not None else x
+
+
+def _blocks(n: int, size: int) -> list[slice]:
+    return [slice(s, min(s + size, n)) for s in range(0, n, size)]
+
+
+def _mirror(out: torch.Tensor, blocks: list[slice]) -> None:
+    """Fill the lower block triangle of a symmetric kernel from the upper one."""
+    for i, r in enumerate(blocks):
+        for c in blocks[i + 1 :]:
+            upper = out[r, c]
+            out[c, r] = upper.permute(1, 0, 3, 2) if upper.ndim == 4 else upper.transpose(0, 1)
+
+
+class _Call:
+    """One validated kernel computation: model function, inputs, output mode, plan."""
+
+    def __init__(self, fm, x1, x2, spec, batch_size, memory):
+        self.fm, self.x1, self.x2 = fm, x1, x2
+        self.symmetric = x2 is None
+        n_logits = fm.check_inputs(x1, x2)
+        self.spec = spec.resolve(n_logits)
+        self.n_logits = n_logits
+        self.n1 = x1.shape[0]
+        self.n2 = self.n1 if x2 is None else x2.shape[0]
+        self.profile = fm.profile(x1)
+        itemsize = torch.empty((), dtype=fm.dtype).element_size()
+        self.plan: Plan = make_plan(
+            names=fm.names, sizes=fm.sizes, n_max=max(self.n1, self.n2),
+            n_out=self.spec.n_out(n_logits), activations=self.profile.activations,
+            itemsize=itemsize, budget=parse_memory(memory, fm.device), batch_size=batch_size,
+        )
+
+    def estimates(self) -> dict[str, Any]:
+        kw = dict(n1=self.n1, n2=self.n2, symmetric=self.symmetric, n_logits=self.n_logits,
+                  spec=self.spec, n_params=self.fm.n_params, flops=self.profile.flops, plan=self.plan)
+        return {m: estimate(m, **kw) for m in _STRATEGIES}
+
+    def choose(self) -> str:
+        est = self.estimates()
+        return min(est, key=lambda m: est[m].time)
+
+    def run(self, method: str) -> torch.Tensor:
+        fm, spec = self.fm, self.spec
+        # Decide vmappability on one sample and the smallest parameter before the real work.
+        if fm.vmappable is None:
+            fm.jacobian_rows([min(fm.names, key=fm.sizes.get)], self.x1[:1], spec)
+        if method == "ntk-vp" and fm.vmappable is False:
+            method = "jacobian"  # forward-mode vmapping would fail the same way
+        out = torch.zeros(spec.shape(self.n1, self.n2, self.n_logits), dtype=fm.dtype, device=fm.device)
+        rows = _blocks(self.n1, self.plan.block)
+        cols = rows if self.symmetric else _blocks(self.n2, self.plan.block)
+        if self.symmetric:
+            pairs = [(r, c) for i, r in enumerate(rows) for c in rows[i:]]
+        else:
+            pairs = [(r, c) for r in rows for c in cols]
+        x2 = self.x1 if self.symmetric else self.x2
+        with torch.no_grad():
+            pass
+        _STRATEGIES[method](fm, self.x1, x2, spec, self.plan, out, pairs, self.symmetric)
+        if self.symmetric:
+            _mirror(out, rows)
+        return out
+
+
+def ntk(
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None = None,
+    *,
+    method: str = "auto",
+    output: str = "full",
+    params: ParamSelection = None,
+    batch_size: int | None = None,
+    device: torch.device | str | None = None,
+    memory: int | str | None = None,
+) -> torch.Tensor:
+    """The empirical NTK Θ(x1, x2) = J(x1) J(x2)ᵀ of `model` (J = ∂f/∂θ).
+
+    Args:
+        model: any nn.Module mapping (N, *input) to (N, O) or (N,); evaluated as given (call
+            `model.eval()` for BatchNorm statistics; a training-mode model whose samples
+            interact is an error).
+        x1: (N1, *input); x2: (N2, *input) or None for x2 = x1 (symmetry is exploited).
+        method: "auto" (cost model, see `ntkit.engine.cost`), "jacobian", "ntk-vp".
+        output: "full" -> (N1, N2, O, O); "trace" -> (N1, N2) (sum over logits);
+            "diagonal" -> (N1, N2, O); "logit:K" -> (N1, N2); "pntk" -> (N1, N2) (the kernel of
+            g = Σ_a f_a / √O).
+        params: parameter names, globs or module prefixes to differentiate (default: all
+            trainable parameters; frozen ones never enter).
+        batch_size: inputs per block along N1 and N2 (default: the largest under `memory`).
+        device: where to compute (default: the model's device); inputs and a copy of the
+            parameters are moved there.
+        memory: working-memory budget, bytes or "8GB" (default: a quarter of free memory).
+
+    Returns:
+        A tensor in the model's dtype on `device`.
+
+    >>> import torch, ntkit
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    >>> ntkit.ntk(net, torch.randn(6, 4), torch.randn(2, 4)).shape
+    torch.Size([6, 2, 3, 3])
+    """
+    method = parse_method(method)
+    spec = parse_output(output)
+    fm = FunctionalModel(model, params, device)
+    dev = fm.device if device is not None else None
+    x1 = _as_tensor(x1, "x1", dev)
+    x2 = _as_tensor(x2, "x2", dev)
+    call = _Call(fm, x1, x2, spec, batch_size, memory)
+    return call.run(call.choose() if method == "auto" else method)
+
+
+def ntk_fn(
+    model: nn.Module,
+    *,
+    method: str = "auto",
+    output: str = "full",
+    params: ParamSelection = None,
+    batch_size: int | None = None,
+    device: torch.device | str | None = None,
+    memory: int | str | None = None,
+) -> Callable[..., torch.Tensor]:
+    """`ntk` with its options fixed: returns `(x1, x2=None) -> Θ` (see :func:`ntk` for shapes).
+
+    Options are checked now, so a typo fails here rather than inside a training loop. The
+    model's current parameter values are read at every call.
+    """
+    parse_method(method)
+    parse_output(output)
+    FunctionalModel(model, params, device)  # validates the parameter selection
+
+    def fn(x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
+        return ntk(model, x1, x2, method=method, output=output, params=params,
+                   batch_size=batch_size, device=device, memory=memory)
+
+    return fn
+
+
+def ntk_vp(
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None,
+    v: torch.Tensor,
+    *,
+    output: str = "full",
+    params: ParamSelection = None,
+    batch_size: int | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Θ(x1, x2)·v without forming Θ: one VJP on x2 and one JVP on x1 per block.
+
+    Shapes: for output="full", v: (N2, O) -> (N1, O) with (Θv)[n, a] = Σ_{m,b} Θ[n,m,a,b] v[m,b]
+    ((N2,) -> (N1,) when O = 1); for "diagonal", v: (N2, O) -> (N1, O), each logit's kernel
+    applied to its own column; for "trace", "logit:K", "pntk", v: (N2,) -> (N1,).
+    v may carry a trailing axis of k vectors: (N2, O, k) / (N2, k) -> (N1, O, k) / (N1, k).
+    """
+    spec = parse_output(output)
+    fm = FunctionalModel(model, params, device)
+    dev = fm.device if device is not None else None
+    x1 = _as_tensor(x1, "x1", dev)
+    x2 = x1 if x2 is None else _as_tensor(x2, "x2", dev)
+    v = _as_tensor(v, "v", fm.device)
+    n_logits = fm.check_inputs(x1, x2)
+    spec = spec.resolve(n_logits)
+    n2 = x2.shape[0]
+    per_logit = spec.kind in ("full", "diagonal")
+    expect = (n2, n_logits) if per_logit else (n2,)
+    squeeze_o = per_logit and n_logits == 1 and v.shape[:1] == (n2,) and (v.ndim == 1 or (v.ndim == 2 and v.shape[1] != 1 and fm.out_squeezed))
+    if squeeze_o:
+        v = v.unsqueeze(1)
+    multi = v.ndim == len(expect) + 1
+    if tuple(v.shape[: len(expect)]) != expect or v.ndim > len(expect) + 1:
+        raise ValueError(
+            f"v has shape {tuple(v.shape)}; for output={str(spec)!r} it must be {expect} "
+            f"(or {expect + ('k',)} for k vectors)"
+        )
+    if not v.is_floating_point() or v.dtype != fm.dtype:
+        raise ValueError(f"v must have the model's dtype {fm.dtype}, got {v.dtype}")
+    if not multi:
+        v = v.unsqueeze(-1)
+    k = v.shape[-1]
+    bs = batch_size or max(n2, x1.shape[0])
+
+    def f2(theta, xb):
+        return fm.logits(theta, xb)
+
+    result = []
+    for col in range(k):
+        vc = v[..., col]
+        if spec.kind in ("full", "logit", "pntk"):
+            # One cotangent for the whole batch: u = J(x2)ᵀ v, then J(x1) u.
+            if spec.kind == "full":
+                cot = vc
+            elif spec.kind == "logit":
+                cot = torch.zeros(n2, n_logits, dtype=fm.dtype, device=fm.device)
+                cot[:, spec.logit] = vc
+            else:
+                cot = vc[:, None].expand(n2, n_logits) / math.sqrt(n_logits)
+            u = _vjp_sum(f2, fm.theta, x2, cot, bs)
+            y = torch.cat([jvp(lambda th: f2(th, x1[s]), (fm.theta,), (u,))[1] for s in _blocks(x1.shape[0], bs)])
+            if spec.kind == "logit":
+                y = y[:, spec.logit]
+            elif spec.kind == "pntk":
+                y = y.sum(1) / math.sqrt(n_logits)
+        else:  # trace / diagonal: one VJP and one JVP per logit a, keeping component a
+            cols = []
+            for a in range(n_logits):
+                cot = torch.zeros(n2, n_logits, dtype=fm.dtype, device=fm.device)
+                cot[:, a] = vc[:, a] if spec.kind == "diagonal" else vc
+                u = _vjp_sum(f2, fm.theta, x2, cot, bs)
+                ya = torch.cat([jvp(lambda th: f2(th, x1[s]), (fm.theta,), (u,))[1][:, a] for s in _blocks(x1.shape[0], bs)])
+                cols.append(ya)
+            y = torch.stack(cols, 1)
+            if spec.kind == "trace":
+                y = y.sum(1)
+        result.append(y)
+    out = torch.stack(result, -1)
+    if not multi:
+        out = out[..., 0]
+    if squeeze_o:
+        out = out[:, 0]
+    return out
+
+
+def _vjp_sum(f, theta, x, cot, bs):
+    """Σ over blocks of J(x_block)ᵀ cot_block: a dict of parameter-shaped tensors."""
+    total = None
+    for s in _blocks(x.shape[0], bs):
+        _, pull = vjp(lambda th: f(th, x[s]), theta)
+        (g,) = pull(cot[s])
+        total = g if total is None else {n: total[n] + g[n] for n in g}
+    return total
+
+
+__all__ = ["METHODS", "OUTPUTS", "ntk", "ntk_fn", "ntk_vp", "parse_method", "OutputSpec"]
+_ = warnings

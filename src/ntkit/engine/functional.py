@@ -1,0 +1,342 @@
+"""A model seen as a pure function f(θ, x) of the selected parameters, and its Jacobian rows.
+
+Everything the three methods share lives here: parameter selection (names or globs, frozen
+parameters excluded, tied weights counted once), buffers, input validation, the check that a model
+in training mode does not mix samples, the per-sample Jacobian rows ∂f(x_n)/∂θ_g for a group g of
+parameters (vmapped with torch.func, or a per-sample autograd loop for models vmap cannot
+transform), and a one-sample profile (forward FLOPs, activation size) for the cost model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, jacrev, vmap
+
+from ntkit.engine.outputs import OutputSpec
+
+ParamSelection = str | Sequence[str] | None
+
+
+class VmapFallbackWarning(UserWarning):
+    """The model could not be transformed by torch.func.vmap; a per-sample loop is used."""
+
+
+def select_parameters(model: nn.Module, params: ParamSelection) -> list[str]:
+    """Names of the parameters that enter the kernel, in `model.named_parameters()` order.
+
+    `params` is None (all trainable parameters), a name, a glob (`"fc.*"`), a module prefix
+    (`"fc"` selects `fc.weight` and `fc.bias`), or a list of those. Frozen parameters
+    (`requires_grad=False`) never enter the kernel. Tied parameters are counted once.
+    """
+    named = list(model.named_parameters())  # deduplicates tied parameters
+    if not named:
+        raise ValueError("the model has no parameters, so its NTK is zero-dimensional")
+    trainable = [n for n, p in named if p.requires_grad]
+    if params is None:
+        if not trainable:
+            raise ValueError(
+                "every parameter of the model is frozen (requires_grad=False): nothing to "
+                "differentiate. Unfreeze some parameters or select them with params=..."
+            )
+        return trainable
+    patterns = [params] if isinstance(params, str) else list(params)
+    if not patterns:
+        raise ValueError("params=[] selects no parameter; pass None for all trainable parameters")
+    all_names = [n for n, _ in named]
+    chosen: set[str] = set()
+    for pat in patterns:
+        if not isinstance(pat, str):
+            raise TypeError(f"params entries must be strings (names or globs), got {pat!r}")
+        hits = [n for n in all_names if fnmatch.fnmatchcase(n, pat) or n.startswith(pat + ".")]
+        if not hits:
+            near = difflib.get_close_matches(pat, all_names, n=3, cutoff=0.4)
+            hint = f" Closest names: {', '.join(near)}." if near else ""
+            shown = ", ".join(all_names[:12]) + (" ..." if len(all_names) > 12 else "")
+            raise ValueError(
+                f"params pattern {pat!r} matches no parameter of the model.{hint} "
+                f"Parameters are: {shown}"
+            )
+        live = [n for n in hits if n in trainable]
+        if not live:
+            raise ValueError(
+                f"params pattern {pat!r} matches only frozen parameters ({', '.join(hits[:6])}); "
+                "frozen parameters (requires_grad=False) are not part of the kernel"
+            )
+        chosen.update(live)
+    return [n for n in trainable if n in chosen]
+
+
+@dataclass
+class Profile:
+    """What one forward pass of one sample costs (for the cost model and memory plans)."""
+
+    flops: float  # forward FLOPs for one sample
+    activations: int  # elements of all module outputs for one sample
+
+
+class FunctionalModel:
+    """`model` as f(θ, x) over the selected parameters θ, with everything else held constant.
+
+    The model itself is never modified: θ, the other parameters and the buffers are detached
+    views (or copies on `device`), and calls go through `torch.func.functional_call`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        params: ParamSelection = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.names = select_parameters(model, params)
+        named = dict(model.named_parameters())
+        tensors = list(named.values()) + [b for _, b in model.named_buffers()]
+        devices = {t.device for t in tensors}
+        dtypes = {p.dtype for p in named.values() if p.is_floating_point()}
+        if len(dtypes) > 1:
+            raise ValueError(
+                f"the model mixes parameter dtypes {sorted(map(str, dtypes))}: convert it to one "
+                "dtype first, e.g. model.float() or model.double()"
+            )
+        if device is None:
+            if len(devices) > 1:
+                raise ValueError(
+                    f"the model's tensors are on several devices {sorted(map(str, devices))}: "
+                    "move it to one with model.to(device), or pass device= to compute there"
+                )
+            self.device = next(iter(devices))
+        else:
+            self.device = torch.device(device)
+        self.dtype = next(iter(dtypes)) if dtypes else torch.get_default_dtype()
+
+        def place(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(self.device)
+
+        self.theta: dict[str, torch.Tensor] = {n: place(named[n]) for n in self.names}
+        self.frozen: dict[str, torch.Tensor] = {
+            n: place(p) for n, p in named.items() if n not in self.theta
+        }
+        self.buffers: dict[str, torch.Tensor] = {
+            n: place(b) for n, b in model.named_buffers()
+        }
+        self.sizes = {n: t.numel() for n, t in self.theta.items()}
+        self.n_params = sum(self.sizes.values())
+        self.vmappable: bool | None = None  # decided on first use
+        self.n_logits: int | None = None
+        self.out_squeezed = False  # model returns (N,) rather than (N, O)
+        self._profile: Profile | None = None
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def call(self, theta: dict[str, torch.Tensor], x: torch.Tensor, fresh_buffers: bool = False):
+        """The model's raw output on a batch x: (N, *input) -> (N, O) or (N,)."""
+        buffers = {n: b.clone() for n, b in self.buffers.items()} if fresh_buffers else self.buffers
+        return functional_call(self.model, ({**self.frozen, **theta}, buffers), (x,))
+
+    def logits(self, theta: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """f(θ, x) as (N, O) for a batch x: (N, *input)."""
+        out = self.call(theta, x)
+        return out.reshape(x.shape[0], -1)
+
+    def reduced(self, theta: dict[str, torch.Tensor], x: torch.Tensor, spec: OutputSpec):
+        """The differentiated outputs for a batch: (N, O') with O' = 1 for logit:K and pntk."""
+        out = self.logits(theta, x)
+        if spec.kind == "logit":
+            return out[:, spec.logit : spec.logit + 1]
+        if spec.kind == "pntk":
+            return out.sum(dim=1, keepdim=True) / math.sqrt(out.shape[1])
+        return out
+
+    def single(self, theta: dict[str, torch.Tensor], x: torch.Tensor, spec: OutputSpec):
+        """The differentiated outputs of one sample x: (*input) -> (O',)."""
+        return self.reduced(theta, x.unsqueeze(0), spec)[0]
+
+    # -- validation -----------------------------------------------------------------------------
+    def check_inputs(self, x1: torch.Tensor, x2: torch.Tensor | None) -> int:
+        """Validate x1 (and x2), run the model once, and return O. Raises ValueError with a fix."""
+        for name, x in (("x1", x1), ("x2", x2)):
+            if x is None:
+                continue
+            if x.ndim == 0:
+                raise ValueError(f"{name} is a scalar; inputs are batches of shape (N, *input)")
+            if x.shape[0] == 0:
+                raise ValueError(f"{name} is empty (N = 0); pass at least one input")
+            if x.device != self.device:
+                raise ValueError(
+                    f"{name} is on {x.device} but the model is on {self.device}: move the "
+                    f"inputs with .to({str(self.device)!r}), or pass device= to compute elsewhere"
+                )
+            if x.is_floating_point():
+                if x.dtype != self.dtype:
+                    raise ValueError(
+                        f"{name} has dtype {x.dtype} but the model's parameters are {self.dtype}: "
+                        f"convert one of them (e.g. {name}.to({self.dtype}))"
+                    )
+                bad = (~torch.isfinite(x)).sum().item()
+                if bad:
+                    raise ValueError(
+                        f"{name} contains {bad} NaN or Inf value(s); the kernel would be "
+                        "undefined. Clean or impute the inputs first"
+                    )
+            elif x.is_complex():
+                raise ValueError(f"{name} is complex; ntkit computes real NTKs only")
+        if x2 is not None and x1.shape[1:] != x2.shape[1:]:
+            raise ValueError(
+                f"x1 and x2 have different input shapes {tuple(x1.shape[1:])} and "
+                f"{tuple(x2.shape[1:])}; both must be (N, *input) for the same input shape"
+            )
+        probe = x1[: min(len(x1), 4)]
+        with torch.no_grad():
+            try:
+                out = self.call(self.theta, probe, fresh_buffers=True)
+            except Exception as e:  # noqa: BLE001 - any model error is reported with context
+                raise ValueError(
+                    f"the model rejected inputs of shape {tuple(probe.shape)} (x1[:{len(probe)}]): "
+                    f"{type(e).__name__}: {e}. ntkit feeds batches (N, *input); check the input "
+                    "shape the model expects"
+                ) from e
+        if not isinstance(out, torch.Tensor):
+            raise ValueError(
+                f"the model returned {type(out).__name__}; ntkit needs a tensor of shape (N,) or "
+                "(N, O). Wrap the model so it returns the logits"
+            )
+        if out.ndim == 1 and out.shape[0] == len(probe):
+            self.out_squeezed = True
+            n_logits = 1
+        elif out.ndim == 2 and out.shape[0] == len(probe):
+            n_logits = out.shape[1]
+        else:
+            raise ValueError(
+                f"the model's output for {len(probe)} inputs has shape {tuple(out.shape)}; ntkit "
+                f"needs ({len(probe)},) or ({len(probe)}, O). Flatten or select the outputs "
+                "in a wrapper module"
+            )
+        if not out.is_floating_point():
+            raise ValueError(f"the model's output has dtype {out.dtype}; it must be floating")
+        self.n_logits = n_logits
+        if any(m.training for m in self.model.modules()):
+            self._check_samples_independent(probe, out)
+        return n_logits
+
+    def _check_samples_independent(self, probe: torch.Tensor, batched: torch.Tensor) -> None:
+        """A model in training mode may mix samples (BatchNorm) or be random (dropout)."""
+        fix = (
+            "The NTK is defined per sample: call model.eval() first (BatchNorm then uses its "
+            "running statistics and dropout is off)"
+        )
+        with torch.no_grad():
+            try:
+                single = torch.cat(
+                    [self.call(self.theta, probe[i : i + 1], True).reshape(1, -1) for i in range(len(probe))]
+                )
+            except Exception as e:  # noqa: BLE001
+                raise ValueError(
+                    f"the model is in training mode and fails on a single sample ({e}). {fix}"
+                ) from e
+            again = self.call(self.theta, probe, fresh_buffers=True).reshape(len(probe), -1)
+        batched = batched.reshape(len(probe), -1)
+        scale = batched.abs().max().clamp_min(1e-30)
+        tol = 1e-4 if self.dtype in (torch.float16, torch.bfloat16, torch.float32) else 1e-10
+        if not torch.allclose(batched, again, rtol=0, atol=tol * float(scale)):
+            raise ValueError(f"the model is in training mode and its output is random. {fix}")
+        if not torch.allclose(batched, single, rtol=0, atol=tol * float(scale)):
+            raise ValueError(
+                "the model is in training mode and its outputs for a batch differ from its "
+                f"outputs for the same samples one at a time (samples interact). {fix}"
+            )
+
+    # -- profile --------------------------------------------------------------------------------
+    def profile(self, x: torch.Tensor) -> Profile:
+        """Forward FLOPs and activation elements of one sample (measured once, then cached)."""
+        if self._profile is not None:
+            return self._profile
+        acts = 0
+
+        def hook(_m, _i, out):
+            nonlocal acts
+            if isinstance(out, torch.Tensor):
+                acts += out.numel()
+
+        handles = [m.register_forward_hook(hook) for m in self.model.modules() if not list(m.children())]
+        flops = 0.0
+        try:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                self.call(self.theta, x[:1])
+            flops = float(counter.get_total_flops())
+        except Exception:  # noqa: BLE001 - the profile is an estimate; fall back below
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        # Elementwise work is not counted by FlopCounterMode; a dense layer costs 2 FLOPs/weight.
+        flops = max(flops, 2.0 * self.n_params, float(acts))
+        self._profile = Profile(flops=flops, activations=max(acts, 1))
+        return self._profile
+
+    # -- Jacobian rows --------------------------------------------------------------------------
+    def jacobian_rows(
+        self, names: Sequence[str], x: torch.Tensor, spec: OutputSpec
+    ) -> dict[str, torch.Tensor]:
+        """∂f(x_n)/∂θ_g for the parameters `names`: {name: (n, O', *param.shape)}.
+
+        Vmapped per sample with torch.func; the first failure of vmap switches this model to a
+        per-sample autograd loop for good, with one warning that names the cause.
+        """
+        if self.vmappable is not False:
+            try:
+                rows = self._jacobian_rows_vmap(names, x, spec)
+                self.vmappable = True
+                return rows
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as e:  # noqa: BLE001 - vmap errors come in many types
+                if self.vmappable:  # it worked before: this is a real error, not a vmap limit
+                    raise
+                self.vmappable = False
+                warnings.warn(
+                    f"torch.func.vmap cannot transform {type(self.model).__name__} "
+                    f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); computing its "
+                    "Jacobian one sample and one logit at a time instead (exact, but slower)",
+                    VmapFallbackWarning,
+                    stacklevel=4,
+                )
+        return self._jacobian_rows_loop(names, x, spec)
+
+    def _jacobian_rows_vmap(self, names, x, spec):
+        group = {n: self.theta[n] for n in names}
+        rest = {n: t for n, t in self.theta.items() if n not in group}
+
+        def f(g, xi):
+            return self.single({**rest, **g}, xi, spec)
+
+        return vmap(jacrev(f), in_dims=(None, 0))(group, x)
+
+    def _jacobian_rows_loop(self, names, x, spec):
+        out: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+        for i in range(x.shape[0]):
+            with torch.enable_grad():
+                leaves = {n: self.theta[n].clone().requires_grad_(True) for n in names}
+                theta = {**self.theta, **leaves}
+                y = self.reduced(theta, x[i : i + 1], spec)[0]
+                per_logit = []
+                for a in range(y.shape[0]):
+                    g = torch.autograd.grad(
+                        y[a], list(leaves.values()), retain_graph=a + 1 < y.shape[0], allow_unused=True
+                    )
+                    per_logit.append(
+                        [torch.zeros_like(leaves[n]) if gi is None else gi for n, gi in zip(names, g)]
+                    )
+            for k, n in enumerate(names):
+                out[n].append(torch.stack([row[k] for row in per_logit]))
+        return {n: torch.stack(v) for n, v in out.items()}

@@ -1,0 +1,142 @@
+"""Memory budgets and the block/group plan shared by the methods.
+
+A plan fixes three sizes so that the working set stays under a byte budget M:
+- `block`: inputs per block along N1 and N2 (the user's `batch_size`, or the largest that fits);
+- `groups`: parameters split into groups whose per-block Jacobian rows fit in M/2;
+- `chunk`: basis samples per NTK-vector-product step (tangents plus vmapped JVP activations).
+The kernel that is returned is not part of the budget: it is the result the caller asked for.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+GiB = 1024**3
+# Backward and forward-mode passes keep a few copies of each activation alive at once.
+ACTIVATION_COPIES = 4
+
+
+def available_host_memory() -> int:
+    """Bytes of host memory available now (MemAvailable on Linux, else total/2)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return 8 * GiB
+
+
+def default_budget(device: torch.device) -> int:
+    """A safe working-memory budget in bytes: 1/4 of free memory, at most 8 GiB on a host."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    return int(min(available_host_memory() * 0.25, 8 * GiB))
+
+
+def parse_memory(memory: int | float | str | None, device: torch.device) -> int:
+    """`memory` as bytes: an int, or a string like "400MB", "8GB", "2GiB"; None: default."""
+    if memory is None:
+        return default_budget(device)
+    if isinstance(memory, (int, float)):
+        if memory <= 0:
+            raise ValueError(f"memory budget must be positive, got {memory}")
+        return int(memory)
+    text = str(memory).strip().upper().replace(" ", "")
+    units = {"TIB": 1024**4, "GIB": GiB, "MIB": 1024**2, "KIB": 1024, "TB": 10**12, "GB": 10**9,
+             "MB": 10**6, "KB": 10**3, "T": 10**12, "G": 10**9, "M": 10**6, "K": 10**3, "B": 1}
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            try:
+                value = float(text[: -len(unit)])
+            except ValueError:
+                break
+            if value <= 0:
+                break
+            return int(value * factor)
+    try:
+        return parse_memory(float(text), device)
+    except ValueError:
+        raise ValueError(
+            f"cannot read memory budget {memory!r}; write e.g. '400MB', '8GB' or a number of bytes"
+        ) from None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one kernel is computed: block size, parameter groups, basis chunk for NTK-VP."""
+
+    block: int
+    groups: tuple[tuple[str, ...], ...]
+    chunk: int
+    budget: int
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.groups)
+
+
+def group_parameters(names: Sequence[str], sizes: dict[str, int], capacity: int) -> list[list[str]]:
+    """Split parameters, in order, into groups of at most `capacity` elements.
+
+    A parameter larger than `capacity` gets a group of its own (the caller shrinks the block).
+    """
+    groups: list[list[str]] = []
+    current: list[str] = []
+    used = 0
+    for n in names:
+        s = sizes[n]
+        if current and used + s > capacity:
+            groups.append(current)
+            current, used = [], 0
+        current.append(n)
+        used += s
+    if current:
+        groups.append(current)
+    return groups
+
+
+def make_plan(
+    *,
+    names: Sequence[str],
+    sizes: dict[str, int],
+    n_max: int,
+    n_out: int,
+    activations: int,
+    itemsize: int,
+    budget: int,
+    batch_size: int | None = None,
+) -> Plan:
+    """Choose block, parameter groups and NTK-VP chunk under `budget` bytes.
+
+    n_max: the larger of N1, N2; n_out: O' (outputs differentiated per sample); activations:
+    elements of one sample's activations. With `batch_size` given, the block is the user's.
+    """
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    p_total = sum(sizes[n] for n in names)
+    p_max = max(sizes[n] for n in names)
+    row_bytes = n_out * itemsize  # one (sample, parameter) entry of the Jacobian rows, all logits
+    if batch_size is not None:
+        block = min(batch_size, n_max)
+    else:
+        # Jacobian rows of the largest parameter and the backward activations must both fit.
+        by_param = (budget // 2) // max(1, row_bytes * p_max)
+        by_acts = (budget // 4) // max(1, row_bytes * activations * ACTIVATION_COPIES)
+        block = int(max(1, min(n_max, by_param, by_acts)))
+    capacity = max(p_max, (budget // 2) // max(1, row_bytes * block))
+    groups = group_parameters(names, sizes, capacity)
+    # NTK-VP: each basis sample carries O' tangents of P entries, and pushes them through a
+    # block of inputs (O' * block * activations per basis sample).
+    per_basis = row_bytes * (2 * p_total + block * activations * ACTIVATION_COPIES)
+    chunk = int(max(1, min(n_max, (budget // 2) // max(1, per_basis))))
+    return Plan(block=block, groups=tuple(tuple(g) for g in groups), chunk=chunk, budget=budget)
