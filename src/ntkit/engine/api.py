@@ -21,10 +21,15 @@ from ntkit.engine.cost import estimate
 from ntkit.engine.functional import FunctionalModel, ParamSelection
 from ntkit.engine.jacobian_contraction import jacobian_contraction
 from ntkit.engine.memory import Plan, make_plan, parse_memory
-from ntkit.engine.ntk_vector_products import ntk_vector_products
+from ntkit.engine.ntk_vector_products import forward_ad_error, ntk_vector_products
 from ntkit.engine.outputs import OUTPUTS, OutputSpec, parse_output
 
 METHODS: tuple[str, ...] = ("auto", "jacobian", "ntk-vp")
+
+
+class ForwardADFallbackWarning(UserWarning):
+    """method='ntk-vp' was asked for a model without forward-mode AD; Jacobian contraction ran."""
+
 _STRATEGIES = {"jacobian": jacobian_contraction, "ntk-vp": ntk_vector_products}
 _ALIASES = {"jc": "jacobian", "jacobian-contraction": "jacobian", "jacobian_contraction": "jacobian",
             "ntkvp": "ntk-vp", "ntk_vp": "ntk-vp", "ntk-vector-products": "ntk-vp"}
@@ -68,12 +73,21 @@ def _blocks(n: int, size: int) -> list[slice]:
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 
+def _transpose(block: torch.Tensor) -> torch.Tensor:
+    return block.permute(1, 0, 3, 2) if block.ndim == 4 else block.transpose(0, 1)
+
+
 def _mirror(out: torch.Tensor, blocks: list[slice]) -> None:
-    """Fill the lower block triangle of a symmetric kernel from the upper one."""
+    """Fill the lower block triangle of a symmetric kernel from the upper one.
+
+    Diagonal blocks are averaged with their transpose: a matmul J Jᵀ is symmetric only up to
+    rounding, and (a + b) / 2 is bitwise symmetric, so the result is exactly symmetric.
+    """
     for i, r in enumerate(blocks):
+        diag = out[r, r]
+        out[r, r] = (diag + _transpose(diag)) / 2
         for c in blocks[i + 1 :]:
-            upper = out[r, c]
-            out[c, r] = upper.permute(1, 0, 3, 2) if upper.ndim == 4 else upper.transpose(0, 1)
+            out[c, r] = _transpose(out[r, c])
 
 
 class _Call:
@@ -111,6 +125,16 @@ class _Call:
             fm.jacobian_rows([min(fm.names, key=fm.sizes.get)], self.x1[:1], spec)
         if method == "ntk-vp" and fm.vmappable is False:
             method = "jacobian"  # forward-mode vmapping would fail the same way
+        if method == "ntk-vp":
+            reason = forward_ad_error(fm, self.x1, spec)
+            if reason is not None:
+                warnings.warn(
+                    f"method='ntk-vp' needs forward-mode AD, which {type(fm.model).__name__} does "
+                    f"not support ({reason}); using Jacobian contraction instead",
+                    ForwardADFallbackWarning,
+                    stacklevel=3,
+                )
+                method = "jacobian"
         out = torch.zeros(spec.shape(self.n1, self.n2, self.n_logits), dtype=fm.dtype, device=fm.device)
         rows = _blocks(self.n1, self.plan.block)
         cols = rows if self.symmetric else _blocks(self.n2, self.plan.block)
@@ -119,8 +143,6 @@ class _Call:
         else:
             pairs = [(r, c) for r in rows for c in cols]
         x2 = self.x1 if self.symmetric else self.x2
-        with torch.no_grad():
-            pass
         _STRATEGIES[method](fm, self.x1, x2, spec, self.plan, out, pairs, self.symmetric)
         if self.symmetric:
             _mirror(out, rows)
@@ -297,5 +319,4 @@ def _vjp_sum(f, theta, x, cot, bs):
     return total
 
 
-__all__ = ["METHODS", "OUTPUTS", "ntk", "ntk_fn", "ntk_vp", "parse_method", "OutputSpec"]
-_ = warnings
+__all__ = ["METHODS", "OUTPUTS", "ForwardADFallbackWarning", "ntk", "ntk_fn", "ntk_vp", "parse_method", "OutputSpec"]

@@ -43,6 +43,22 @@ def jvp_batch(fm: FunctionalModel, spec: OutputSpec):
     return vmap(one, in_dims=(0, None))
 
 
+def forward_ad_error(fm: FunctionalModel, x: torch.Tensor, spec: OutputSpec) -> str | None:
+    """None if a vmapped JVP runs through the model on x[:1], else the reason it cannot.
+
+    Some operators have no forward-mode derivative (e.g. the fused attention fast path); then
+    NTK-vector products are impossible and the caller falls back to Jacobian contraction.
+    """
+    tangents = {n: torch.zeros(1, *t.shape, dtype=t.dtype, device=t.device) for n, t in fm.theta.items()}
+    try:
+        jvp_batch(fm, spec)(tangents, x[:1])
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - unsupported operators raise various types
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    return None
+
+
 def ntk_vector_products(
     fm: FunctionalModel,
     x1: torch.Tensor,

@@ -1,0 +1,299 @@
+"""``ArrayDataset``: raw arrays kept compact, normalized into tensors one batch at a time.
+
+CIFAR-10 as float32 is 737 MB against 184 MB as uint8, and a kernel job only ever needs one tile
+of inputs at a time, so the dataset keeps the raw arrays and converts on indexing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ntkit.data.spec import PartSlice
+
+__all__ = ["ArrayDataset", "Normalization"]
+
+# Bump when the bytes fed to the hash change meaning, so old stores are refused, not misread.
+_FINGERPRINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """``x = (raw / divisor - mean[c]) / std[c]`` for channel ``c`` (axis 1 of ``(N, C, ...)``).
+
+    ``mean``/``std`` of ``None`` mean no shift and no scaling after the division.
+    """
+
+    divisor: float = 1.0
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("Normalization needs both mean and std, or neither")
+        if self.mean is not None and len(self.mean) != len(self.std):  # type: ignore[arg-type]
+            raise ValueError(f"mean has {len(self.mean)} channels but std has {len(self.std)}")  # type: ignore[arg-type]
+
+    def apply(self, raw: torch.Tensor) -> torch.Tensor:
+        """``raw: (n, C, ...)`` of any real dtype -> float32 ``(n, C, ...)``, always a new tensor."""
+        x = raw.to(torch.float32, copy=True)
+        if self.divisor != 1.0:
+            # Divide rather than multiply by 1/divisor: x / 255 is then the correctly rounded value.
+            x.div_(self.divisor)
+        if self.mean is not None:
+            shape = (1, len(self.mean)) + (1,) * (raw.dim() - 2)
+            x.sub_(torch.tensor(self.mean, dtype=torch.float32).view(shape))
+            x.div_(torch.tensor(self.std, dtype=torch.float32).view(shape))
+        return x
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """Samples ``x: (N, *input)`` with integer labels ``y: (N,)``, normalized on access.
+
+    ``ds[i:j]`` or ``ds[index_array]`` -> ``(x, y)`` with ``x: (n, *input)`` float32 (int64 for
+    integer token ids without a normalization) and ``y: (n,)`` int64; ``ds[i]`` -> one sample
+    ``(x: input, y: ())``, so the dataset also works with ``torch.utils.data.DataLoader``. Slices
+    follow Python (they clip); data *specs* are the place where out-of-range is an error.
+
+    ``x`` may be a numpy array or tensor of any real dtype; floats are kept as float32, integers as
+    given (uint8 images stay uint8 in memory). ``y=None`` means unlabeled: labels are -1 and
+    ``num_classes`` is 0.
+
+    >>> ds = ArrayDataset(np.zeros((4, 1, 2, 2), np.uint8), np.arange(4), normalization=Normalization(255.0))
+    >>> x, y = ds[1:3]
+    >>> x.shape, x.dtype, y.tolist()
+    (torch.Size([2, 1, 2, 2]), torch.float32, [1, 2])
+    """
+
+    def __init__(
+        self,
+        x: np.ndarray | torch.Tensor,
+        y: np.ndarray | torch.Tensor | Sequence[int] | None = None,
+        *,
+        num_classes: int | None = None,
+        normalization: Normalization | None = None,
+        name: str = "arrays",
+        source: str | None = None,
+        parts: Sequence[PartSlice] = (),
+        spec: str | None = None,
+    ) -> None:
+        raw = _as_numpy(x)
+        if raw.ndim < 1 or raw.dtype.kind not in "biuf":
+            raise TypeError(f"x must be a real array of shape (N, *input), got {raw.dtype} {raw.shape}")
+        if raw.dtype.kind == "f" and raw.dtype != np.float32:
+            raw = raw.astype(np.float32)
+        elif raw.dtype.kind == "b":
+            raw = raw.astype(np.uint8)
+        elif not raw.dtype.isnative:
+            raw = raw.astype(raw.dtype.newbyteorder("="))
+        self._x = _owned(raw)
+
+        n = len(self._x)
+        if y is None:
+            labels = np.full(n, -1, dtype=np.int64)
+            num_classes = 0 if num_classes is None else num_classes
+        else:
+            labels = _as_numpy(y)
+            if labels.shape != (n,):
+                raise ValueError(
+                    f"y must have shape ({n},) to match x {tuple(raw.shape)}, got {labels.shape}"
+                )
+            if labels.dtype.kind not in "iu":
+                raise TypeError(f"y must hold integer class labels, got dtype {labels.dtype}")
+            labels = labels.astype(np.int64)
+            if num_classes is None:
+                num_classes = int(labels.max()) + 1 if n else 0
+        self._y = _owned(labels)
+        self._num_classes = int(num_classes)
+        self._normalization = normalization
+        self._name = name
+        self._source = source
+        self._parts = tuple(parts)
+        self._spec = spec
+        self._fingerprint: str | None = None
+
+    # -- what it is ---------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The data set's name: ``digits``, ``cifar10``, ..., ``npz``, or what the caller gave."""
+        return self._name
+
+    @property
+    def spec(self) -> str:
+        """Canonical spec string with absolute bounds, e.g. ``cifar10[train:0:2500,test]``.
+
+        For a dataset loaded from a spec, ``load_data(ds.spec)`` gives the same samples and spec.
+        """
+        if self._spec is not None:
+            return self._spec
+        if self._source is not None and self._parts:
+            return f"{self._source}[{','.join(p.text() for p in self._parts)}]"
+        return self._source or self._name
+
+    @property
+    def parts(self) -> tuple[PartSlice, ...]:
+        """Where the samples come from, in order: resolved ``PartSlice`` s (empty if unknown)."""
+        return self._parts
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one sample, e.g. ``(3, 32, 32)``."""
+        return tuple(self._x.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (0 for unlabeled data)."""
+        return self._num_classes
+
+    @property
+    def normalization(self) -> Normalization | None:
+        """How raw values become model inputs (``None``: as stored)."""
+        return self._normalization
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """dtype of the ``x`` tensors this dataset yields: float32, or int64 for token ids."""
+        if self._normalization is None and self._x.dtype.kind in "iu":
+            return torch.int64
+        return torch.float32
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """All labels, ``(N,)`` int64 (a copy)."""
+        return torch.from_numpy(self._y.copy())
+
+    @property
+    def raw(self) -> tuple[np.ndarray, np.ndarray]:
+        """Read-only views of the stored arrays ``(x_raw: (N, *input), y: (N,))``."""
+        views = self._x.view(), self._y.view()
+        for view in views:
+            view.flags.writeable = False
+        return views
+
+    def __len__(self) -> int:
+        return len(self._x)
+
+    def __repr__(self) -> str:
+        return (
+            f"ArrayDataset({self.spec!r}, n={len(self)}, input_shape={self.input_shape}, "
+            f"num_classes={self.num_classes}, dtype={self.dtype})"
+        )
+
+    # -- samples ------------------------------------------------------------------------------
+    def __getitem__(
+        self, index: int | slice | np.ndarray | torch.Tensor | Sequence[int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x: (n, *input), y: (n,))`` for a slice or index array; ``(x: input, y: ())`` for an int."""
+        scalar_tensor = isinstance(index, torch.Tensor) and index.dim() == 0
+        if isinstance(index, (int, np.integer)) or scalar_tensor:
+            i = int(index)
+            if not -len(self) <= i < len(self):
+                raise IndexError(f"index {i} is out of range for a dataset of {len(self)} samples")
+            i %= len(self)
+            x, y = self._convert(self._x[i : i + 1], self._y[i : i + 1])
+            return x[0], y[0]
+        if isinstance(index, slice):
+            return self._convert(self._x[index], self._y[index])
+        idx = index.cpu().numpy() if isinstance(index, torch.Tensor) else np.asarray(index)
+        if idx.dtype.kind not in "biu" or idx.ndim != 1:
+            raise TypeError(
+                f"index with an int, a slice or a 1-d integer/bool array, got {idx.dtype} {idx.shape}"
+            )
+        return self._convert(self._x[idx], self._y[idx])
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All samples at once: ``(x: (N, *input), y: (N,))``."""
+        return self[:]
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Consecutive ``(x: (b, *input), y: (b,))``, ``b <= batch_size``, each converted when reached."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for start in range(0, len(self), batch_size):
+            yield self[start : start + batch_size]
+
+    def _convert(self, raw: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.from_numpy(np.array(y, dtype=np.int64))
+        if self._normalization is not None:
+            # from_numpy shares memory; apply() always returns a fresh tensor, so no copy here.
+            return self._normalization.apply(torch.from_numpy(np.ascontiguousarray(raw))), labels
+        if raw.dtype.kind in "iu":
+            return torch.from_numpy(raw.astype(np.int64)), labels
+        return torch.from_numpy(np.array(raw, dtype=np.float32)), labels
+
+    # -- identity and composition ----------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """sha256 hex of the raw samples, labels, normalization and selection.
+
+        Stable across processes, machines and file locations (an ``npz:`` path is not part of it),
+        so a kernel store can refuse to resume on different data.
+        """
+        if self._fingerprint is None:
+            header = {
+                "version": _FINGERPRINT_VERSION,
+                "name": self._name,
+                "parts": [p.text() for p in self._parts],
+                "n": len(self),
+                "input_shape": list(self.input_shape),
+                "raw_dtype": self._x.dtype.str,
+                "normalization": None
+                if self._normalization is None
+                else [self._normalization.divisor, self._normalization.mean, self._normalization.std],
+                "num_classes": self._num_classes,
+            }
+            digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+            for array in (self._x, self._y.astype("<i8")):
+                digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    @classmethod
+    def concat(cls, datasets: Sequence[ArrayDataset]) -> ArrayDataset:
+        """Samples of ``datasets`` one after the other (all with the same input shape and normalization).
+
+        Parts of one source merge into one spec (``cifar10[train:0:10]`` + ``cifar10[test]`` ->
+        ``cifar10[train:0:10,test]``); different sources give a descriptive ``a + b`` spec.
+        """
+        datasets = list(datasets)
+        if not datasets:
+            raise ValueError("concat needs at least one dataset")
+        first = datasets[0]
+        for other in datasets[1:]:
+            if other.input_shape != first.input_shape:
+                raise ValueError(f"cannot concat input shapes {first.input_shape} and {other.input_shape}")
+            if other._normalization != first._normalization:
+                raise ValueError(f"cannot concat differently normalized data: {first.spec} and {other.spec}")
+            if other.dtype != first.dtype:
+                raise ValueError(f"cannot concat {first.dtype} samples with {other.dtype} samples")
+        x = np.concatenate([d._x for d in datasets]) if len(datasets) > 1 else first._x
+        y = np.concatenate([d._y for d in datasets]) if len(datasets) > 1 else first._y
+        same_source = all(d._source == first._source and d._parts for d in datasets) and first._source
+        names = list(dict.fromkeys(d.name for d in datasets))
+        return cls(
+            x,
+            y,
+            num_classes=max(d.num_classes for d in datasets),
+            normalization=first._normalization,
+            name=names[0] if len(names) == 1 else "+".join(names),
+            source=first._source if same_source else None,
+            parts=tuple(p for d in datasets for p in d._parts) if same_source else (),
+            spec=None if same_source else " + ".join(d.spec for d in datasets),
+        )
+
+
+def _as_numpy(a: np.ndarray | torch.Tensor | Sequence[int]) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def _owned(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous, writable array (``torch.from_numpy`` warns on read-only memory)."""
+    if a.flags.c_contiguous and a.flags.writeable:
+        return a
+    return np.array(a, order="C")

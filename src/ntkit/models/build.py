@@ -1,0 +1,150 @@
+"""Building a model from a spec: seeded weights, a state dict, and a fingerprint of the result.
+
+The same spec and seed always give bit-identical weights, whatever the state of the global RNG,
+the default dtype or the default device: a kernel store that resumes rebuilds the model and
+checks :func:`model_fingerprint` against the one it started with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ntkit.models.spec import ModelSpec, get_family, parse_model_spec
+
+__all__ = ["ModelWeightsError", "build_model", "load_weights", "model_fingerprint"]
+
+
+class ModelWeightsError(ValueError):
+    """A weights file that is not a state dict, or one that does not fit the model."""
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Module construction draws from a CPU generator seeded with ``seed``; nothing leaks out.
+
+    Only the CPU generator is forked and seeded (``torch.manual_seed`` would also reseed every
+    CUDA device, outside the fork). The default dtype and device are pinned because they
+    change what the initializers draw.
+    """
+    dtype = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        torch.default_generator.manual_seed(seed)
+        torch.set_default_dtype(torch.float32)
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(dtype)
+
+
+def build_model(
+    spec: str | ModelSpec,
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    seed: int = 0,
+    weights: str | os.PathLike[str] | None = None,
+) -> nn.Module:
+    """Build the model a spec names, for inputs ``(N, *input_shape)`` and outputs ``(N, num_classes)``.
+
+    Returns an ``nn.Module`` in eval mode (BatchNorm uses its running statistics, so each
+    output depends on its own sample only), float32, on the CPU. Its weights are drawn from
+    ``seed`` without touching the global RNG, or loaded from the state dict at ``weights``
+    (``torch.load(weights_only=True)``, strict: a mismatch raises :class:`ModelWeightsError`).
+    Raises :class:`~ntkit.models.ModelSpecError` for a malformed or unknown spec.
+
+    >>> model = build_model("mlp:depth=3,width=64", input_shape=(1, 8, 8), num_classes=10)
+    >>> model(torch.zeros(5, 1, 8, 8)).shape
+    torch.Size([5, 10])
+    """
+    parsed = spec if isinstance(spec, ModelSpec) else parse_model_spec(spec)
+    shape = tuple(operator.index(d) for d in input_shape)
+    if not shape or any(d < 1 for d in shape):
+        raise ValueError(f"input_shape must be a non-empty tuple of positive sizes, got {shape}")
+    num_classes = operator.index(num_classes)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    family = get_family(parsed.name)
+    with _seeded(operator.index(seed)):
+        model = family.build(shape, num_classes, *parsed.args, **parsed.options)
+    model = model.to(device="cpu", dtype=torch.float32)
+    if weights is not None:
+        load_weights(model, weights)
+    return model.eval()
+
+
+def _listing(items: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
+    """Load the state dict saved at ``path`` into ``model`` (strictly) and return ``model``.
+
+    The file is read with ``torch.load(path, weights_only=True, map_location="cpu")``, so it may
+    hold tensors and plain containers only, never code. Missing keys, unexpected keys and shape
+    mismatches are all listed in one :class:`ModelWeightsError`.
+    """
+    state = torch.load(path, weights_only=True, map_location="cpu")
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        hint = ""
+        if isinstance(state, Mapping) and any(k in state for k in ("state_dict", "model")):
+            hint = " It looks like a training checkpoint: save checkpoint['state_dict'] alone."
+        raise ModelWeightsError(
+            f"{os.fspath(path)} does not hold a state dict (a mapping of names to tensors) but "
+            f"a {type(state).__name__}.{hint}"
+        )
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state and state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        lines = [f"the weights in {os.fspath(path)} do not fit the model:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_listing(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_listing(unexpected)}")
+        if mismatched:
+            lines.append(f"  shape mismatches ({len(mismatched)}): {_listing(mismatched)}")
+        lines.append(
+            "  (was the state dict saved from a model built with the same spec and input shape?)"
+        )
+        raise ModelWeightsError("\n".join(lines))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-256 (hex) of the state dict: every name, dtype, shape and the raw bytes, in order.
+
+    Stable across runs and processes on the same byte order; any changed weight, buffer,
+    name, shape or dtype changes it. Used to refuse resuming a kernel store with other weights.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
+        header = f"{name}\0{t.dtype}\0{tuple(tensor.shape)}\0".encode()
+        # Viewing as bytes hashes every dtype alike, bfloat16 included (numpy has none).
+        data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        # Length-prefixed, so no two different state dicts serialize to the same stream.
+        for chunk in (header, data):
+            digest.update(len(chunk).to_bytes(8, "little"))
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def parameter_count(model: nn.Module) -> int:
+    """P, the number of trainable parameters (tied parameters counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
