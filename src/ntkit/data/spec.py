@@ -58,8 +58,10 @@ class DataSpecError(ValueError):
     """A malformed or unknown data spec; the message ends with :data:`DATA_GRAMMAR`."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(f"{message}\n\n{DATA_GRAMMAR}")
-        self.reason = message  # the first line alone, for callers that show the grammar elsewhere
+        # Unpickling (e.g. from a worker process) passes the full message back in: keep it whole.
+        reason = message.removesuffix(f"\n\n{DATA_GRAMMAR}")
+        super().__init__(f"{reason}\n\n{DATA_GRAMMAR}")
+        self.reason = reason  # without the grammar, for callers that show it elsewhere
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,13 @@ from torch import nn
 
 from ntkit.models.spec import ModelSpec, get_family, parse_model_spec
 
-__all__ = ["ModelWeightsError", "build_model", "load_weights", "model_fingerprint"]
+__all__ = [
+    "ModelWeightsError",
+    "build_model",
+    "load_weights",
+    "model_fingerprint",
+    "parameter_count",
+]
 
 
 class ModelWeightsError(ValueError):

@@ -13,7 +13,7 @@ from ntkit.models._layers import Activation, Init, activation, image_shape, norm
 from ntkit.models.spec import register_model
 
 
-@register_model("cnn", summary="depth x [conv3x3, act], global average pool, Linear")
+@register_model("cnn")
 def cnn(
     input_shape: tuple[int, ...],
     num_classes: int,

@@ -34,6 +34,10 @@ def _import_torchvision() -> ModuleType:
     try:
         import torchvision
     except ModuleNotFoundError as err:
+        if err.name != "torchvision":  # installed, but one of its own imports is missing
+            raise ImportError(
+                f"torchvision could not be imported: {err}. {TORCHVISION_INSTALL}"
+            ) from err
         raise ModuleNotFoundError(
             f"torchvision is not installed, so 'torchvision:' model specs are unavailable; "
             f"{TORCHVISION_INSTALL}"
@@ -53,7 +57,7 @@ def _split_torchvision(rest: str) -> tuple[tuple[str, ...], str]:
     return (name.strip(),), options
 
 
-@register_model("torchvision", summary="torchvision.models.get_model", split=_split_torchvision)
+@register_model("torchvision", split=_split_torchvision)
 def torchvision_model(
     input_shape: tuple[int, ...], num_classes: int, name: str, **options: Any
 ) -> nn.Module:
@@ -102,7 +106,7 @@ def _load_file(file: Path) -> ModuleType:
     return module
 
 
-@register_model("file", summary="FACTORY from a Python file", split=_split_file)
+@register_model("file", split=_split_file)
 def file_model(
     input_shape: tuple[int, ...], num_classes: int, path: str, factory: str
 ) -> nn.Module:

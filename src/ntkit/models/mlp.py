@@ -15,7 +15,7 @@ from ntkit.models._layers import Activation, Init, activation, normal_init_
 from ntkit.models.spec import register_model
 
 
-@register_model("mlp", summary="flatten, then `depth` Linear layers")
+@register_model("mlp")
 def mlp(
     input_shape: tuple[int, ...],
     num_classes: int,

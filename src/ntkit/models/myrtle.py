@@ -34,7 +34,7 @@ def _shorthand(item: str) -> dict[str, str]:
     return {"depth": item}  # myrtle:5
 
 
-@register_model("myrtle", summary="Myrtle CNN (Shankar et al. 2020)", shorthand=_shorthand)
+@register_model("myrtle", shorthand=_shorthand)
 def myrtle(
     input_shape: tuple[int, ...],
     num_classes: int,

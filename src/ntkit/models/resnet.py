@@ -79,7 +79,7 @@ class ResNet18(nn.Module):
         return self.fc(self.flatten(self.avgpool(x)))
 
 
-@register_model("resnet18", summary="CIFAR-style ResNet-18")
+@register_model("resnet18")
 def resnet18(
     input_shape: tuple[int, ...],
     num_classes: int,

@@ -88,14 +88,12 @@ class Family:
     ``build(input_shape, num_classes, *args, **options)`` returns the model. ``split(rest)``
     turns the text after ``NAME:`` into ``(args, options_text)``; ``shorthand(item)`` turns a
     leading option without ``=`` (``16-4`` in ``wrn:16-4``) into raw ``{key: text}`` or raises
-    :class:`ModelSpecError`; ``check``
-    sees the coerced options and raises :class:`ModelSpecError` for combinations the types
-    cannot express.
+    :class:`ModelSpecError`; ``check`` sees the coerced options and raises
+    :class:`ModelSpecError` for combinations the types cannot express.
     """
 
     name: str
     build: Callable[..., nn.Module]
-    summary: str
     split: Callable[[str], tuple[tuple[str, ...], str]] | None = None
     shorthand: Callable[[str], dict[str, str]] | None = None
     check: Callable[[dict[str, Any]], None] | None = None
@@ -110,7 +108,6 @@ _REGISTRY: dict[str, Family] = {}
 def register_model(
     name: str,
     *,
-    summary: str,
     split: Callable[[str], tuple[tuple[str, ...], str]] | None = None,
     shorthand: Callable[[str], dict[str, str]] | None = None,
     check: Callable[[dict[str, Any]], None] | None = None,
@@ -119,24 +116,24 @@ def register_model(
 
     The keyword-only parameters are the spec's options. Annotate them ``int``, ``float``,
     ``bool``, ``str`` or ``Literal[...]`` (choices); the default is used when the key is absent.
+    :data:`MODEL_GRAMMAR` is hand-written: a built-in family must be added to it too (a test
+    checks that it lists every key and choice).
 
     Example (then ``build_model("tiny:bias=false", (1, 8, 8), 10)`` works)::
 
-        @register_model("tiny", summary="one Linear layer")
+        @register_model("tiny")
         def tiny(input_shape, num_classes, *, bias: bool = True) -> nn.Module:
             return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), num_classes, bias=bias))
     """
 
     def decorate(build: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        params = list(inspect.signature(build).parameters.values())[
-            2:
-        ]  # after input_shape, num_classes
+        # The options are what follows (input_shape, num_classes).
+        params = list(inspect.signature(build).parameters.values())[2:]
         options = {p.name: p for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
         open_options = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
         _REGISTRY[name] = Family(
             name=name,
             build=build,
-            summary=summary,
             split=split,
             shorthand=shorthand,
             check=check,

@@ -91,7 +91,7 @@ def _check(options: dict) -> None:
         )
 
 
-@register_model("wrn", summary="WideResNet-DEPTH-WIDEN", shorthand=_shorthand, check=_check)
+@register_model("wrn", shorthand=_shorthand, check=_check)
 def wrn(
     input_shape: tuple[int, ...],
     num_classes: int,
