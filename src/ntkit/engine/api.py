@@ -11,6 +11,7 @@ import difflib
 import math
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from ntkit.engine.jacobian_contraction import jacobian_contraction
 from ntkit.engine.memory import Plan, make_plan, parse_memory
 from ntkit.engine.ntk_vector_products import forward_ad_error, ntk_vector_products
 from ntkit.engine.outputs import OUTPUTS, OutputSpec, parse_output
+from ntkit.engine.progress import Progress, ProgressCallback
 
 METHODS: tuple[str, ...] = ("auto", "jacobian", "ntk-vp")
 
@@ -118,7 +120,7 @@ class _Call:
         est = self.estimates()
         return min(est, key=lambda m: est[m].time)
 
-    def run(self, method: str) -> torch.Tensor:
+    def run(self, method: str, progress: ProgressCallback | None = None) -> torch.Tensor:
         fm, spec = self.fm, self.spec
         # Decide vmappability on one sample and the smallest parameter before the real work.
         if fm.vmappable is None:
@@ -143,7 +145,8 @@ class _Call:
         else:
             pairs = [(r, c) for r in rows for c in cols]
         x2 = self.x1 if self.symmetric else self.x2
-        _STRATEGIES[method](fm, self.x1, x2, spec, self.plan, out, pairs, self.symmetric)
+        self.method_used = method
+        _STRATEGIES[method](fm, self.x1, x2, spec, self.plan, out, pairs, self.symmetric, Progress(progress))
         if self.symmetric:
             _mirror(out, rows)
         return out
@@ -160,6 +163,7 @@ def ntk(
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     memory: int | str | None = None,
+    progress: ProgressCallback | None = None,
 ) -> torch.Tensor:
     """The empirical NTK Θ(x1, x2) = J(x1) J(x2)ᵀ of `model` (J = ∂f/∂θ).
 
@@ -178,6 +182,7 @@ def ntk(
         device: where to compute (default: the model's device); inputs and a copy of the
             parameters are moved there.
         memory: working-memory budget, bytes or "8GB" (default: a quarter of free memory).
+        progress: optional `callback(done, total)` called after each step of the computation.
 
     Returns:
         A tensor in the model's dtype on `device`.
@@ -188,13 +193,70 @@ def ntk(
     torch.Size([6, 2, 3, 3])
     """
     method = parse_method(method)
+    call = _prepare(model, x1, x2, output, params, batch_size, device, memory)
+    return call.run(call.choose() if method == "auto" else method, progress)
+
+
+def _prepare(model, x1, x2, output, params, batch_size, device, memory) -> _Call:
     spec = parse_output(output)
     fm = FunctionalModel(model, params, device)
     dev = fm.device if device is not None else None
-    x1 = _as_tensor(x1, "x1", dev)
-    x2 = _as_tensor(x2, "x2", dev)
-    call = _Call(fm, x1, x2, spec, batch_size, memory)
-    return call.run(call.choose() if method == "auto" else method)
+    return _Call(fm, _as_tensor(x1, "x1", dev), _as_tensor(x2, "x2", dev), spec, batch_size, memory)
+
+
+@dataclass(frozen=True)
+class NtkPlan:
+    """What `ntk(..., method="auto")` would do, and why (see `ntkit.engine.cost`)."""
+
+    method: str
+    estimates: dict[str, float]  # method -> estimated seconds-equivalent (matmul-peak FLOPs)
+    n1: int
+    n2: int
+    symmetric: bool
+    n_logits: int
+    output: str
+    n_params: int
+    forward_flops: float
+    block: int
+    n_groups: int
+    chunk: int
+    memory: int
+
+    def __str__(self) -> str:
+        lines = [
+            f"eNTK plan: N1={self.n1} N2={self.n2}{' (symmetric)' if self.symmetric else ''} "
+            f"O={self.n_logits} output={self.output} P={self.n_params:,} "
+            f"F={self.forward_flops:.3g} FLOP/sample",
+            f"  blocks of {self.block} inputs, {self.n_groups} parameter group(s), NTK-VP chunk "
+            f"{self.chunk}, memory budget {self.memory / 2**20:.0f} MiB",
+        ]
+        best = min(self.estimates.values())
+        for m, t in sorted(self.estimates.items(), key=lambda kv: kv[1]):
+            mark = "  <- chosen" if m == self.method else ""
+            lines.append(f"  {m:<10} est. cost {t:.3g} (x{t / best:.2f}){mark}")
+        return "\n".join(lines)
+
+
+def plan(
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor | None = None,
+    *,
+    output: str = "full",
+    params: ParamSelection = None,
+    batch_size: int | None = None,
+    device: torch.device | str | None = None,
+    memory: int | str | None = None,
+) -> NtkPlan:
+    """The method `auto` picks for this call, the cost estimates behind it and the block plan."""
+    call = _prepare(model, x1, x2, output, params, batch_size, device, memory)
+    est = call.estimates()
+    return NtkPlan(
+        method=call.choose(), estimates={m: e.time for m, e in est.items()}, n1=call.n1, n2=call.n2,
+        symmetric=call.symmetric, n_logits=call.n_logits, output=str(call.spec),
+        n_params=call.fm.n_params, forward_flops=call.profile.flops, block=call.plan.block,
+        n_groups=call.plan.n_groups, chunk=call.plan.chunk, memory=call.plan.budget,
+    )
 
 
 def ntk_fn(
@@ -319,4 +381,5 @@ def _vjp_sum(f, theta, x, cot, bs):
     return total
 
 
-__all__ = ["METHODS", "OUTPUTS", "ForwardADFallbackWarning", "ntk", "ntk_fn", "ntk_vp", "parse_method", "OutputSpec"]
+__all__ = ["METHODS", "OUTPUTS", "ForwardADFallbackWarning", "NtkPlan", "ntk", "ntk_fn", "ntk_vp", "plan",
+           "parse_method", "OutputSpec"]

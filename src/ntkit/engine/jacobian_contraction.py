@@ -21,6 +21,7 @@ import torch
 from ntkit.engine.functional import FunctionalModel
 from ntkit.engine.memory import Plan
 from ntkit.engine.outputs import OutputSpec
+from ntkit.engine.progress import Progress
 
 Rows = dict[str, torch.Tensor]
 
@@ -60,6 +61,7 @@ def jacobian_contraction(
     out: torch.Tensor,
     pairs: Sequence[tuple[slice, slice]],
     symmetric: bool,
+    progress: Progress,
 ) -> None:
     """Add Θ over `pairs` of (row block, column block) into `out` (the output layout).
 
@@ -72,6 +74,7 @@ def jacobian_contraction(
     by_row: dict[tuple[int, int], list[slice]] = {}
     for r, c in pairs:
         by_row.setdefault((r.start, r.stop), []).append(c)
+    progress.start(len(plan.groups) * len(pairs))
     for group in plan.groups:
         group_size = sum(fm.sizes[n] for n in group)
         cache_ok = x2.shape[0] * n_out * group_size * itemsize <= plan.budget // 4
@@ -92,3 +95,4 @@ def jacobian_contraction(
             for c in cols:
                 j2 = j1 if symmetric and (c.start, c.stop) == (r0, r1) else column_rows(c)
                 out[r, c] += contract_rows(j1, j2, spec)
+                progress.advance()

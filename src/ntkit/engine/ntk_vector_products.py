@@ -21,6 +21,7 @@ from torch.func import jvp, vmap
 from ntkit.engine.functional import FunctionalModel
 from ntkit.engine.memory import Plan
 from ntkit.engine.outputs import OutputSpec
+from ntkit.engine.progress import Progress
 
 
 def reduce_logit_blocks(y: torch.Tensor, spec: OutputSpec) -> torch.Tensor:
@@ -68,12 +69,14 @@ def ntk_vector_products(
     out: torch.Tensor,
     pairs: Sequence[tuple[slice, slice]],
     symmetric: bool,
+    progress: Progress,
 ) -> None:
     """Fill Θ over `pairs` of (row block, column block) into `out` (the output layout)."""
     push = jvp_batch(fm, spec)
     by_row: dict[tuple[int, int], list[slice]] = {}
     for r, c in pairs:
         by_row.setdefault((r.start, r.stop), []).append(c)
+    progress.start(sum(len(range(r0, r1, plan.chunk)) * len(cols) for (r0, r1), cols in by_row.items()))
     for (r0, r1), cols in by_row.items():
         for s0 in range(r0, r1, plan.chunk):
             s = slice(s0, min(s0 + plan.chunk, r1))
@@ -85,3 +88,4 @@ def ntk_vector_products(
                 y = push(tangents, x2[col])  # (c·O', b2, O')
                 y = y.reshape(c, n_out, y.shape[1], n_out).permute(0, 2, 1, 3)
                 out[s, col] += reduce_logit_blocks(y, spec)
+                progress.advance()

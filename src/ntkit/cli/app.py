@@ -1,0 +1,294 @@
+"""`ntkit compute`, `ntkit info`: the command line over the Python API.
+
+Each sub-command's help is its docstring. Errors in user input (a malformed data or model spec,
+a missing file, an unknown option value) print one message that names the fix and exit with
+status 2; nothing half-written is left behind (results are written to a temporary name and
+renamed into place, the `.npy` first and its JSON sidecar last).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="ntkit",
+    help="Fast finite-width neural tangent kernels and kernel machines for PyTorch.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+DTYPES = {"float32": "float32", "float64": "float64", "fp32": "float32", "fp64": "float64"}
+
+
+class UserError(Exception):
+    """A problem with the command's input: printed without a traceback, exit status 2."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from ntkit.data import DataFormatError, DataNotFoundError, DataSpecError
+    from ntkit.models import ModelSpecError
+
+    return (UserError, DataSpecError, DataNotFoundError, DataFormatError, ModelSpecError,
+            FileNotFoundError, ValueError)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the CLI with `args` (default: sys.argv[1:]) and return the exit status."""
+    try:
+        result = app(args=args, standalone_mode=False, prog_name="ntkit")
+    except typer.Exit as e:  # pragma: no cover - typer raises Exit for --help in some versions
+        return e.exit_code
+    except KeyboardInterrupt:
+        err.print("[red]interrupted[/red]: nothing was written")
+        return 130
+    except Exception as e:  # noqa: BLE001
+        import click
+
+        if isinstance(e, click.exceptions.Exit):
+            return e.exit_code
+        if isinstance(e, click.ClickException):
+            e.show()
+            return e.exit_code
+        if isinstance(e, click.exceptions.Abort):
+            err.print("[red]aborted[/red]")
+            return 130
+        if isinstance(e, _user_errors()):
+            err.print("[bold red]error:[/bold red] ", end="")
+            err.print(str(e), markup=False, highlight=False, soft_wrap=True)
+            return 2
+        raise
+    return result if isinstance(result, int) else 0
+
+
+class _Bar:
+    """A rich progress bar (rate, ETA) that only appears once the work has run for `delay` s."""
+
+    def __init__(self, description: str, delay: float = 2.0, enabled: bool = True) -> None:
+        self.description, self.delay, self.enabled = description, delay, enabled
+        self.t0 = time.perf_counter()
+        self.progress = None
+        self.task = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.progress is None:
+            if time.perf_counter() - self.t0 < self.delay or done >= total:
+                return
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                     console=err, transient=False)
+            self.progress.start()
+            self.task = self.progress.add_task(self.description, total=total)
+        self.progress.update(self.task, completed=done, total=total)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def _atomic_save_npy(path: Path, array) -> None:
+    import numpy as np
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, array)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def sidecar_path(path: Path) -> Path:
+    """`K.npy` -> `K.json`: the metadata written next to a computed kernel."""
+    return path.with_suffix(".json")
+
+
+@app.command()
+def compute(
+    data: str = typer.Argument(..., help="Data spec for the rows, e.g. digits, 'cifar10[train:0:1000]', "
+                                          "CIFAR-10_0_2500_0_1000, npz:PATH."),
+    model: str = typer.Argument(..., help="Model spec, e.g. cnn, 'mlp:depth=3,width=512', resnet18, "
+                                           "file:net.py:make."),
+    output_path: Path = typer.Option(..., "-o", "--out", help="Where to write the kernel (.npy; a .json "
+                                                                "sidecar with the metadata is written next to it)."),
+    cols: Optional[str] = typer.Option(None, "--cols", help="Data spec for the columns (default: the rows, "
+                                                             "a symmetric kernel; the empirical-ntks form sets its own)."),
+    method: str = typer.Option("auto", "--method", "-m", help="auto | jacobian | ntk-vp"),
+    output: str = typer.Option("trace", "--output", help="full | trace | diagonal | logit:K | pntk"),
+    params: Optional[list[str]] = typer.Option(None, "--params", help="Parameter names or globs to "
+                                                                      "differentiate (repeatable), e.g. 'fc.*'."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Inputs per block (default: the "
+                                                                        "largest under --memory)."),
+    memory: Optional[str] = typer.Option(None, "--memory", help="Working-memory budget, e.g. 2GB "
+                                                                "(default: a quarter of free memory)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cpu)."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | float64"),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with CIFAR/MNIST files "
+                                                                     "(default: $NTKIT_DATA)."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="A state dict to load "
+                                                                   "(torch.load with weights_only=True)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the model's initial weights (without --weights)."),
+    explain: bool = typer.Option(False, "--explain", help="Print the cost model's estimates and the plan."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> int:
+    """Compute the empirical NTK of MODEL on DATA and save it as .npy plus a JSON sidecar.
+
+    The kernel is computed in memory (blocks under --memory); the result has shape
+    (N1, N2[, O[, O]]) by --output. Example: ntkit compute digits cnn -o K.npy
+    """
+    import torch
+
+    import ntkit
+    from ntkit.data import resolve_kernel_data
+    from ntkit.engine.api import parse_method
+    from ntkit.engine.outputs import parse_output
+    from ntkit.models import build_model, model_fingerprint, parse_model_spec
+
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    if output_path.suffix != ".npy":
+        raise UserError(f"output {output_path} must end in .npy (a NumPy array; metadata goes to .json)")
+    if output_path.exists() and not overwrite:
+        raise UserError(f"{output_path} exists; pass --overwrite to replace it")
+    if dtype not in DTYPES:
+        raise UserError(f"unknown --dtype {dtype!r}; use float32 or float64")
+    method = parse_method(method)
+    parse_output(output)
+    torch_dtype = getattr(torch, DTYPES[dtype])
+
+    rows, col_ds = resolve_kernel_data(data, data_dir, cols=cols)
+    x1, _ = rows.tensors()
+    x2 = col_ds.tensors()[0] if col_ds is not None else None
+    timings["load_data_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if rows.num_classes <= 0:
+        raise UserError(f"data {rows.spec} has no labels, so the number of logits is unknown")
+    net = build_model(model, rows.input_shape, rows.num_classes, seed=seed, weights=weights).to(torch_dtype)
+    if x1.is_floating_point():
+        x1 = x1.to(torch_dtype)
+        x2 = None if x2 is None else x2.to(torch_dtype)
+    if device is not None:
+        net = net.to(device)
+        x1 = x1.to(device)
+        x2 = None if x2 is None else x2.to(device)
+    timings["build_model_s"] = time.perf_counter() - t
+
+    kw = dict(output=output, params=params or None, batch_size=batch_size, memory=memory)
+    plan = ntkit.plan(net, x1, x2, **kw)
+    chosen = plan.method if method == "auto" else method
+    if explain:
+        out.print(str(plan), highlight=False)
+    bar = _Bar(f"eNTK {rows.spec} x {col_ds.spec if col_ds is not None else 'same'} [{chosen}]", enabled=not quiet)
+    t = time.perf_counter()
+    try:
+        K = ntkit.ntk(net, x1, x2, method=chosen, progress=bar, **kw)
+        if K.is_cuda:
+            torch.cuda.synchronize()
+    finally:
+        bar.close()
+    timings["compute_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    sidecar = sidecar_path(output_path)
+    if sidecar.exists():
+        sidecar.unlink()  # a stale sidecar must never describe the new array
+    _atomic_save_npy(output_path, K.cpu().numpy())
+    timings["save_s"] = time.perf_counter() - t
+    meta = {
+        "format": "ntkit.kernel.v1",
+        "ntkit_version": ntkit.__version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": "ntkit " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name == "ntkit" else None,
+        "data": {"rows": rows.spec, "cols": col_ds.spec if col_ds is not None else None,
+                 "rows_fingerprint": rows.fingerprint(),
+                 "cols_fingerprint": col_ds.fingerprint() if col_ds is not None else None,
+                 "input_shape": list(rows.input_shape), "num_classes": rows.num_classes},
+        "model": {"spec": str(parse_model_spec(model)), "seed": None if weights else seed,
+                  "weights": str(weights) if weights else None, "fingerprint": model_fingerprint(net),
+                  "n_params": plan.n_params, "params": params or None},
+        "method": {"requested": method, "used": chosen, "estimates": plan.estimates},
+        "output": plan.output,
+        "dtype": DTYPES[dtype],
+        "device": str(K.device),
+        "shape": list(K.shape),
+        "symmetric": x2 is None,
+        "n_logits": plan.n_logits,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+    }
+    _atomic_write_text(sidecar, json.dumps(meta, indent=2) + "\n")
+    if not quiet:
+        n_entries = K.shape[0] * K.shape[1]
+        out.print(
+            f"wrote {output_path} {tuple(K.shape)} {DTYPES[dtype]} ({chosen}, {timings['compute_s']:.2f} s, "
+            f"{n_entries / max(timings['compute_s'], 1e-9):,.0f} entries/s) and {sidecar}",
+            highlight=False,
+        )
+    return 0
+
+
+@app.command()
+def info(
+    path: Optional[Path] = typer.Argument(None, help="A kernel written by `ntkit compute` (.npy or its .json)."),
+) -> int:
+    """Show versions, devices, data sets and models; or, given a kernel file, its metadata."""
+    if path is not None:
+        sidecar = sidecar_path(path) if path.suffix == ".npy" else path
+        if not sidecar.exists():
+            raise UserError(f"no metadata at {sidecar}: is {path} a kernel written by `ntkit compute`?")
+        meta = json.loads(sidecar.read_text())
+        out.print_json(data=meta)
+        return 0
+    import torch
+
+    import ntkit
+    from ntkit.data import list_datasets, resolve_data_dir
+    from ntkit.engine.memory import default_budget
+    from ntkit.models import list_models
+
+    out.print(f"ntkit {ntkit.__version__}  torch {torch.__version__}  python {platform.python_version()}")
+    out.print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+              f"{torch.get_num_threads()} torch threads")
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            out.print(f"cuda:{i}: {torch.cuda.get_device_name(i)}")
+    else:
+        out.print("CUDA: not available")
+    out.print(f"methods: {', '.join(ntkit.METHODS)};  outputs: {', '.join(ntkit.OUTPUTS)}")
+    out.print(f"data sets: {', '.join(list_datasets())};  data dir: {resolve_data_dir(None) or 'unset ($NTKIT_DATA)'}")
+    out.print(f"models: {', '.join(list_models())}")
+    out.print(f"default memory budget on cpu: {default_budget(torch.device('cpu')) / 2**30:.1f} GiB")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
