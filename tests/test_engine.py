@@ -182,3 +182,13 @@ def test_auto_follows_the_cost_model():
     assert choice(wide, torch.randn(32, 3), "full") == "ntk-vp"
     assert choice(wide, torch.randn(32, 3), "trace") == "jacobian"
     assert choice(conv, torch.randn(16, 3, 32, 32), "full") == "jacobian"
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+@pytest.mark.parametrize("method", ["jacobian", "ntk-vp"])
+def test_triangular_diagonal_blocks(method, output):
+    """N·O large enough that diagonal blocks are split into triangular sub-blocks / chunks."""
+    case = Case("mlp-o10-big", ZOO[0].build, (5,), "2.*", n1=41, n2=3)
+    k = run(case, True, method=method, output=output, batch_size=41 if method == "jacobian" else None,
+            memory=None if method == "jacobian" else 400_000)
+    assert rel_err(k, reference(case, True, output)) < RTOL64

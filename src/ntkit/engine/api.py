@@ -25,6 +25,7 @@ from ntkit.engine.memory import Plan, make_plan, parse_memory
 from ntkit.engine.ntk_vector_products import forward_ad_error, ntk_vector_products
 from ntkit.engine.outputs import OUTPUTS, OutputSpec, parse_output
 from ntkit.engine.progress import Progress, ProgressCallback
+from ntkit.engine.symmetry import mirror
 
 METHODS: tuple[str, ...] = ("auto", "jacobian", "ntk-vp")
 
@@ -73,23 +74,6 @@ def _as_tensor(x: Any, name: str, device: torch.device | None) -> torch.Tensor:
 
 def _blocks(n: int, size: int) -> list[slice]:
     return [slice(s, min(s + size, n)) for s in range(0, n, size)]
-
-
-def _transpose(block: torch.Tensor) -> torch.Tensor:
-    return block.permute(1, 0, 3, 2) if block.ndim == 4 else block.transpose(0, 1)
-
-
-def _mirror(out: torch.Tensor, blocks: list[slice]) -> None:
-    """Fill the lower block triangle of a symmetric kernel from the upper one.
-
-    Diagonal blocks are averaged with their transpose: a matmul J Jᵀ is symmetric only up to
-    rounding, and (a + b) / 2 is bitwise symmetric, so the result is exactly symmetric.
-    """
-    for i, r in enumerate(blocks):
-        diag = out[r, r]
-        out[r, r] = (diag + _transpose(diag)) / 2
-        for c in blocks[i + 1 :]:
-            out[c, r] = _transpose(out[r, c])
 
 
 class _Call:
@@ -148,7 +132,7 @@ class _Call:
         self.method_used = method
         _STRATEGIES[method](fm, self.x1, x2, spec, self.plan, out, pairs, self.symmetric, Progress(progress))
         if self.symmetric:
-            _mirror(out, rows)
+            mirror(out, rows)
         return out
 
 

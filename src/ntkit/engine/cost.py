@@ -3,8 +3,8 @@
 Each method's cost is a FLOP count split into matmul work (which runs near the machine's matmul
 peak) and autodiff work (vmapped backward/forward-mode passes, which run well below it). With
 N1, N2 inputs, O logits (O' = 1 for `logit:K`/`pntk`, else O), P selected parameters, F forward
-FLOPs of one sample, G parameter groups and B-sized blocks (s = fraction of block pairs computed:
-(nb + 1) / (2 nb) when symmetric with nb blocks, else 1):
+FLOPs of one sample, G parameter groups, s = the fraction of the kernel computed: about 1/2 when
+symmetric (upper block triangle, and the upper chunk-triangle inside diagonal blocks), else 1):
 
 - jacobian:  autodiff  (N1 + N2·[not symmetric]) · F · G · (1 + 2·O')
              matmul    s · 2·N1·N2·P · {O² full | O trace, diagonal | 1 logit:K, pntk}
@@ -18,7 +18,6 @@ many logits and `full` go to ntk-vp (F ≈ 2P, so ntk-vp saves the factor O/2); 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ntkit.engine.memory import Plan
@@ -57,8 +56,7 @@ def estimate(
 ) -> Estimate:
     """Estimated FLOPs of `method` ("jacobian" or "ntk-vp") for one kernel."""
     o_diff = spec.n_out(n_logits)
-    nb = math.ceil(max(n1, n2) / plan.block)
-    share = (nb + 1) / (2 * nb) if symmetric else 1.0
+    share = 0.55 if symmetric and n1 > 1 else 1.0
     per_sample_rows = flops * (1 + 2 * o_diff)
     if method == "jacobian":
         o_factor = {"full": n_logits**2, "trace": n_logits, "diagonal": n_logits}.get(spec.kind, 1)

@@ -22,6 +22,11 @@ from ntkit.engine.functional import FunctionalModel
 from ntkit.engine.memory import Plan
 from ntkit.engine.outputs import OutputSpec
 from ntkit.engine.progress import Progress
+from ntkit.engine.symmetry import chunks, fill_lower_in_block
+
+# Rows of a diagonal block per triangular sub-block (in Jacobian rows, b·O'): big enough that
+# each matmul stays efficient, small enough that skipping the lower triangle pays.
+TRIANGLE_ROWS = 128
 
 Rows = dict[str, torch.Tensor]
 
@@ -50,6 +55,20 @@ def contract_rows(j1: Rows, j2: Rows, spec: OutputSpec) -> torch.Tensor:
     for n, a in j1.items():
         acc.addmm_(a.reshape(b1, -1), j2[n].reshape(b2, -1).T)
     return acc
+
+
+def _contract_diagonal_block(j: Rows, spec: OutputSpec, out: torch.Tensor, r: slice, n_out: int) -> None:
+    """Add J Jᵀ for one diagonal block, upper chunk-triangle only, then fill its lower part."""
+    b = r.stop - r.start
+    size = max(1, TRIANGLE_ROWS // max(1, n_out)) if b * n_out >= 2 * TRIANGLE_ROWS else b
+    parts = chunks(0, b, size)
+    for p in parts:
+        rows = {n: t[p] for n, t in j.items()}
+        cols = {n: t[p.start :] for n, t in j.items()}
+        out[r.start + p.start : r.start + p.stop, r.start + p.start : r.stop] += contract_rows(rows, cols, spec)
+    if len(parts) > 1:
+        shifted = [slice(r.start + p.start, r.start + p.stop) for p in parts]
+        fill_lower_in_block(out, r, shifted)
 
 
 def jacobian_contraction(
@@ -93,6 +112,8 @@ def jacobian_contraction(
             r = slice(r0, r1)
             j1 = column_rows(r) if symmetric else fm.jacobian_rows(group, x1[r], spec)
             for c in cols:
-                j2 = j1 if symmetric and (c.start, c.stop) == (r0, r1) else column_rows(c)
-                out[r, c] += contract_rows(j1, j2, spec)
+                if symmetric and (c.start, c.stop) == (r0, r1):
+                    _contract_diagonal_block(j1, spec, out, r, n_out)
+                else:
+                    out[r, c] += contract_rows(j1, column_rows(c), spec)
                 progress.advance()

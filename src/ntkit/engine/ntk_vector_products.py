@@ -22,6 +22,7 @@ from ntkit.engine.functional import FunctionalModel
 from ntkit.engine.memory import Plan
 from ntkit.engine.outputs import OutputSpec
 from ntkit.engine.progress import Progress
+from ntkit.engine.symmetry import chunks, fill_lower_in_block
 
 
 def reduce_logit_blocks(y: torch.Tensor, spec: OutputSpec) -> torch.Tensor:
@@ -78,14 +79,18 @@ def ntk_vector_products(
         by_row.setdefault((r.start, r.stop), []).append(c)
     progress.start(sum(len(range(r0, r1, plan.chunk)) * len(cols) for (r0, r1), cols in by_row.items()))
     for (r0, r1), cols in by_row.items():
-        for s0 in range(r0, r1, plan.chunk):
-            s = slice(s0, min(s0 + plan.chunk, r1))
+        parts = chunks(r0, r1, plan.chunk)
+        for s in parts:
             rows = fm.jacobian_rows(fm.names, x1[s], spec)  # (c, O', *shape): the VJPs
             c, n_out = next(iter(rows.values())).shape[:2]
             tangents = {n: t.reshape(c * n_out, *t.shape[2:]) for n, t in rows.items()}
             del rows
             for col in cols:
+                if symmetric and (col.start, col.stop) == (r0, r1):
+                    col = slice(s.start, r1)  # the upper chunk-triangle of the diagonal block
                 y = push(tangents, x2[col])  # (c·O', b2, O')
                 y = y.reshape(c, n_out, y.shape[1], n_out).permute(0, 2, 1, 3)
                 out[s, col] += reduce_logit_blocks(y, spec)
                 progress.advance()
+        if symmetric:
+            fill_lower_in_block(out, slice(r0, r1), parts)

@@ -1,0 +1,40 @@
+"""Symmetric kernels (x2 = x1): compute the upper triangle only, mirror the rest exactly.
+
+Θ(x, x) is symmetric under (n, a) <-> (m, b). Across blocks only pairs (i, j ≥ i) are computed;
+inside a diagonal block the rows are split into chunks and chunk k computes only the columns from
+its own start on, so about half of that block's work is skipped as well.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def transpose(block: torch.Tensor) -> torch.Tensor:
+    """Θ[m, n, b, a] from Θ[n, m, a, b] (any of the output layouts)."""
+    return block.permute(1, 0, 3, 2) if block.ndim == 4 else block.transpose(0, 1)
+
+
+def chunks(start: int, stop: int, size: int) -> list[slice]:
+    """[start, stop) in consecutive slices of at most `size`."""
+    return [slice(s, min(s + size, stop)) for s in range(start, stop, size)]
+
+
+def fill_lower_in_block(out: torch.Tensor, block: slice, parts: list[slice]) -> None:
+    """Complete a diagonal block whose row chunk `p` holds only the columns from p.start on."""
+    for p in parts:
+        if p.start > block.start:
+            out[p, block.start : p.start] = transpose(out[block.start : p.start, p])
+
+
+def mirror(out: torch.Tensor, blocks: list[slice]) -> None:
+    """Fill the lower block triangle from the upper one and make diagonal blocks exactly symmetric.
+
+    Diagonal blocks are averaged with their transpose: entries computed on both sides of the
+    diagonal differ by rounding, and (a + b) / 2 is bitwise symmetric.
+    """
+    for i, r in enumerate(blocks):
+        diag = out[r, r]
+        out[r, r] = (diag + transpose(diag)) / 2
+        for c in blocks[i + 1 :]:
+            out[c, r] = transpose(out[r, c])
