@@ -192,3 +192,12 @@ def test_triangular_diagonal_blocks(method, output):
     k = run(case, True, method=method, output=output, batch_size=41 if method == "jacobian" else None,
             memory=None if method == "jacobian" else 400_000)
     assert rel_err(k, reference(case, True, output)) < RTOL64
+
+
+def test_in_place_buffer_updates_do_not_reach_the_model():
+    case = next(c for c in ZOO if c.name == "stateful")
+    model = case.model()
+    x1, x2 = case.inputs()
+    for method in ("jacobian", "ntk-vp"):
+        ntkit.ntk(model, x1, x2, method=method)
+    assert float(model.calls) == 0.0

@@ -170,3 +170,19 @@ ZOO: list[Case] = [
     Case("convzoo", ConvZoo, (2, 6, 6), "fc.*"),
     Case("not-vmappable", NotVmappable, (4,), "b.*"),
 ]
+
+
+class Stateful(nn.Module):
+    """Updates a buffer in place in forward (a call counter): vmap refuses, the model must not change."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.calls += 1
+        return torch.sin(self.lin(x))
+
+
+ZOO.append(Case("stateful", Stateful, (4,), "lin.bias"))

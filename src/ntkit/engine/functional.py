@@ -117,6 +117,8 @@ class FunctionalModel:
             self.device = next(iter(devices))
         else:
             self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.dtype = next(iter(dtypes)) if dtypes else torch.get_default_dtype()
 
         def place(t: torch.Tensor) -> torch.Tensor:
@@ -126,8 +128,10 @@ class FunctionalModel:
         self.frozen: dict[str, torch.Tensor] = {
             n: place(p) for n, p in named.items() if n not in self.theta
         }
+        # Buffers are copied: a forward that updates them in place (call counters, BatchNorm
+        # in training mode in the per-sample fallback) must never change the user's model.
         self.buffers: dict[str, torch.Tensor] = {
-            n: place(b) for n, b in model.named_buffers()
+            n: place(b).clone() for n, b in model.named_buffers()
         }
         self.sizes = {n: t.numel() for n, t in self.theta.items()}
         self.n_params = sum(self.sizes.values())
