@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from datetime import datetime, timezone
@@ -45,8 +46,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             FileNotFoundError, ValueError)
 
 
+_ARGV: list[str] = []
+
+
 def main(args: list[str] | None = None) -> int:
     """Run the CLI with `args` (default: sys.argv[1:]) and return the exit status."""
+    _ARGV[:] = list(sys.argv[1:] if args is None else args)
     try:
         result = app(args=args, standalone_mode=False, prog_name="ntkit")
     except typer.Exit as e:  # pragma: no cover - typer raises Exit for --help in some versions
@@ -228,7 +233,7 @@ def compute(
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "ntkit " + " ".join(sys.argv[1:]) if Path(sys.argv[0]).name == "ntkit" else None,
+        "command": shlex.join(["ntkit", *_ARGV]),
         "data": {"rows": rows.spec, "cols": col_ds.spec if col_ds is not None else None,
                  "rows_fingerprint": rows.fingerprint(),
                  "cols_fingerprint": col_ds.fingerprint() if col_ds is not None else None,
