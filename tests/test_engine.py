@@ -166,21 +166,33 @@ def test_train_mode_without_interaction_is_allowed():
     assert rel_err(ntkit.ntk(model, x), ntk_reference(model, x)) < RTOL64
 
 
+class _NoRuleLinear(nn.Linear):
+    """A Linear whose overridden forward has no structured-derivative rule."""
+
+    def forward(self, x):
+        return super().forward(x)
+
+
 def test_auto_follows_the_cost_model():
-    """Dense nets with many logits and `full` go to ntk-vp; convolutions and traces to jacobian."""
+    """Dense nets go to structured; convolutions to jacobian; dense layers without rules: `full`
+    with many logits to ntk-vp, traces to jacobian."""
     from ntkit.engine.api import _Call
     from ntkit.engine.functional import FunctionalModel
     from ntkit.engine.outputs import parse_output
 
     wide = nn.Sequential(nn.Linear(3, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    no_rule = nn.Sequential(_NoRuleLinear(3, 256), nn.ReLU(), _NoRuleLinear(256, 256), nn.ReLU(),
+                            _NoRuleLinear(256, 10))
     conv = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
 
     def choice(model, x, output):
         return _Call(FunctionalModel(model), x, None, parse_output(output), None, None).choose()
 
-    assert choice(wide, torch.randn(32, 3), "full") == "ntk-vp"
-    assert choice(wide, torch.randn(32, 3), "trace") == "jacobian"
+    assert choice(wide, torch.randn(32, 3), "full") == "structured"
+    assert choice(wide, torch.randn(32, 3), "trace") == "structured"
+    assert choice(no_rule, torch.randn(32, 3), "full") == "ntk-vp"
+    assert choice(no_rule, torch.randn(32, 3), "trace") == "jacobian"
     assert choice(conv, torch.randn(16, 3, 32, 32), "full") == "jacobian"
 
 

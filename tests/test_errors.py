@@ -38,9 +38,9 @@ X = torch.randn(3, 4, dtype=D)
 CASES = [
     # (description, call, exception, message fragments)
     ("unknown method", lambda: ntkit.ntk(mlp(), X, method="jacobain"), ValueError,
-     ["unknown method 'jacobain'", "did you mean 'jacobian'", "auto, jacobian, ntk-vp"]),
-    ("structured not yet", lambda: ntkit.ntk(mlp(), X, method="structured"), ValueError,
-     ["structured", "valid methods"]),
+     ["unknown method 'jacobain'", "did you mean 'jacobian'", "auto, jacobian, ntk-vp, structured"]),
+    ("near-miss method", lambda: ntkit.ntk(mlp(), X, method="structure"), ValueError,
+     ["unknown method 'structure'", "did you mean 'structured'", "auto, jacobian, ntk-vp, structured"]),
     ("unknown output", lambda: ntkit.ntk(mlp(), X, output="traces"), ValueError,
      ["unknown output 'traces'", "did you mean 'trace'", "logit:K"]),
     ("bad logit index", lambda: ntkit.ntk(mlp(), X, output="logit:x"), ValueError, ["integer logit index"]),

@@ -18,24 +18,26 @@ import torch
 from torch import nn
 from torch.func import jvp, vjp
 
-from ntkit.engine.cost import estimate
+from ntkit.engine.cost import StructuredCost, estimate
 from ntkit.engine.functional import FunctionalModel, ParamSelection
 from ntkit.engine.jacobian_contraction import jacobian_contraction
 from ntkit.engine.memory import Plan, make_plan, parse_memory
 from ntkit.engine.ntk_vector_products import forward_ad_error, ntk_vector_products
 from ntkit.engine.outputs import OUTPUTS, OutputSpec, parse_output
 from ntkit.engine.progress import Progress, ProgressCallback
+from ntkit.engine.structured import StructuredFallbackWarning, analyze, structured, structured_plan
 from ntkit.engine.symmetry import mirror
 
-METHODS: tuple[str, ...] = ("auto", "jacobian", "ntk-vp")
+METHODS: tuple[str, ...] = ("auto", "jacobian", "ntk-vp", "structured")
 
 
 class ForwardADFallbackWarning(UserWarning):
     """method='ntk-vp' was asked for a model without forward-mode AD; Jacobian contraction ran."""
 
-_STRATEGIES = {"jacobian": jacobian_contraction, "ntk-vp": ntk_vector_products}
+_STRATEGIES = {"jacobian": jacobian_contraction, "ntk-vp": ntk_vector_products, "structured": structured}
 _ALIASES = {"jc": "jacobian", "jacobian-contraction": "jacobian", "jacobian_contraction": "jacobian",
-            "ntkvp": "ntk-vp", "ntk_vp": "ntk-vp", "ntk-vector-products": "ntk-vp"}
+            "ntkvp": "ntk-vp", "ntk_vp": "ntk-vp", "ntk-vector-products": "ntk-vp",
+            "sd": "structured", "structured-derivatives": "structured", "structured_derivatives": "structured"}
 
 
 def parse_method(method: str) -> str:
@@ -46,11 +48,6 @@ def parse_method(method: str) -> str:
     m = _ALIASES.get(m, m)
     if m in METHODS:
         return m
-    if m == "structured":
-        raise ValueError(
-            "method='structured' (structured derivatives) is not available in this version; "
-            f"valid methods: {', '.join(METHODS)}"
-        )
     near = difflib.get_close_matches(m, list(METHODS), n=1)
     hint = f" (did you mean {near[0]!r}?)" if near else ""
     raise ValueError(f"unknown method {method!r}{hint}; valid methods: {', '.join(METHODS)}")
@@ -81,6 +78,7 @@ class _Call:
 
     def __init__(self, fm, x1, x2, spec, batch_size, memory):
         self.fm, self.x1, self.x2 = fm, x1, x2
+        self.batch_size = batch_size
         self.symmetric = x2 is None
         n_logits = fm.check_inputs(x1, x2)
         self.spec = spec.resolve(n_logits)
@@ -98,7 +96,22 @@ class _Call:
     def estimates(self) -> dict[str, Any]:
         kw = dict(n1=self.n1, n2=self.n2, symmetric=self.symmetric, n_logits=self.n_logits,
                   spec=self.spec, n_params=self.fm.n_params, flops=self.profile.flops, plan=self.plan)
-        return {m: estimate(m, **kw) for m in _STRATEGIES}
+        return {m: estimate(m, **kw, structured=self._structured_cost() if m == "structured" else None)
+                for m in _STRATEGIES}
+
+    def _structured_cost(self) -> StructuredCost | None:
+        """The rules' FLOPs and the fallback parameters (None if the analysis itself fails)."""
+        try:
+            an = analyze(self.fm, self.x1, self.n2, self.spec, self.symmetric, check=False)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - a model the rules cannot even run through: not a candidate
+            return None
+        fb = [n for n in self.fm.names if n in an.fallback]
+        groups = sum(1 for g in self.plan.groups if any(n in an.fallback for n in g))
+        return StructuredCost(matmul_flops=an.matmul_flops, formation_flops=an.formation_flops,
+                              fallback_params=sum(self.fm.sizes[n] for n in fb), fallback_groups=groups,
+                              covered=bool(an.covered))
 
     def choose(self) -> str:
         est = self.estimates()
@@ -106,8 +119,9 @@ class _Call:
 
     def run(self, method: str, progress: ProgressCallback | None = None) -> torch.Tensor:
         fm, spec = self.fm, self.spec
-        # Decide vmappability on one sample and the smallest parameter before the real work.
-        if fm.vmappable is None:
+        # Decide vmappability on one sample and the smallest parameter before the real work
+        # (structured derivatives need it only for fallback parameters, and find out then).
+        if fm.vmappable is None and method != "structured":
             fm.jacobian_rows([min(fm.names, key=fm.sizes.get)], self.x1[:1], spec)
         if method == "ntk-vp" and fm.vmappable is False:
             method = "jacobian"  # forward-mode vmapping would fail the same way
@@ -122,15 +136,18 @@ class _Call:
                 )
                 method = "jacobian"
         out = torch.zeros(spec.shape(self.n1, self.n2, self.n_logits), dtype=fm.dtype, device=fm.device)
-        rows = _blocks(self.n1, self.plan.block)
-        cols = rows if self.symmetric else _blocks(self.n2, self.plan.block)
+        plan = self.plan
+        if method == "structured" and self.batch_size is None:
+            plan = structured_plan(fm, self.x1, self.n2, spec, self.symmetric, plan, self.profile.activations)
+        rows = _blocks(self.n1, plan.block)
+        cols = rows if self.symmetric else _blocks(self.n2, plan.block)
         if self.symmetric:
             pairs = [(r, c) for i, r in enumerate(rows) for c in rows[i:]]
         else:
             pairs = [(r, c) for r in rows for c in cols]
         x2 = self.x1 if self.symmetric else self.x2
         self.method_used = method
-        _STRATEGIES[method](fm, self.x1, x2, spec, self.plan, out, pairs, self.symmetric, Progress(progress))
+        _STRATEGIES[method](fm, self.x1, x2, spec, plan, out, pairs, self.symmetric, Progress(progress))
         if self.symmetric:
             mirror(out, rows)
         return out
@@ -156,7 +173,9 @@ def ntk(
             `model.eval()` for BatchNorm statistics; a training-mode model whose samples
             interact is an error).
         x1: (N1, *input); x2: (N2, *input) or None for x2 = x1 (symmetry is exploited).
-        method: "auto" (cost model, see `ntkit.engine.cost`), "jacobian", "ntk-vp".
+        method: "auto" (cost model, see `ntkit.engine.cost`), "jacobian" (Jacobian contraction),
+            "ntk-vp" (NTK-vector products), "structured" (structured derivatives: per-layer rules
+            from `ntkit.rules`, Jacobian contraction for parameters without one, with a warning).
         output: "full" -> (N1, N2, O, O); "trace" -> (N1, N2) (sum over logits);
             "diagonal" -> (N1, N2, O); "logit:K" -> (N1, N2); "pntk" -> (N1, N2) (the kernel of
             g = Σ_a f_a / √O).
@@ -365,5 +384,5 @@ def _vjp_sum(f, theta, x, cot, bs):
     return total
 
 
-__all__ = ["METHODS", "OUTPUTS", "ForwardADFallbackWarning", "NtkPlan", "ntk", "ntk_fn", "ntk_vp", "plan",
-           "parse_method", "OutputSpec"]
+__all__ = ["METHODS", "OUTPUTS", "ForwardADFallbackWarning", "NtkPlan", "StructuredFallbackWarning", "ntk",
+           "ntk_fn", "ntk_vp", "plan", "parse_method", "OutputSpec"]

@@ -1,0 +1,429 @@
+"""Structured derivatives: Θ layer by layer from captured inputs and output cotangents.
+
+For each block of inputs, one batched forward captures every covered layer's inputs (forward
+hooks) and ONE backward vmapped over the O' one-hot output cotangents gives the cotangents at
+every covered layer's outputs (`ntkit.rules.capture`). Each layer's rule turns them into factors
+of its per-sample gradients (`ntkit.rules.factors`), and each group of parameters is contracted
+between two blocks either directly — for a dense layer Θ += (δ1·δ2ᵀ) ⊙ (x1·x2ᵀ + 1), never
+forming a gradient — or through per-sample gradients when that is cheaper (convolutions), with
+the output reduction (trace, diagonal, one logit) pushed into the contraction
+(`ntkit.rules.contract`, which also gives the FLOP formulas behind the choice).
+
+Fallback policy: a selected parameter is handled by the rules only if every use of it belongs to
+a layer whose rule applies (`ntkit.rules.rule_for`, `Rule.supports`) and a gradient check on a
+few samples confirms that the rules' factors reproduce its true gradient (a parameter also used
+outside its layer, a layer called on inputs whose first axis is not the sample axis, hooks that
+never fire...). Every other parameter is computed by Jacobian contraction for just those
+parameters, after ONE warning that names them.
+
+Cost (with O' differentiated outputs, F forward FLOPs per sample): capture (N1 + N2)·F·(1 + O')
+(N1·… when symmetric) plus, per parameter group, the FLOPs of its contraction mode (see
+`ntkit.rules.contract`), plus Jacobian contraction for the fallback parameters.
+
+Reference: Novak, Sohl-Dickstein & Schoenholz, "Fast Finite Width Neural Tangent Kernel",
+ICML 2022, section 3.3.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ntkit.engine.functional import FunctionalModel
+from ntkit.engine.jacobian_contraction import TRIANGLE_ROWS, jacobian_contraction
+from ntkit.engine.memory import ACTIVATION_COPIES, Plan, group_parameters
+from ntkit.engine.outputs import OutputSpec
+from ntkit.engine.progress import Progress
+from ntkit.engine.symmetry import chunks, fill_lower_in_block
+from ntkit.rules.capture import Capture, Target, capture
+from ntkit.rules.contract import Operands, Term, build_terms, contract_direct, contract_grads
+from ntkit.rules.factors import Factor
+from ntkit.rules.registry import rule_for
+
+# Samples used to check that the rules reproduce the true gradients.
+CHECK_SAMPLES = 3
+CHECK_TOL = {torch.float64: 1e-7, torch.float32: 1e-4}
+
+
+class StructuredFallbackWarning(UserWarning):
+    """Some parameters have no applicable rule; Jacobian contraction computes their part."""
+
+
+def contraction_kind(spec: OutputSpec) -> str:
+    """The block layout of `ntkit.rules.contract` for an output spec."""
+    return {"full": "full", "diagonal": "diagonal"}.get(spec.kind, "trace")
+
+
+@dataclass
+class Analysis:
+    """Which parameters the rules handle (and how), which fall back and why."""
+
+    targets: list[Target]
+    covered: list[str]
+    fallback: dict[str, str]  # parameter name -> reason
+    terms: list[Term] = field(default_factory=list)
+    per_output: bool = False  # one backward per output instead of one vmapped backward
+    first: tuple[slice, dict[str, list[Factor]]] | None = None  # the check's capture, reusable once
+
+    @property
+    def matmul_flops(self) -> float:
+        """Contraction FLOPs of the chosen modes (large matmuls)."""
+        return sum(t.parts[t.mode][1] for t in self.terms)
+
+    @property
+    def formation_flops(self) -> float:
+        """FLOPs forming per-sample gradients ("grads" mode)."""
+        return sum(t.parts[t.mode][0] for t in self.terms)
+
+    def message(self) -> str:
+        reasons = list(dict.fromkeys(self.fallback.values()))
+        return (f"{', '.join(reasons)} in structured mode: falling back to Jacobian contraction for "
+                f"parameters {', '.join(self.fallback)}")
+
+
+# ----------------------------------------------------------------------------------- analysis
+def _claims(fm: FunctionalModel) -> tuple[dict[int, dict], dict[str, str]]:
+    """Static coverage: targets by module id and {parameter: reason} for the uncovered ones."""
+    model = fm.model
+    selected = set(fm.names)
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    modules = dict(model.named_modules(remove_duplicate=False))
+    occurrences = [(n, p) for n, p in model.named_parameters(remove_duplicate=False)
+                   if canonical.get(id(p)) in selected]
+    rules = {}
+    for mname, mod in modules.items():
+        rule = rule_for(mod)
+        if rule is not None:
+            rules[mname] = (mod, rule, rule.supports(mod))
+    targets: dict[int, dict] = {}
+    reasons: dict[str, str] = {}
+    uses: dict[str, list] = {}
+    for full, p in occurrences:
+        name = canonical[id(p)]
+        parts = full.split(".")
+        claim = None
+        for i in range(len(parts)):  # outermost claimant first
+            mname, local = ".".join(parts[:i]), ".".join(parts[i:])
+            if mname in rules and local in rules[mname][1].params:
+                claim = (mname, local) + rules[mname]
+                break
+        if claim is None:
+            owner = modules[".".join(parts[:-1])]
+            rule = rule_for(owner)
+            reasons.setdefault(name, f"unknown layer type {type(owner).__name__}" if rule is None else
+                               f"{type(owner).__name__}.{parts[-1]} not covered by its rule")
+            continue
+        mname, local, mod, rule, why = claim
+        if why is not None:
+            reasons.setdefault(name, why)
+            continue
+        uses.setdefault(name, []).append((mname, local, mod, rule))
+    for name, us in uses.items():
+        if name in reasons:
+            continue
+        for mname, local, mod, rule in us:
+            t = targets.setdefault(id(mod), {"name": mname, "module": mod, "rule": rule, "params": {}})
+            t["params"][local] = name
+    return targets, reasons
+
+
+def _make_targets(raw: dict[int, dict], drop: set[str]) -> list[Target]:
+    out = []
+    for t in raw.values():
+        params = {k: v for k, v in t["params"].items() if v not in drop}
+        if params:
+            out.append(Target(t["name"], t["module"], t["rule"], params))
+    return out
+
+
+def _run_fn(fm: FunctionalModel, leaves: dict[str, torch.Tensor], x: torch.Tensor, spec: OutputSpec):
+    def run() -> torch.Tensor:
+        return fm.reduced({**fm.theta, **leaves}, x, spec)
+
+    return run
+
+
+def _per_output_backward(fm: FunctionalModel, targets: Sequence[Target]) -> bool:
+    """Convolution nets on CPU: O' full-batch backwards beat one backward vmapped over the O'
+    outputs ~3x (oneDNN's convolution backward on the folded O'·n batch falls out of cache);
+    dense layers are faster vmapped (one large matmul per layer)."""
+    conv = (torch.nn.modules.conv._ConvNd,)
+    return fm.device.type == "cpu" and any(isinstance(m, conv) for m in fm.model.modules())
+
+
+def _leaves(fm: FunctionalModel, names: Sequence[str]) -> dict[str, torch.Tensor]:
+    return {n: fm.theta[n].detach().requires_grad_(True) for n in names}
+
+
+def _true_grads(fm: FunctionalModel, names: Sequence[str], x: torch.Tensor, spec: OutputSpec,
+                r: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Outputs y (n, O') and Σ_{a, n} r[a, n] ∂y[n, a]/∂θ by plain autograd (no hooks): the
+    check's ground truth."""
+    leaves = _leaves(fm, names)
+    with torch.enable_grad():
+        y = fm.reduced({**fm.theta, **leaves}, x, spec)
+        if not y.requires_grad:
+            return y.detach(), {n: torch.zeros_like(t) for n, t in leaves.items()}
+        g = torch.autograd.grad(y, list(leaves.values()), r.T.to(y.dtype), allow_unused=True)
+    return y.detach(), {n: torch.zeros_like(leaves[n]) if gn is None else gn for n, gn in zip(names, g)}
+
+
+def analyze(fm: FunctionalModel, x1: torch.Tensor, n2: int, spec: OutputSpec, symmetric: bool,
+            first: slice | None = None, check: bool = True) -> Analysis:
+    """Decide coverage (static claims + a gradient check) and the contraction terms.
+
+    The rules' factors are captured on `x1[first]` (default the first few samples) and their
+    gradients on the first few of those samples, weighted by a fixed random r, are compared with
+    plain autograd's. With `first`, that capture is kept (`Analysis.first`) to serve as the first
+    block. check=False: a probe for cost estimates — one sample, no backward (zero cotangents),
+    static coverage only. Cached on `fm` per (spec, N1, N2, symmetric, check); a checked
+    analysis also answers unchecked requests.
+    """
+    cache = fm.__dict__.setdefault("_structured", {})
+    key = (str(spec), x1.shape[0], n2, symmetric)
+    for c in ((True,) if check else (True, False)):
+        if key + (c,) in cache:
+            return cache[key + (c,)]
+    raw, reasons = _claims(fm)
+    covered = [n for n in fm.names if n not in reasons and any(n in t["params"].values() for t in raw.values())]
+    for n in fm.names:
+        if n not in reasons and n not in covered:
+            reasons[n] = "parameter outside any layer"
+    targets = _make_targets(raw, set(reasons))
+    terms: list[Term] = []
+    per_output = False
+    kept = None
+    if targets:
+        block = first if first is not None else slice(0, min(CHECK_SAMPLES if check else 1, x1.shape[0]))
+        xb = x1[block]
+        k = min(CHECK_SAMPLES, xb.shape[0])
+        o = spec.n_out(fm.n_logits or 1)
+        per_output = _per_output_backward(fm, targets)
+        cap = capture(_run_fn(fm, _leaves(fm, covered), xb, spec), targets, tolerate=True, per_output=per_output,
+                      backward=check)
+        for t, why in cap.failed.items():
+            for name in t.params.values():
+                reasons.setdefault(name, f"{type(t.module).__name__} rule failed ({why})")
+        facs: dict[str, list[Factor]] = {}
+        for call in cap.calls:
+            try:
+                for name, f in call.factors().items():
+                    if f.n_samples != xb.shape[0] or f.n_out != o:
+                        raise ValueError("its input's first axis is not the sample axis")
+                    facs.setdefault(name, []).append(f)
+            except Exception as e:  # noqa: BLE001 - any failure of a rule makes its layer fall back
+                for name in call.target.params.values():
+                    reasons.setdefault(name, f"{type(call.target.module).__name__} rule failed "
+                                             f"({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        if check:
+            _check(fm, covered, facs, cap, xb, k, spec, reasons)
+        covered = [n for n in covered if n not in reasons]
+        targets = _make_targets(raw, set(reasons))
+        facs = {n: f for n, f in facs.items() if n in covered}
+        terms = build_terms(facs, covered, contraction_kind(spec), x1.shape[0], n2, symmetric)
+        if first is not None and check:
+            kept = (first, facs)
+    else:
+        covered = []
+    fallback = {n: reasons[n] for n in fm.names if n in reasons}
+    an = Analysis(targets, covered, fallback, terms, per_output, kept)
+    cache[key + (check,)] = an
+    return an
+
+
+def _check(fm: FunctionalModel, covered: Sequence[str], facs: dict[str, list[Factor]], cap: Capture,
+           xb: torch.Tensor, k: int, spec: OutputSpec, reasons: dict[str, str]) -> None:
+    """The gradient check on the first k samples of the captured batch xb: add a reason for every
+    covered parameter whose factors do not reproduce plain autograd's r-weighted gradient, and
+    for all of them when the batched outputs differ from those of the k samples alone."""
+    o = cap.n_out
+    r = torch.randn(o, k, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(fm.dtype).to(fm.device)
+    y_k, true = _true_grads(fm, covered, xb[:k], spec, r)
+    tol = CHECK_TOL.get(fm.dtype, 3e-2)
+    if not bool(((cap.outputs[:k] - y_k).abs().max() <= tol * y_k.abs().max().clamp_min(1.0)).item()):
+        # A batched capture is only valid when samples do not interact (batch statistics).
+        for name in covered:
+            reasons.setdefault(name, "outputs that depend on the other samples of a batch")
+    with torch.no_grad():
+        for name in covered:
+            if name in reasons:
+                continue
+            try:
+                diff = true[name].clone()
+                for f in facs.get(name, []):
+                    diff.sub_(f.weighted_grad(r, slice(0, k)))
+                lo, hi = true[name].aminmax()
+                scale = max(float(hi), -float(lo), torch.finfo(fm.dtype).tiny)
+                err = float(diff.abs_().max()) / scale
+            except Exception:  # noqa: BLE001 - a rule that cannot even form its gradient fails
+                err = math.inf
+            if not err <= tol:
+                reasons[name] = "parameter used outside its layer's forward"
+
+
+def structured_plan(fm: FunctionalModel, x1: torch.Tensor, n2: int, spec: OutputSpec, symmetric: bool,
+                    plan: Plan, activations: int) -> Plan:
+    """`plan` with a block size for structured derivatives (used when `plan` splits the inputs).
+
+    Jacobian-contraction blocks keep rows (block, O', P) of the largest parameter under half the
+    budget; structured derivatives form such rows only for "grads"-mode groups and fallback
+    parameters, so dense layers leave the block bounded by activations alone.
+    """
+    n_max = max(x1.shape[0], n2)
+    if plan.block >= n_max:
+        return plan
+    an = analyze(fm, x1, n2, spec, symmetric, check=False)
+    n_out = spec.n_out(fm.n_logits)
+    row_bytes = n_out * torch.empty((), dtype=fm.dtype).element_size()
+    rows = [t.size for t in an.terms if t.mode == "grads"] + [fm.sizes[n] for n in an.fallback]
+    by_param = (plan.budget // 2) // max(1, row_bytes * max(rows, default=1))
+    by_acts = (plan.budget // 4) // max(1, row_bytes * activations * ACTIVATION_COPIES)
+    block = int(max(plan.block, min(n_max, by_param, by_acts)))
+    return Plan(block=block, groups=plan.groups, chunk=plan.chunk, budget=plan.budget)
+
+
+# ------------------------------------------------------------------------------------- strategy
+class _Side:
+    """One block of samples: its factors, direct-mode operands and (memoized) gradients."""
+
+    def __init__(self, fm, an: Analysis, x: torch.Tensor, spec: OutputSpec, direct: list[Term], keep: bool,
+                 facs: dict[str, list[Factor]] | None = None):
+        if facs is None:
+            cap = capture(_run_fn(fm, _leaves(fm, an.covered), x, spec), an.targets, per_output=an.per_output)
+            facs = cap.factors()
+        self.n = x.shape[0]
+        self.ops: dict[int, Operands] = {id(t): t.prepare(facs) for t in direct}
+        done = {n for t in direct for n in t.names}
+        self.facs = {n: f for n, f in facs.items() if n not in done}
+        self.keep = keep
+        self._grads: dict[int, list[torch.Tensor]] = {}
+
+    def grads(self, term: Term) -> list[torch.Tensor]:
+        """The term's per-sample gradients [(n, O', P) per parameter], memoized when `keep`."""
+        key = id(term)
+        if key in self._grads:
+            return self._grads[key]
+        with torch.no_grad():
+            g = term.grads(self.facs, slice(None))
+        if self.keep:
+            self._grads[key] = g
+        return g
+
+    def nbytes(self, grad_elems: int, itemsize: int) -> int:
+        ops = sum(o.nbytes() for o in self.ops.values())
+        facs = sum(f.d.numel() * f.d.element_size() for fl in self.facs.values() for f in fl if hasattr(f, "d"))
+        return ops + facs + grad_elems * self.n * itemsize
+
+
+class _SubProgress(Progress):
+    """Forwards a sub-computation's steps to the parent (whose total already counts them)."""
+
+    def __init__(self, parent: Progress) -> None:
+        super().__init__(None)
+        self.parent = parent
+
+    def start(self, total: int) -> None:
+        self.total, self.done = total, 0
+
+    def advance(self, steps: int = 1) -> None:
+        self.done += steps
+        self.parent.advance(steps)
+
+
+def _contract_pair(s1: _Side, s2: _Side, terms: list[Term], kind: str, block: torch.Tensor, rows: slice,
+                   cols: slice) -> None:
+    """block[rows, cols] += Θ between samples `rows` of s1 and `cols` of s2 (all terms)."""
+    view = block[rows, cols]
+    acc = view.permute(0, 2, 1, 3) if kind == "full" else view if kind == "trace" else view.permute(2, 0, 1)
+    with torch.no_grad():
+        for t in terms:
+            if t.mode == "direct":
+                contract_direct(s1.ops[id(t)].rows(rows), s2.ops[id(t)].rows(cols), kind, acc)
+            else:
+                for g1, g2 in zip(s1.grads(t), s2.grads(t)):
+                    contract_grads(g1[rows], g2[cols], kind, acc)
+
+
+def structured(
+    fm: FunctionalModel,
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    spec: OutputSpec,
+    plan: Plan,
+    out: torch.Tensor,
+    pairs: Sequence[tuple[slice, slice]],
+    symmetric: bool,
+    progress: Progress,
+) -> None:
+    """Add Θ over `pairs` of (row block, column block) into `out` (the output layout).
+
+    Same contract as `jacobian_contraction`: row blocks index x1, column blocks x2 (x2 is x1 when
+    `symmetric`, and then only the upper triangle of diagonal blocks is computed).
+    """
+    an = analyze(fm, x1, x2.shape[0], spec, symmetric, first=pairs[0][0] if pairs else None)
+    if an.fallback:
+        warnings.warn(an.message(), StructuredFallbackWarning, stacklevel=4)
+    kind = contraction_kind(spec)
+    n_out = spec.n_out(fm.n_logits)
+    itemsize = out.element_size()
+    block_size = max((r.stop - r.start for r, _ in pairs), default=1)
+    fb = [n for n in fm.names if n in an.fallback]
+    capacity = max([fm.sizes[n] for n in fb] + [(plan.budget // 2) // max(1, n_out * itemsize * block_size)])
+    sub_groups = tuple(tuple(g) for g in group_parameters(fb, fm.sizes, capacity)) if fb else ()
+    n_fallback_steps = len(sub_groups) * len(pairs)
+    progress.start(len(pairs) + n_fallback_steps)
+    if sub_groups:
+        sub = Plan(block=plan.block, groups=sub_groups, chunk=plan.chunk, budget=plan.budget)
+        jacobian_contraction(fm, x1, x2, spec, sub, out, pairs, symmetric, _SubProgress(progress))
+    if not an.covered:
+        return
+    direct = [t for t in an.terms if t.mode == "direct"]
+    grad_elems = sum(t.size for t in an.terms if t.mode == "grads") * n_out
+
+    by_row: dict[tuple[int, int], list[slice]] = {}
+    for r, c in pairs:
+        by_row.setdefault((r.start, r.stop), []).append(c)
+    n_col_blocks = len({(c.start, c.stop) for _, c in pairs})
+    cache: dict[tuple[int, int], _Side] = {}
+    cache_ok: bool | None = None
+
+    def side(x: torch.Tensor, s: slice, keep: bool) -> _Side:
+        facs = None
+        if an.first is not None and x is x1 and (an.first[0].start, an.first[0].stop) == (s.start, s.stop):
+            facs, an.first = an.first[1], None
+        return _Side(fm, an, x[s], spec, direct, keep, facs)
+
+    for (r0, r1), cols in by_row.items():
+        r = slice(r0, r1)
+        s1 = cache.get((r0, r1)) if symmetric else None
+        if s1 is None:
+            s1 = side(x1, r, keep=True)
+            if cache_ok is None:
+                cache_ok = n_col_blocks * s1.nbytes(grad_elems, itemsize) <= plan.budget // 4
+            if symmetric and cache_ok:
+                cache[(r0, r1)] = s1
+        for c in cols:
+            key = (c.start, c.stop)
+            if symmetric and key == (r0, r1):
+                b = r1 - r0
+                # matmul rows per sample: O' for `full` ((n·O') x (m·O') blocks), else 1
+                per = n_out if kind == "full" else 1
+                size = max(1, TRIANGLE_ROWS // per) if b * per >= 2 * TRIANGLE_ROWS else b
+                parts = chunks(0, b, size)
+                block = out[r, r]
+                for p in parts:
+                    _contract_pair(s1, s1, an.terms, kind, block, p, slice(p.start, b))
+                if len(parts) > 1:
+                    fill_lower_in_block(out, r, [slice(r0 + p.start, r0 + p.stop) for p in parts])
+            else:
+                s2 = cache.get(key)
+                if s2 is None:
+                    s2 = side(x2, c, keep=bool(cache_ok))
+                    if cache_ok:
+                        cache[key] = s2
+                _contract_pair(s1, s2, an.terms, kind, out[r, c], slice(None), slice(None))
+            progress.advance()

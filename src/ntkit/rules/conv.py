@@ -1,0 +1,139 @@
+"""Convolutions `nn.Conv1d/2d/3d` and `nn.ConvTranspose1d/2d/3d` as `LinearFactor`s over patches.
+
+Conv: unfolding the (padded) input into patches (im2col) makes a convolution a Linear layer shared
+over the S output positions, per group: x (n, S, G, C_in/G · K), d (O', n, S, G, C_out/G), the
+weight viewed as (G, C_out/G, C_in/G · K) — exactly its memory order. Patches are unfolded lazily,
+a few samples at a time. Stride, dilation, groups (depthwise included), numeric and string padding
+and every `padding_mode` (non-zero modes pad first, as PyTorch does) are handled.
+
+Transposed conv: the roles swap. Weight (C_in, C_out/G, *k): g[ci, co, k] = Σ_p x[ci, p]
+d[co, p·stride + k·dilation − padding], so the *cotangents* are unfolded (over the input
+positions p) and the weight is `transposed` (G, in, out).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ntkit.rules.factors import Lazy, LinearFactor
+from ntkit.rules.registry import Rule, register_rule
+
+
+def unfold(x: torch.Tensor, kernel, stride, dilation, pad: list[int], mode: str, groups: int, positions: int | None = None):
+    """Patches of x: (n, C, *L) as (n, G, C/G · K, S), K = prod(kernel), in (c, k...) order.
+
+    pad: F.pad-style list (last dim first); mode: a padding_mode ("zeros" is constant 0).
+    positions: keep the first `positions` windows per dim (None: all).
+    """
+    nd = len(kernel)
+    n, c = x.shape[:2]
+    if any(pad):
+        x = F.pad(x, pad, mode="constant" if mode == "zeros" else mode)
+    if nd <= 2 and positions is None:
+        x2 = x if nd == 2 else x.unsqueeze(2)
+        k = tuple(kernel) if nd == 2 else (1, kernel[0])
+        st = tuple(stride) if nd == 2 else (1, stride[0])
+        dl = tuple(dilation) if nd == 2 else (1, dilation[0])
+        cols = F.unfold(x2, k, dilation=dl, stride=st)  # (n, C·K, S)
+        return cols.view(n, groups, (c // groups) * math.prod(kernel), cols.shape[-1])
+    for i in range(nd):
+        span = dilation[i] * (kernel[i] - 1) + 1
+        x = x.unfold(2 + i, span, stride[i])
+        if dilation[i] > 1:
+            x = x[..., :: dilation[i]]
+        if positions is not None:
+            x = x.narrow(2 + i, 0, positions[i])
+    spatial = x.shape[2 : 2 + nd]
+    x = x.reshape(n, groups, c // groups, *spatial, *kernel)
+    perm = [0, 1, 2] + list(range(3 + nd, 3 + 2 * nd)) + list(range(3, 3 + nd))
+    return x.permute(perm).reshape(n, groups, (c // groups) * math.prod(kernel), math.prod(spatial))
+
+
+def _conv_pad(module) -> list[int]:
+    return list(module._reversed_padding_repeated_twice)
+
+
+def positions_last(d: torch.Tensor, groups: int) -> torch.Tensor:
+    """Cotangents (O', n, C, *L) as (O', n, S, G, C/G), a view for both memory formats."""
+    o, n, c = d.shape[:3]
+    s = math.prod(d.shape[3:])
+    try:
+        return d.movedim(2, -1).view(o, n, s, groups, c // groups)  # channels-last memory
+    except RuntimeError:
+        return d.reshape(o, n, groups, c // groups, s).permute(0, 1, 4, 2, 3)
+
+
+@register_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+class ConvRule(Rule):
+    """Convolutions via lazily unfolded patches (see the module docstring)."""
+
+    def supports(self, module):
+        return None
+
+    def save(self, module, args, kwargs, output):
+        x = args[0] if args else kwargs["input"]
+        nd = len(module.kernel_size)
+        if x.ndim != nd + 2:
+            raise ValueError(f"{type(module).__name__} got an unbatched input of shape {tuple(x.shape)}")
+        return x.detach()
+
+    def factors(self, module, x, cots, names):
+        (d,) = cots  # (O', n, C_out, *L_out)
+        n = d.shape[1]
+        s = math.prod(d.shape[3:])
+        g = module.groups
+        k = module.kernel_size
+        in_g = (x.shape[1] // g) * math.prod(k)
+        d5 = positions_last(d, g)  # (O', n, S, G, out)
+        res = {}
+        if "weight" in names:
+            pad, mode = _conv_pad(module), module.padding_mode
+            st, dl = module.stride, module.dilation
+
+            def rows(sl, x=x):
+                return unfold(x[sl], k, st, dl, pad, mode, g).permute(0, 3, 1, 2)  # (n, S, G, in)
+
+            res["weight"] = LinearFactor(d5, module.weight.shape, x=Lazy((n, s, g, in_g), rows))
+        if "bias" in names and module.bias is not None:
+            res["bias"] = LinearFactor(d5, module.bias.shape)
+        return res
+
+
+@register_rule(nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+class ConvTransposeRule(Rule):
+    """Transposed convolutions: unfold the cotangents over the input positions."""
+
+    def supports(self, module):
+        if module.padding_mode != "zeros":
+            return f"{type(module).__name__} with padding_mode={module.padding_mode!r}"
+        return None
+
+    def save(self, module, args, kwargs, output):
+        x = args[0] if args else kwargs["input"]
+        if x.ndim != len(module.kernel_size) + 2:
+            raise ValueError(f"{type(module).__name__} got an unbatched input of shape {tuple(x.shape)}")
+        return x.detach()
+
+    def factors(self, module, x, cots, names):
+        (d,) = cots  # (O', n, C_out, *L_out)
+        o, n, c_out = d.shape[:3]
+        g = module.groups
+        c_in = x.shape[1]
+        l_in = x.shape[2:]
+        s_in = math.prod(l_in)
+        res = {}
+        if "weight" in names:
+            k = module.kernel_size
+            pad = [p for p in reversed(module.padding) for _ in range(2)]
+            du = unfold(d.reshape(o * n, c_out, *d.shape[3:]), k, module.stride, module.dilation, pad, "zeros", g,
+                        positions=tuple(l_in))  # (O'·n, G, C_out/G · K, S_in)
+            du = du.reshape(o, n, g, du.shape[2], s_in).permute(0, 1, 4, 2, 3)  # (O', n, S, G, out·K)
+            xs = x.reshape(n, g, c_in // g, s_in).permute(0, 3, 1, 2)  # (n, S, G, C_in/G)
+            res["weight"] = LinearFactor(du, module.weight.shape, x=xs, transposed=True)
+        if "bias" in names and module.bias is not None:
+            res["bias"] = LinearFactor(positions_last(d, 1), module.bias.shape)
+        return res

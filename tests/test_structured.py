@@ -1,0 +1,447 @@
+"""method="structured" against the float64 reference: the zoo, every rule as settings, fallbacks.
+
+Tolerance as in test_engine: 1e-8 relative to max|Θ| in float64. Layer settings are data: each
+entry is (id, layer factory, input factory, call); the layer runs inside a small model (layer ->
+flatten -> fixed projection to 3 outputs) and must be handled by its rule alone (a fallback
+warning is an error there), with both contraction modes checked by `check_rule`.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from zoo import ZOO, Case, D
+
+import ntkit
+from ntkit.engine.functional import VmapFallbackWarning
+from ntkit.engine.structured import StructuredFallbackWarning
+from ntkit.reference import ntk_reference
+from ntkit.rules import RULES, GradFactor, LinearFactor, Rule, check_rule, contract, register_rule
+
+OUTPUTS = ["full", "trace", "diagonal", "logit:-1", "pntk"]
+RTOL64 = 1e-8
+_REF: dict = {}
+
+
+def rel_err(k: torch.Tensor, r: torch.Tensor) -> float:
+    assert k.shape == r.shape, (k.shape, r.shape)
+    return float((k.double() - r).abs().max() / r.abs().max().clamp_min(1e-300))
+
+
+def reference(case: Case, symmetric: bool, output: str, params=None) -> torch.Tensor:
+    key = (case.name, case.n1, case.n2, symmetric, output, params)
+    if key not in _REF:
+        x1, x2 = case.inputs()
+        _REF[key] = ntk_reference(case.model(), x1, None if symmetric else x2, output, params)
+    return _REF[key]
+
+
+def run(case: Case, symmetric: bool, **kw) -> torch.Tensor:
+    x1, x2 = case.inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", VmapFallbackWarning)
+        warnings.simplefilter("ignore", StructuredFallbackWarning)
+        return ntkit.ntk(case.model(), x1, None if symmetric else x2, method="structured", **kw)
+
+
+# ------------------------------------------------------------------------------------------- zoo
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "rect"])
+@pytest.mark.parametrize("output", OUTPUTS)
+@pytest.mark.parametrize("case", ZOO, ids=[c.name for c in ZOO])
+def test_zoo_matches_reference(case, output, symmetric):
+    k = run(case, symmetric, output=output)
+    assert k.dtype == D
+    assert rel_err(k, reference(case, symmetric, output)) < RTOL64
+
+
+@pytest.mark.parametrize("case", ZOO, ids=[c.name for c in ZOO])
+def test_zoo_params_selection(case):
+    for output in ("full", "trace"):
+        for symmetric in (True, False):
+            k = run(case, symmetric, output=output, params=case.last)
+            assert rel_err(k, reference(case, symmetric, output, case.last)) < RTOL64
+
+
+@pytest.mark.parametrize("mode", ["direct", "grads"])
+@pytest.mark.parametrize("case", [c for c in ZOO if c.name in ("mlp-o10", "tied", "attention", "convzoo", "cnn-bn")],
+                         ids=lambda c: c.name)
+def test_both_contraction_modes_blocks_and_triangles(case, mode, monkeypatch):
+    """Force one mode for every Linear-type term; blocks of 2 over odd N; tiny memory budgets."""
+    monkeypatch.setattr(contract.LinearTerm, "direct_flops",
+                        (lambda self, kind: 0.0 if self.groups == 1 else float("inf")) if mode == "direct"
+                        else (lambda self, kind: float("inf")))
+    case = Case(case.name, case.build, case.input_shape, case.last, case.tokens, n1=7, n2=5)
+    for output in ("full", "trace", "diagonal", "pntk"):
+        for symmetric in (True, False):
+            r = reference(case, symmetric, output)
+            budgets = [{"batch_size": 3, "memory": 2_000}, {"memory": 30_000}] if output == "full" else []
+            for kw in [{}, {"batch_size": 2}, *budgets]:
+                assert rel_err(run(case, symmetric, output=output, **kw), r) < RTOL64, (output, symmetric, kw)
+
+
+def test_blocks_bounded_by_activations_not_parameter_rows():
+    """Dense layers form no per-sample gradients: a budget that limits Jacobian contraction to blocks
+    of 1-2 samples still lets structured derivatives take all 12 at once, exactly."""
+    from ntkit.engine.api import _prepare
+    from ntkit.engine.structured import structured_plan
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 4)).to(D)
+    x = torch.randn(12, 3, dtype=D)
+    call = _prepare(model, x, None, "full", None, None, None, 8_000_000)
+    sp = structured_plan(call.fm, call.x1, call.n2, call.spec, call.symmetric, call.plan, call.profile.activations)
+    assert call.plan.block <= 2 and sp.block == 12
+    k = ntkit.ntk(model, x, method="structured", memory=8_000_000)
+    assert rel_err(k, ntk_reference(model, x)) < RTOL64
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_triangular_diagonal_blocks(output):
+    """N·O large enough that the diagonal block is split into triangular chunks."""
+    case = Case("mlp-o10-big", ZOO[0].build, (5,), "2.*", n1=41, n2=3)
+    assert rel_err(run(case, True, output=output), reference(case, True, output)) < RTOL64
+    assert rel_err(run(case, True, output=output, batch_size=15), reference(case, True, output)) < RTOL64
+
+
+def test_symmetric_result_is_exactly_symmetric_and_model_untouched():
+    case = next(c for c in ZOO if c.name == "attention")
+    model = case.model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x1, _ = case.inputs()
+    k = run(case, True, batch_size=2)
+    assert torch.equal(k, k.permute(1, 0, 3, 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ntkit.ntk(model, x1, method="structured")
+    assert all(torch.equal(before[n], v) for n, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    for m in model.modules():  # no hook or replaced forward left behind
+        assert not m._forward_hooks and "forward" not in m.__dict__
+
+
+def test_float32_within_stated_tolerance():
+    for case in (ZOO[0], ZOO[3], ZOO[4]):
+        x1, x2 = case.inputs()
+        k = ntkit.ntk(case.model().float(), x1.float(), x2.float(), method="structured")
+        assert k.dtype == torch.float32
+        assert rel_err(k, reference(case, False, "full")) < 1e-5
+
+
+# ------------------------------------------------------------------------------- layer settings
+class Head(nn.Module):
+    """layer -> flatten -> fixed projection to 3 outputs (a buffer, not a parameter)."""
+
+    def __init__(self, layer: nn.Module, width: int, call=None) -> None:
+        super().__init__()
+        self.layer = layer
+        self.call = call
+        g = torch.Generator().manual_seed(1)
+        self.register_buffer("proj", torch.randn(width, 3, generator=g, dtype=D) / width**0.5)
+
+    def forward(self, x):
+        y = self.layer(x) if self.call is None else self.call(self.layer, x)
+        return torch.tanh(y.reshape(y.shape[0], -1)) @ self.proj
+
+
+def _bn(cls, c):
+    def build():
+        m = cls(c)
+        m.running_mean.uniform_(-0.5, 0.5)
+        m.running_var.uniform_(0.5, 2.0)
+        nn.init.uniform_(m.weight, 0.5, 1.5)
+        nn.init.uniform_(m.bias, -0.2, 0.2)
+        return m.eval()
+
+    return build
+
+
+def _randn(*shape):
+    return lambda n, g: torch.randn(n, *shape, generator=g, dtype=D)
+
+
+def _tokens(v, s):
+    return lambda n, g: torch.randint(0, v, (n, s), generator=g)
+
+
+def _self_attn(m, x):
+    return m(x, x, x)[0]
+
+
+def _seq_first(m, x):
+    x = x.transpose(0, 1)
+    return m(x, x, x, need_weights=False)[0].transpose(0, 1)
+
+
+def _cross_attn(m, x):
+    return m(x, x[:, :3, :3], x[:, :3, 3:8])[0]
+
+
+def _masked(m, x):
+    mask = torch.triu(torch.ones(x.shape[1], x.shape[1], dtype=torch.bool), 1)
+    return m(x, x, x, attn_mask=mask, need_weights=False)[0]
+
+
+SETTINGS = [
+    ("linear", lambda: nn.Linear(5, 4), _randn(5), None),
+    ("linear-3d", lambda: nn.Linear(5, 4), _randn(3, 5), None),
+    ("linear-4d-nobias", lambda: nn.Linear(5, 4, bias=False), _randn(2, 3, 5), None),
+    ("conv1d-stride-pad", lambda: nn.Conv1d(2, 3, 3, stride=2, padding=1), _randn(2, 9), None),
+    ("conv1d-same-dilation", lambda: nn.Conv1d(2, 3, 3, padding="same", dilation=2), _randn(2, 8), None),
+    ("conv1d-groups-circular", lambda: nn.Conv1d(4, 2, 3, groups=2, padding=1, padding_mode="circular"), _randn(4, 7), None),
+    ("conv2d-mixed", lambda: nn.Conv2d(2, 3, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2)), _randn(2, 6, 5), None),
+    ("conv2d-groups-valid-nobias", lambda: nn.Conv2d(4, 6, 3, groups=2, padding="valid", bias=False), _randn(4, 5, 5), None),
+    ("conv2d-depthwise", lambda: nn.Conv2d(3, 6, 3, groups=3, padding=1), _randn(3, 4, 4), None),
+    ("conv2d-reflect", lambda: nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), _randn(2, 4, 4), None),
+    ("conv2d-same-even-kernel", lambda: nn.Conv2d(2, 2, 4, padding="same"), _randn(2, 5, 5), None),
+    ("conv3d-stride", lambda: nn.Conv3d(2, 2, 2, stride=2, padding=1), _randn(2, 3, 4, 3), None),
+    ("conv3d-groups-dilation", lambda: nn.Conv3d(2, 4, 2, groups=2, dilation=(1, 2, 1)), _randn(2, 3, 4, 3), None),
+    ("convT1d-stride-outpad", lambda: nn.ConvTranspose1d(2, 3, 3, stride=2, output_padding=1), _randn(2, 4), None),
+    ("convT1d-dilation", lambda: nn.ConvTranspose1d(2, 3, 3, dilation=3, padding=2, output_padding=2, stride=1),
+     _randn(2, 4), None),
+    ("convT2d-groups", lambda: nn.ConvTranspose2d(4, 2, 3, stride=2, padding=1, output_padding=1, groups=2),
+     _randn(4, 3, 3), None),
+    ("convT3d", lambda: nn.ConvTranspose3d(2, 2, 2, stride=2), _randn(2, 2, 2, 2), None),
+    ("layernorm", lambda: nn.LayerNorm(5), _randn(3, 5), None),
+    ("layernorm-2d-nobias", lambda: nn.LayerNorm((3, 4), bias=False), _randn(3, 4), None),
+    ("groupnorm", lambda: nn.GroupNorm(2, 4), _randn(4, 3, 2), None),
+    ("rmsnorm", lambda: nn.RMSNorm(5), _randn(2, 5), None),
+    ("batchnorm1d", _bn(nn.BatchNorm1d, 4), _randn(4), None),
+    ("batchnorm1d-seq", _bn(nn.BatchNorm1d, 3), _randn(3, 5), None),
+    ("batchnorm2d", _bn(nn.BatchNorm2d, 3), _randn(3, 2, 3), None),
+    ("batchnorm3d", _bn(nn.BatchNorm3d, 2), _randn(2, 2, 2, 2), None),
+    ("embedding", lambda: nn.Embedding(7, 3), _tokens(7, 4), None),
+    ("embedding-padding", lambda: nn.Embedding(6, 3, padding_idx=1), _tokens(6, 5), None),
+    ("mha-self", lambda: nn.MultiheadAttention(8, 2, batch_first=True), _randn(4, 8), _self_attn),
+    ("mha-seq-first", lambda: nn.MultiheadAttention(8, 2), _randn(4, 8), _seq_first),
+    ("mha-kdim-vdim-cross", lambda: nn.MultiheadAttention(8, 2, kdim=3, vdim=5, batch_first=True), _randn(4, 8),
+     _cross_attn),
+    ("mha-causal-zero-attn", lambda: nn.MultiheadAttention(8, 4, batch_first=True, add_zero_attn=True, bias=False),
+     _randn(4, 8), _masked),
+]
+SETTINGS = [s for s in SETTINGS if not (s[0] == "rmsnorm" and not hasattr(nn, "RMSNorm"))]
+_EVEN_SAME = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+
+
+@pytest.mark.parametrize("name,build,inputs,call",
+                         [pytest.param(*s, id=s[0], marks=_EVEN_SAME if "even" in s[0] else ()) for s in SETTINGS])
+def test_rule_settings(name, build, inputs, call):
+    torch.manual_seed(sum(map(ord, name)))
+    layer = build().to(D)
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = inputs(5, g), inputs(3, g)
+    with torch.no_grad():
+        y = layer(x1) if call is None else call(layer, x1)
+    model = Head(layer, y[0].numel(), call).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StructuredFallbackWarning)  # the rule must handle the layer
+        for symmetric in (True, False):
+            xb = None if symmetric else x2
+            for output in ("full", "trace", "diagonal", "logit:1", "pntk"):
+                k = ntkit.ntk(model, x1, xb, method="structured", output=output)
+                assert rel_err(k, ntk_reference(model, x1, xb, output)) < RTOL64, (output, symmetric)
+    report = check_rule(layer, x1, call=call)  # both contraction modes, raises on failure
+    assert report.ok and {m for _, m in report.errors} >= {"grads"}
+
+
+# ------------------------------------------------------------------------------------- fallbacks
+class Scale(nn.Module):
+    """y = x * alpha + beta, elementwise: a layer without a registered rule."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.linspace(0.5, 1.5, d))
+        self.beta = nn.Parameter(torch.linspace(-0.1, 0.1, d))
+
+    def forward(self, x):
+        return x * self.alpha + self.beta
+
+
+class Custom(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 6)
+        self.scale = Scale(6)
+        self.fc2 = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.scale(self.fc1(x))))
+
+
+class OutsideUse(nn.Module):
+    """fc1's weight is also used directly in forward, outside fc1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(4, 4)
+        self.fc2 = nn.Linear(4, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc1(x)) + 0.3 * x @ self.fc1.weight.T
+        return self.fc2(h)
+
+
+X1 = torch.randn(5, 4, dtype=D, generator=torch.Generator().manual_seed(2))
+X2 = torch.randn(3, 4, dtype=D, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize("output", ["full", "trace", "diagonal"])
+def test_unknown_layer_warns_once_naming_its_parameters_and_is_exact(output):
+    model = Custom().to(D)
+    with pytest.warns(StructuredFallbackWarning) as record:
+        k = ntkit.ntk(model, X1, X2, method="structured", output=output)
+    msgs = [str(w.message) for w in record if issubclass(w.category, StructuredFallbackWarning)]
+    assert msgs == [("unknown layer type Scale in structured mode: falling back to Jacobian contraction "
+                     "for parameters scale.alpha, scale.beta")]
+    assert rel_err(k, ntk_reference(model, X1, X2, output)) < RTOL64
+    # only selected parameters count: no rule needed when the unknown layer is not selected
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StructuredFallbackWarning)
+        k = ntkit.ntk(model, X1, method="structured", output=output, params=["fc1.*", "fc2.weight"])
+    assert rel_err(k, ntk_reference(model, X1, None, output, ["fc1.*", "fc2.weight"])) < RTOL64
+
+
+def test_progress_counts_fallback_steps_and_ntk_fn():
+    model = Custom().to(D)
+    x = torch.randn(9, 4, dtype=D)
+    steps = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", StructuredFallbackWarning)
+        ntkit.ntk(model, x, method="structured", batch_size=4, progress=lambda d, t: steps.append((d, t)))
+        fn = ntkit.ntk_fn(model, method="structured", output="trace")
+        assert rel_err(fn(x, X2), ntk_reference(model, x, X2, "trace")) < RTOL64
+    total = steps[0][1]
+    assert steps[0] == (0, total) and steps[-1] == (total, total)
+    assert [d for d, _ in steps] == list(range(total + 1))
+
+
+def test_parameter_used_outside_its_layer_falls_back():
+    model = OutsideUse().to(D)
+    with pytest.warns(StructuredFallbackWarning, match=r"used outside its layer.*parameters fc1\.weight$"):
+        k = ntkit.ntk(model, X1, X2, method="structured")
+    assert rel_err(k, ntk_reference(model, X1, X2)) < RTOL64
+
+
+class Unused(nn.Module):
+    """One Linear registered under two names (called twice), one never called."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = self.a
+        self.spare = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+
+def test_module_under_two_names_and_unused_layer():
+    model = Unused().to(D)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StructuredFallbackWarning)
+        for output in ("full", "trace", "diagonal"):
+            for x2 in (None, X2):
+                k = ntkit.ntk(model, X1, x2, method="structured", output=output)
+                assert rel_err(k, ntk_reference(model, X1, x2, output)) < RTOL64
+
+
+def test_batchnorm_eval_with_frozen_parameters():
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5, affine=True, track_running_stats=True), nn.Tanh(),
+                          nn.Linear(5, 2)).to(D).eval()
+    model[1].running_var.fill_(1.7)
+    model[0].weight.requires_grad_(False)  # frozen parameters never enter
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StructuredFallbackWarning)
+        k = ntkit.ntk(model, X1, X2, method="structured", output="trace")
+    assert rel_err(k, ntk_reference(model, X1, X2, "trace")) < RTOL64
+
+
+def test_user_registered_rule_checked_with_check_rule():
+    @register_rule(Scale)
+    class ScaleRule(Rule):
+        params = ("alpha", "beta")
+
+        def factors(self, module, x, cots, names):
+            (d,) = cots  # (O', n, *lead, d)
+            o, n = d.shape[:2]
+            d = d.reshape(o, n, -1, d.shape[-1])
+            x = x.reshape(n, -1, x.shape[-1])
+            res = {}
+            if "alpha" in names:
+                res["alpha"] = GradFactor(torch.einsum("ansc,nsc->anc", d, x), module.alpha.shape)
+            if "beta" in names:  # a bias: ones input, kept factored
+                res["beta"] = LinearFactor(d.reshape(o, n, -1, 1, d.shape[-1]), module.beta.shape)
+            return res
+
+    try:
+        assert check_rule(Scale(6), torch.randn(4, 2, 6)).ok
+        model = Custom().to(D)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", StructuredFallbackWarning)
+            for output in ("full", "trace"):
+                k = ntkit.ntk(model, X1, X2, method="structured", output=output)
+                assert rel_err(k, ntk_reference(model, X1, X2, output)) < RTOL64
+    finally:
+        del RULES[Scale]
+
+
+def test_check_rule_catches_a_wrong_rule():
+    class Bad(nn.Linear):
+        pass
+
+    @register_rule(Bad)
+    class BadRule(Rule):
+        def factors(self, module, x, cots, names):
+            d = cots[0]
+            o, n = d.shape[:2]
+            d5 = d.reshape(o, n, 1, 1, -1)
+            return {"weight": LinearFactor(2 * d5, module.weight.shape, x=x.reshape(n, 1, 1, -1)),
+                    "bias": LinearFactor(d5, module.bias.shape)}
+
+    try:
+        with pytest.raises(AssertionError, match="rule check of Bad: FAILED"):
+            check_rule(Bad(3, 2), torch.randn(4, 3))
+        model = nn.Sequential(Bad(3, 2)).to(D)  # the engine's gradient check catches it too
+        x = torch.randn(4, 3, dtype=D)
+        with pytest.warns(StructuredFallbackWarning, match=r"parameters 0\.weight$"):
+            k = ntkit.ntk(model, x, method="structured")
+        assert rel_err(k, ntk_reference(model, x)) < RTOL64
+    finally:
+        del RULES[Bad]
+
+
+def test_subclass_overriding_forward_has_no_rule():
+    class Doubled(nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    model = nn.Sequential(Doubled(4, 3)).to(D)
+    with pytest.warns(StructuredFallbackWarning, match="unknown layer type Doubled"):
+        k = ntkit.ntk(model, X1, method="structured")
+    assert rel_err(k, ntk_reference(model, X1)) < RTOL64
+
+
+def test_batch_statistics_fall_back():
+    """A layer that mixes samples in eval mode (no running statistics) cannot be captured batched."""
+    model = nn.Sequential(nn.Conv1d(2, 3, 3), nn.BatchNorm1d(3, track_running_stats=False), nn.Tanh(),
+                          nn.Flatten(), nn.Linear(9, 2)).to(D).eval()
+    x = torch.randn(6, 2, 5, dtype=D)
+    with pytest.warns(StructuredFallbackWarning, match="depend on the other samples") as record:
+        k = ntkit.ntk(model, x, method="structured")
+    assert "0.weight" in str(record[0].message)
+    assert torch.allclose(k, ntkit.ntk(model, x, method="jacobian"), rtol=0, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------- auto
+def test_auto_chooses_structured_for_dense_nets_and_plans_show_it():
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Linear(3, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+    x = torch.randn(32, 3)
+    for output in ("full", "trace"):
+        p = ntkit.plan(wide, x, output=output)
+        assert p.method == "structured", str(p)
+        assert "structured" in str(p)
+    assert "structured" in ntkit.METHODS
