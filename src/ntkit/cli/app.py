@@ -143,7 +143,7 @@ def compute(
                                                                 "sidecar with the metadata is written next to it)."),
     cols: Optional[str] = typer.Option(None, "--cols", help="Data spec for the columns (default: the rows, "
                                                              "a symmetric kernel; the empirical-ntks form sets its own)."),
-    method: str = typer.Option("auto", "--method", "-m", help="auto | jacobian | ntk-vp"),
+    method: str = typer.Option("auto", "--method", "-m", help="auto | jacobian | ntk-vp | structured"),
     output: str = typer.Option("trace", "--output", help="full | trace | diagonal | logit:K | pntk"),
     params: Optional[list[str]] = typer.Option(None, "--params", help="Parameter names or globs to "
                                                                       "differentiate (repeatable), e.g. 'fc.*'."),
