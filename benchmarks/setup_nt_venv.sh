@@ -49,8 +49,14 @@ fi
 echo "creating $VENV with ${PINS[*]}"
 rm -rf "$VENV"
 "$PYTHON" -m venv "$VENV"
-"$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet "${PINS[@]}"
+# (this machine's pip config names local indexes that may be absent: drop those warnings)
+quiet_pip() {
+  "$VENV/bin/python" -m pip install --quiet "$@" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+}
+quiet_pip --upgrade pip
+quiet_pip "${PINS[@]}"
+"$VENV/bin/python" -m pip freeze > "$VENV/freeze.txt"
 
 if check; then
   echo "ok: $VENV"
