@@ -18,25 +18,9 @@ import ntkit
 from ntkit.engine.api import ForwardADFallbackWarning
 from ntkit.engine.functional import VmapFallbackWarning
 from ntkit.reference import ntk_reference, ntk_vp_reference
-from zoo import ZOO, D, Case
+from zoo import OUTPUTS, RTOL64, ZOO, Case, D, reference, rel_err
 
 METHODS = ["jacobian", "ntk-vp", "auto"]
-OUTPUTS = ["full", "trace", "diagonal", "logit:-1", "pntk"]
-RTOL64 = 1e-8
-_REF: dict = {}
-
-
-def rel_err(k: torch.Tensor, r: torch.Tensor) -> float:
-    assert k.shape == r.shape, (k.shape, r.shape)
-    return float((k.double() - r).abs().max() / r.abs().max().clamp_min(1e-300))
-
-
-def reference(case: Case, symmetric: bool, output: str, params=None) -> torch.Tensor:
-    key = (case.name, case.n1, case.n2, symmetric, output, params)
-    if key not in _REF:
-        x1, x2 = case.inputs()
-        _REF[key] = ntk_reference(case.model(), x1, None if symmetric else x2, output, params)
-    return _REF[key]
 
 
 def run(case: Case, symmetric: bool, **kw) -> torch.Tensor:

@@ -13,7 +13,7 @@ import warnings
 import pytest
 import torch
 from torch import nn
-from zoo import ZOO, Case, D
+from zoo import OUTPUTS, RTOL64, ZOO, Case, D, reference, rel_err
 
 import ntkit
 from ntkit.engine.functional import VmapFallbackWarning
@@ -21,22 +21,6 @@ from ntkit.engine.structured import StructuredFallbackWarning
 from ntkit.reference import ntk_reference
 from ntkit.rules import RULES, GradFactor, LinearFactor, Rule, check_rule, contract, register_rule
 
-OUTPUTS = ["full", "trace", "diagonal", "logit:-1", "pntk"]
-RTOL64 = 1e-8
-_REF: dict = {}
-
-
-def rel_err(k: torch.Tensor, r: torch.Tensor) -> float:
-    assert k.shape == r.shape, (k.shape, r.shape)
-    return float((k.double() - r).abs().max() / r.abs().max().clamp_min(1e-300))
-
-
-def reference(case: Case, symmetric: bool, output: str, params=None) -> torch.Tensor:
-    key = (case.name, case.n1, case.n2, symmetric, output, params)
-    if key not in _REF:
-        x1, x2 = case.inputs()
-        _REF[key] = ntk_reference(case.model(), x1, None if symmetric else x2, output, params)
-    return _REF[key]
 
 
 def run(case: Case, symmetric: bool, **kw) -> torch.Tensor:

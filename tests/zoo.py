@@ -186,3 +186,28 @@ class Stateful(nn.Module):
 
 
 ZOO.append(Case("stateful", Stateful, (4,), "lin.bias"))
+
+
+# -- shared by the method tests ----------------------------------------------------------------
+OUTPUTS = ["full", "trace", "diagonal", "logit:-1", "pntk"]
+# float64: both sides sum the same products in different orders (≤ 1e-13 here); 1e-8 still
+# catches any wrong term, which changes entries by O(1) relative.
+RTOL64 = 1e-8
+_REF: dict = {}
+
+
+def rel_err(k: torch.Tensor, r: torch.Tensor) -> float:
+    """max|k - r| / max|r| (shapes must match)."""
+    assert k.shape == r.shape, (k.shape, r.shape)
+    return float((k.double() - r).abs().max() / r.abs().max().clamp_min(1e-300))
+
+
+def reference(case: Case, symmetric: bool, output: str, params=None) -> torch.Tensor:
+    """The float64 reference kernel of a zoo case, memoized per (case, N, symmetry, output, params)."""
+    from ntkit.reference import ntk_reference
+
+    key = (case.name, case.n1, case.n2, symmetric, output, params)
+    if key not in _REF:
+        x1, x2 = case.inputs()
+        _REF[key] = ntk_reference(case.model(), x1, None if symmetric else x2, output, params)
+    return _REF[key]
