@@ -197,3 +197,11 @@ def test_in_place_buffer_updates_do_not_reach_the_model():
     for method in ("jacobian", "ntk-vp"):
         ntkit.ntk(model, x1, x2, method=method)
     assert float(model.calls) == 0.0
+
+
+def test_same_tensor_twice_is_symmetric():
+    case = ZOO[3]
+    x1, _ = case.inputs()
+    k = ntkit.ntk(case.model(), x1, x1, batch_size=2)
+    assert torch.equal(k, k.permute(1, 0, 3, 2))
+    assert rel_err(k, reference(case, True, "full")) < RTOL64
