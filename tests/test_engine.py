@@ -205,3 +205,23 @@ def test_same_tensor_twice_is_symmetric():
     k = ntkit.ntk(case.model(), x1, x1, batch_size=2)
     assert torch.equal(k, k.permute(1, 0, 3, 2))
     assert rel_err(k, reference(case, True, "full")) < RTOL64
+
+
+def test_plan_explains_methods_and_layers():
+    class Scale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return x * self.a
+
+    net = nn.Sequential(Scale(), nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 4))
+    p = ntkit.plan(net, torch.randn(8, 3), output="trace")
+    assert set(p.estimates) == {"jacobian", "ntk-vp", "structured"}
+    assert p.method == min(p.estimates, key=p.estimates.get)
+    by_name = {c.params: c for c in p.layers}
+    assert by_name["1.weight, 1.bias"].mode in ("direct", "grads") and by_name["1.weight, 1.bias"].size == 64
+    assert by_name["0.a"].reason == "unknown layer type Scale"
+    text = str(p)
+    assert "<- chosen" in text and "0.a [3] fallback to jacobian (unknown layer type Scale)" in text

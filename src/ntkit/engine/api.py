@@ -101,17 +101,34 @@ class _Call:
 
     def _structured_cost(self) -> StructuredCost | None:
         """The rules' FLOPs and the fallback parameters (None if the analysis itself fails)."""
-        try:
-            an = analyze(self.fm, self.x1, self.n2, self.spec, self.symmetric, check=False)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception:  # noqa: BLE001 - a model the rules cannot even run through: not a candidate
+        an = self._analysis(check=False)
+        if an is None:
             return None
         fb = [n for n in self.fm.names if n in an.fallback]
         groups = sum(1 for g in self.plan.groups if any(n in an.fallback for n in g))
         return StructuredCost(matmul_flops=an.matmul_flops, formation_flops=an.formation_flops,
                               fallback_params=sum(self.fm.sizes[n] for n in fb), fallback_groups=groups,
                               covered=bool(an.covered))
+
+    def _analysis(self, check: bool):
+        try:
+            return analyze(self.fm, self.x1, self.n2, self.spec, self.symmetric, check=check)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception:  # noqa: BLE001 - a model the rules cannot even run through: not a candidate
+            return None
+
+    def layers(self) -> list[LayerCost]:
+        """Structured derivatives per parameter group (gradient-checked): mode and FLOPs, or why
+        a parameter falls back to Jacobian contraction."""
+        an = self._analysis(check=True)
+        if an is None:
+            return []
+        rows = [LayerCost(", ".join(t.names), sum(t.sizes), t.mode, t.parts[t.mode][1], t.parts[t.mode][0], "")
+                for t in an.terms]
+        rows += [LayerCost(n, self.fm.sizes[n], "fallback to jacobian", 0.0, 0.0, why)
+                 for n, why in an.fallback.items()]
+        return rows
 
     def choose(self) -> str:
         est = self.estimates()
@@ -210,6 +227,18 @@ def _prepare(model, x1, x2, output, params, batch_size, device, memory) -> _Call
 
 
 @dataclass(frozen=True)
+class LayerCost:
+    """One parameter group under structured derivatives (see `ntkit.rules.contract`)."""
+
+    params: str  # the group's parameter names
+    size: int  # parameters in the group
+    mode: str  # "direct" (never forms gradients), "grads" (per-sample gradients) or a fallback
+    matmul_flops: float
+    formation_flops: float
+    reason: str  # why a parameter falls back to Jacobian contraction ("" otherwise)
+
+
+@dataclass(frozen=True)
 class NtkPlan:
     """What `ntk(..., method="auto")` would do, and why (see `ntkit.engine.cost`)."""
 
@@ -226,6 +255,7 @@ class NtkPlan:
     n_groups: int
     chunk: int
     memory: int
+    layers: tuple[LayerCost, ...] = ()  # structured derivatives per parameter group
 
     def __str__(self) -> str:
         lines = [
@@ -239,6 +269,12 @@ class NtkPlan:
         for m, t in sorted(self.estimates.items(), key=lambda kv: kv[1]):
             mark = "  <- chosen" if m == self.method else ""
             lines.append(f"  {m:<10} est. cost {t:.3g} (x{t / best:.2f}){mark}")
+        if self.layers:
+            lines.append("  structured derivatives per parameter group:")
+            for c in self.layers:
+                what = (f"{c.mode}: contraction {c.matmul_flops:.3g} FLOP, gradients {c.formation_flops:.3g} FLOP"
+                        if not c.reason else f"{c.mode} ({c.reason})")
+                lines.append(f"    {c.params} [{c.size:,}] {what}")
         return "\n".join(lines)
 
 
@@ -261,6 +297,7 @@ def plan(
         symmetric=call.symmetric, n_logits=call.n_logits, output=str(call.spec),
         n_params=call.fm.n_params, forward_flops=call.profile.flops, block=call.plan.block,
         n_groups=call.plan.n_groups, chunk=call.plan.chunk, memory=call.plan.budget,
+        layers=tuple(call.layers()),
     )
 
 
@@ -386,5 +423,5 @@ def _vjp_sum(f, theta, x, cot, bs):
     return total
 
 
-__all__ = ["METHODS", "OUTPUTS", "ForwardADFallbackWarning", "NtkPlan", "StructuredFallbackWarning", "ntk",
+__all__ = ["METHODS", "OUTPUTS", "ForwardADFallbackWarning", "LayerCost", "NtkPlan", "StructuredFallbackWarning", "ntk",
            "ntk_fn", "ntk_vp", "plan", "parse_method", "OutputSpec"]
