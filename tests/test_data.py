@@ -29,28 +29,16 @@ from ntkit.data import (
 )
 from ntkit.data.spec import DATASET_NAMES
 
-try:
-    from tests.data.fakes import (
-        FakeData,
-        write_all_fakes,
-        write_fake_cifar10,
-        write_fake_cifar100,
-        write_fake_fashion_mnist,
-        write_fake_mnist,
-        write_fake_npz,
-        write_idx,
-    )
-except ImportError:  # plain `pytest` puts tests/ (not the repo root) on sys.path
-    from data.fakes import (  # type: ignore[no-redef]
-        FakeData,
-        write_all_fakes,
-        write_fake_cifar10,
-        write_fake_cifar100,
-        write_fake_fashion_mnist,
-        write_fake_mnist,
-        write_fake_npz,
-        write_idx,
-    )
+from tests.data.fakes import (  # the repo root is on sys.path (pyproject: pythonpath)
+    FakeData,
+    write_all_fakes,
+    write_fake_cifar10,
+    write_fake_cifar100,
+    write_fake_fashion_mnist,
+    write_fake_mnist,
+    write_fake_npz,
+    write_idx,
+)
 
 # The documented normalization constants, restated here so a change to them is a visible diff.
 CIFAR10 = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
