@@ -295,5 +295,8 @@ def info(
     return 0
 
 
+# Sub-commands that live in their own modules register themselves on `app` when imported.
+from ntkit.cli import analyze_cmd, fit_cmd, store_cmd  # noqa: E402,F401
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,1 @@
+"""`ntkit` sub-commands: placeholder until filled."""
