@@ -13,7 +13,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "ntk", "ntk_fn", "ntk_vp", "plan", "METHODS", "OUTPUTS"]
+__all__ = ["__version__", "ntk", "ntk_fn", "ntk_vp", "plan", "METHODS", "OUTPUTS", "compute", "open"]
 
 _ENGINE_NAMES = {"ntk", "ntk_fn", "ntk_vp", "plan", "METHODS", "OUTPUTS"}
 
@@ -23,4 +23,12 @@ def __getattr__(name: str):  # lazy, so `import ntkit.data` stays light and cycl
         from ntkit import engine
 
         return getattr(engine, name)
+    if name == "compute":
+        from ntkit.distributed import compute
+
+        return compute
+    if name == "open":
+        from ntkit.store import open_store
+
+        return open_store
     raise AttributeError(f"module 'ntkit' has no attribute {name!r}")

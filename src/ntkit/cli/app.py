@@ -139,8 +139,9 @@ def compute(
                                           "CIFAR-10_0_2500_0_1000, npz:PATH."),
     model: str = typer.Argument(..., help="Model spec, e.g. cnn, 'mlp:depth=3,width=512', resnet18, "
                                            "file:net.py:make."),
-    output_path: Path = typer.Option(..., "-o", "--out", help="Where to write the kernel (.npy; a .json "
-                                                                "sidecar with the metadata is written next to it)."),
+    output_path: Path = typer.Option(..., "-o", "--out", help="Where to write the kernel: K.npy (in memory, "
+                                     "a .json sidecar with the metadata next to it) or a resumable tiled "
+                                     "store K.zarr (any kernel size; rerun the command to resume)."),
     cols: Optional[str] = typer.Option(None, "--cols", help="Data spec for the columns (default: the rows, "
                                                              "a symmetric kernel; the empirical-ntks form sets its own)."),
     method: str = typer.Option("auto", "--method", "-m", help="auto | jacobian | ntk-vp | structured"),
@@ -159,13 +160,22 @@ def compute(
                                                                    "(torch.load with weights_only=True)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the model's initial weights (without --weights)."),
     explain: bool = typer.Option(False, "--explain", help="Print the cost model's estimates and the plan."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file or store."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Store only: tiles on a local Dask "
+                                          "cluster of N processes (one per GPU with --device cuda)."),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler", help="Store only: address of a running "
+                                            "Dask scheduler (dask-jobqueue, Kubernetes, ...)."),
+    tile: Optional[int] = typer.Option(None, "--tile", help="Store only: tile side (default: the largest "
+                                       "under --memory, at most 4096)."),
+    precision: str = typer.Option("float32", "--precision", help="float32 (TF32 off on CUDA) | tf32."),
 ) -> int:
-    """Compute the empirical NTK of MODEL on DATA and save it as .npy plus a JSON sidecar.
+    """Compute the empirical NTK of MODEL on DATA: K.npy (+ .json sidecar) or a tiled store K.zarr.
 
-    The kernel is computed in memory (blocks under --memory); the result has shape
-    (N1, N2[, O[, O]]) by --output. Example: ntkit compute digits cnn -o K.npy
+    The result has shape (N1, N2[, O[, O]]) by --output. A .npy kernel is computed in memory; a
+    .zarr store is filled tile by tile under --memory, survives crashes and Ctrl-C (run the same
+    command again to resume), and can use Dask workers. Examples:
+    ntkit compute digits cnn -o K.npy;  ntkit compute CIFAR-10_0_2500_0_1000 resnet18 -o K.zarr
     """
     import torch
 
@@ -177,9 +187,12 @@ def compute(
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    if output_path.suffix != ".npy":
-        raise UserError(f"output {output_path} must end in .npy (a NumPy array; metadata goes to .json)")
-    if output_path.exists() and not overwrite:
+    to_store = output_path.suffix != ".npy"
+    if not to_store and (workers or scheduler or tile):
+        raise UserError("--workers, --scheduler and --tile need a store: write to K.zarr instead of .npy")
+    if workers and scheduler:
+        raise UserError("give --workers N (a local cluster) or --scheduler ADDRESS, not both")
+    if output_path.exists() and not overwrite and not to_store:
         raise UserError(f"{output_path} exists; pass --overwrite to replace it")
     if dtype not in DTYPES:
         raise UserError(f"unknown --dtype {dtype!r}; use float32 or float64")
@@ -188,8 +201,9 @@ def compute(
     torch_dtype = getattr(torch, DTYPES[dtype])
 
     rows, col_ds = resolve_kernel_data(data, data_dir, cols=cols)
-    x1, _ = rows.tensors()
-    x2 = col_ds.tensors()[0] if col_ds is not None else None
+    # A store streams its inputs tile by tile; the in-memory path takes them all at once.
+    x1 = rows[0:1][0] if to_store else rows.tensors()[0]
+    x2 = None if col_ds is None else (col_ds[0:1][0] if to_store else col_ds.tensors()[0])
     timings["load_data_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -205,6 +219,15 @@ def compute(
         x2 = None if x2 is None else x2.to(device)
     timings["build_model_s"] = time.perf_counter() - t
 
+    if to_store:
+        from ntkit.cli.store_cmd import compute_store
+
+        return compute_store(
+            net=net, rows=rows, cols=col_ds, output_path=output_path, model_spec=str(parse_model_spec(model)),
+            weights=weights, seed=seed, data_dir=data_dir, method=method, output=output, params=params,
+            memory=memory, device=device, workers=workers, scheduler=scheduler, tile=tile,
+            precision=precision, overwrite=overwrite, quiet=quiet, explain=explain, timings=timings,
+            command=shlex.join(["ntkit", *_ARGV]))
     kw = dict(output=output, params=params or None, batch_size=batch_size, memory=memory)
     plan = ntkit.plan(net, x1, x2, **kw)
     chosen = plan.method if method == "auto" else method
@@ -263,10 +286,16 @@ def compute(
 
 @app.command()
 def info(
-    path: Optional[Path] = typer.Argument(None, help="A kernel written by `ntkit compute` (.npy or its .json)."),
+    path: Optional[Path] = typer.Argument(None, help="A kernel written by `ntkit compute` (.npy, its .json, "
+                                          "or a .zarr store)."),
 ) -> int:
-    """Show versions, devices, data sets and models; or, given a kernel file, its metadata."""
+    """Show versions, devices, data sets and models; or, given a kernel, its metadata (and for a
+    store: shape, progress, throughput)."""
     if path is not None:
+        if (path / "zarr.json").exists():
+            from ntkit.cli.store_cmd import store_info
+
+            return store_info(path)
         sidecar = sidecar_path(path) if path.suffix == ".npy" else path
         if not sidecar.exists():
             raise UserError(f"no metadata at {sidecar}: is {path} a kernel written by `ntkit compute`?")

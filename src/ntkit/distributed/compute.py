@@ -1,0 +1,444 @@
+"""`ntkit.compute`: a kernel of any size, tile by tile under a memory budget, into a resumable
+store, in this process or on a Dask cluster.
+
+One call:
+1. probes the model on two inputs (logits, parameter sizes, activations per sample);
+2. plans tiles with `ntkit.schedule.plan_tiles` so that one worker's peak memory (model, engine
+   working memory, tile buffers, inputs) stays under the budget;
+3. picks the method once for the whole kernel (auto: the cost model on a full tile) and fixes the
+   engine's budget, so every tile — this run's or a resumed run's — is computed the same way;
+4. creates the store, or reopens it and checks that model, data and options are the same;
+5. computes the tiles not yet recorded as done (upper triangle only for a symmetric kernel; each
+   off-diagonal tile also fills its mirror), writes each durably and records it.
+Ctrl-C stops at the next tile boundary (a second Ctrl-C stops at once); either way every tile
+recorded is complete and the same call resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ntkit.schedule import Tile, TilePlan, plan_tiles
+from ntkit.store.kernel_store import KernelStore, StoreError, StoreMismatchError
+from ntkit.store.worker import PRECISIONS, TileJob, compute_tile, run_tile_to_store
+
+__all__ = ["compute", "ComputeInterrupted", "DataSource"]
+
+# Parameters, their functional copy, and the gradients of one backward pass.
+MODEL_COPIES = 3
+# Slack for the engine's forward pass on one input beyond the activations it plans for.
+ENGINE_SLACK = 4 * 2**20
+
+
+class ComputeInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped `compute` at a tile boundary; every recorded tile is complete."""
+
+
+class DataSource:
+    """Rows or columns of a kernel: a tensor, an array, an `ntkit.data` dataset or any map-style
+    `torch.utils.data.Dataset` whose items are `x` or `(x, y)`; read in slices, never all at once
+    on the device."""
+
+    def __init__(self, obj: Any, name: str) -> None:
+        self.name = name
+        self.spec: str | None = None
+        self._tensor: torch.Tensor | None = None
+        self._ds = None
+        if isinstance(obj, np.ndarray):
+            obj = torch.from_numpy(np.ascontiguousarray(obj))
+        if isinstance(obj, torch.Tensor):
+            if obj.ndim < 1 or obj.shape[0] == 0:
+                raise ValueError(f"{name} must have shape (N, *input) with N >= 1, got {tuple(obj.shape)}")
+            self._tensor = obj.detach()
+            self.n = int(obj.shape[0])
+        elif hasattr(obj, "__len__") and hasattr(obj, "__getitem__") and not isinstance(obj, (str, bytes)):
+            self._ds = obj
+            self.n = len(obj)
+            if self.n == 0:
+                raise ValueError(f"{name} is an empty data set")
+            self.spec = getattr(obj, "spec", None)
+        else:
+            raise TypeError(f"{name} must be a tensor (N, *input), a numpy array or a Dataset, "
+                            f"got {type(obj).__name__}")
+        self._fingerprint: str | None = None
+
+    def take(self, start: int, stop: int) -> torch.Tensor:
+        """Inputs start:stop as one tensor on the host."""
+        if self._tensor is not None:
+            return self._tensor[start:stop]
+        ds = self._ds
+        try:
+            item = ds[start:stop]
+            x = item[0] if isinstance(item, tuple) else item
+            if isinstance(x, torch.Tensor) and x.shape[0] == stop - start:
+                return x
+        except Exception:  # noqa: BLE001 - not sliceable: one item at a time below
+            pass
+        xs = []
+        for i in range(start, stop):
+            item = ds[i]
+            x = item[0] if isinstance(item, (tuple, list)) else item
+            xs.append(torch.as_tensor(x))
+        return torch.stack(xs)
+
+    def fingerprint(self) -> str:
+        """sha256 identifying the inputs (the dataset's own when it has one)."""
+        if self._fingerprint is None:
+            if self._ds is not None and hasattr(self._ds, "fingerprint"):
+                self._fingerprint = str(self._ds.fingerprint())
+            else:
+                h = hashlib.sha256()
+                step = 4096
+                for s in range(0, self.n, step):
+                    x = self.take(s, min(self.n, s + step)).contiguous().cpu()
+                    if s == 0:
+                        h.update(f"{x.dtype}{tuple(x.shape[1:])}{self.n}".encode())
+                    h.update(x.reshape(-1).view(torch.uint8).numpy().tobytes())
+                self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+
+def _identity(model: nn.Module, rows: DataSource, cols: DataSource | None, output: str, params,
+              method: str, dtype: torch.dtype, precision: str, shape) -> dict[str, Any]:
+    from ntkit.models import model_fingerprint
+
+    return {"model": model_fingerprint(model), "rows": rows.fingerprint(),
+            "cols": None if cols is None else cols.fingerprint(), "output": output,
+            "params": None if params is None else list(params), "method": method,
+            "dtype": str(dtype).replace("torch.", ""), "precision": precision, "shape": list(shape)}
+
+
+_IDENTITY_WORDS = {"model": "the model's weights or architecture", "rows": "the row data",
+                   "cols": "the column data", "output": "--output", "params": "--params",
+                   "method": "--method", "dtype": "--dtype", "precision": "--precision", "shape": "the kernel's shape"}
+
+
+def _check_identity(store: KernelStore, identity: dict[str, Any]) -> None:
+    old = store.metadata.get("identity", {})
+    diffs = [k for k in identity if old.get(k) != identity[k]]
+    if diffs:
+        what = "; ".join(f"{_IDENTITY_WORDS.get(k, k)} differ{'s' if k not in ('rows', 'cols') else ''} "
+                         f"(store: {_short(old.get(k))}, now: {_short(identity[k])})" for k in diffs)
+        raise StoreMismatchError(
+            f"cannot resume {store.path}: {what}. Run the original command to finish it, or pass "
+            "overwrite=True (--overwrite) to start a new kernel there")
+
+
+def _short(v: Any) -> str:
+    s = str(v)
+    return s[:12] + "…" if isinstance(v, str) and len(s) == 64 else s
+
+
+def compute(
+    model: nn.Module,
+    rows: Any,
+    cols: Any = None,
+    *,
+    store: str | os.PathLike[str] | None = None,
+    method: str = "auto",
+    output: str = "trace",
+    params: Sequence[str] | str | None = None,
+    memory: int | str | None = None,
+    device: torch.device | str | None = None,
+    client: Any = None,
+    workers: int | None = None,
+    tile: int | None = None,
+    overwrite: bool = False,
+    precision: str = "float32",
+    progress: Callable[[int, int], None] | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> KernelStore | torch.Tensor:
+    """The eNTK of `model` between `rows` and `cols`, tile by tile under a memory budget.
+
+    Args:
+        model: any nn.Module (see `ntkit.ntk`).
+        rows: (N1, *input) tensor/array or a Dataset (items `x` or `(x, y)`).
+        cols: (N2, *input) likewise, or None for the symmetric kernel of `rows` (upper tiles only).
+        store: path of a zarr kernel store (created, or resumed when it exists); None returns
+            the kernel as a tensor (it must fit in memory; tiles still bound the working set).
+        method: "auto" | "jacobian" | "ntk-vp" | "structured", fixed once for every tile.
+        output: "trace" (default here: big kernels) | "full" | "diagonal" | "logit:K" | "pntk".
+        memory: bytes or "8GB" for one worker's peak (default: a quarter of free memory).
+        device: where tiles are computed (default: the model's device); "cuda" with several
+            Dask workers puts one worker on each GPU.
+        client: a `distributed.Client` (any Dask cluster); `workers=N` starts a LocalCluster
+            of N processes for this call. Needs `store`.
+        tile: force the tile side (checked against the budget).
+        overwrite: replace an existing store instead of resuming it.
+        precision: "float32" (TF32 off on CUDA) or "tf32" (faster tensor-core products, ~1e-3).
+        progress: `callback(entries_done, entries_total)` after every tile.
+        metadata: extra JSON-able facts to keep with the store (e.g. the data and model specs).
+
+    Returns:
+        The `KernelStore` (complete) when `store` is given, else a tensor of shape
+        (N1, N2[, O[, O]]) on the host, in the model's dtype.
+
+    Raises:
+        StoreMismatchError: resuming with another model, data or options.
+        BudgetTooSmallError: the budget cannot hold the model plus one tile.
+        ComputeInterrupted: Ctrl-C (the store keeps every finished tile; call again to resume).
+    """
+    from ntkit.engine.api import _prepare, parse_method
+    from ntkit.engine.memory import parse_memory
+    from ntkit.engine.outputs import parse_output
+
+    method = parse_method(method)
+    parse_output(output)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if isinstance(params, str):
+        params = [params]
+    if (client is not None or workers) and store is None:
+        raise ValueError("distributed computation writes to a store: pass store=PATH with client/workers")
+    if workers is not None and (not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    src_rows = DataSource(rows, "rows")
+    src_cols = None if cols is None else DataSource(cols, "cols")
+    param = next(iter(model.parameters()), None)
+    if param is None:
+        raise ValueError(f"{type(model).__name__} has no parameters: its eNTK is empty")
+    dtype = param.dtype
+    dev = torch.device(device) if device is not None else param.device
+
+    def prep(x: torch.Tensor) -> torch.Tensor:
+        return x.to(dtype) if x.is_floating_point() else x
+
+    # -- probe: sizes the planner needs ---------------------------------------------------------
+    probe = _prepare(model, prep(src_rows.take(0, min(2, src_rows.n))).to(dev), None, output, params, None,
+                     device, 2**40)
+    fm, spec = probe.fm, probe.spec
+    n_logits = probe.n_logits
+    n1, n2 = src_rows.n, (src_rows.n if src_cols is None else src_cols.n)
+    if src_cols is not None:
+        sample_c = prep(src_cols.take(0, 1))
+        sample_r = prep(src_rows.take(0, 1))
+        if sample_c.shape[1:] != sample_r.shape[1:] or sample_c.dtype != sample_r.dtype:
+            raise ValueError(f"rows have inputs {tuple(sample_r.shape[1:])} {sample_r.dtype} but cols have "
+                             f"{tuple(sample_c.shape[1:])} {sample_c.dtype}: both sides must be the model's input")
+    shape = tuple(spec.shape(n1, n2, n_logits))
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    entry_bytes = int(np.prod(shape[2:], dtype=np.int64)) * itemsize
+    x0 = src_rows.take(0, 1)
+    input_bytes = int(x0[0].numel() * x0.element_size())
+    symmetric = src_cols is None
+    identity = _identity(model, src_rows, src_cols, str(spec), params, method, dtype, precision, shape)
+
+    # -- the store: resume or create ------------------------------------------------------------
+    ks: KernelStore | None = None
+    if store is not None and Path(store).exists() and not overwrite:
+        try:
+            ks = KernelStore(store, mode="r+")
+        except StoreError as e:
+            raise StoreError(f"{e}; pass overwrite=True (--overwrite) to replace it") from None
+        _check_identity(ks, identity)
+        meta = ks.metadata
+        tplan = _plan_from_meta(meta, n1, n2, symmetric, entry_bytes, input_bytes)
+        used = meta["method_used"]
+    else:
+        budget = parse_memory(memory, dev)
+        n_out = spec.n_out(n_logits)
+        row_bytes = n_out * itemsize
+        p_max = max(fm.sizes.values())
+        acts = probe.profile.activations
+        min_engine = int(max(2 * row_bytes * p_max, 16 * row_bytes * acts) + ENGINE_SLACK)
+        buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+        fixed = MODEL_COPIES * fm.n_params * itemsize + buffers
+        n_workers = workers or _n_workers(client)
+        tplan = plan_tiles(n1, n2, symmetric=symmetric, entry_bytes=entry_bytes, input_bytes=input_bytes,
+                           budget=budget, fixed=fixed, min_engine=min_engine, tile=tile,
+                           min_tiles=2 * n_workers if n_workers > 1 else 1)
+        used = method
+        if method == "auto":
+            t0 = next(iter(tplan.tiles()))
+            xr = prep(src_rows.take(t0.r0, t0.r1)).to(dev)
+            xc = None if t0.diagonal else prep((src_cols or src_rows).take(t0.c0, t0.c1)).to(dev)
+            used = _prepare(model, xr, xc, output, params, None, device, tplan.engine).choose()
+        if store is not None:
+            ks = KernelStore.create(
+                store, shape=shape, dtype=str(dtype).replace("torch.", ""), tile_rows=tplan.tile_rows,
+                tile_cols=tplan.tile_cols, symmetric=symmetric, overwrite=overwrite,
+                metadata={"identity": identity, "store_id": uuid.uuid4().hex, "output": str(spec),
+                          "n_logits": n_logits, "method_requested": method, "method_used": used,
+                          "plan": _plan_meta(tplan), **_versions(), **(metadata or {})})
+
+    job = TileJob(model=model, method=used, output=output, params=tuple(params) if params else None,
+                  engine_memory=tplan.engine, device=None if device is None else str(device),
+                  precision=precision)
+    tiles = tplan.tiles()
+    total_entries = n1 * n2
+    t_start = time.perf_counter()
+    if ks is None:
+        return _compute_in_memory(job, tiles, src_rows, src_cols, prep, shape, dtype, progress, total_entries)
+    done = ks.done()
+    todo = [t for t in tiles if t.key not in done]
+    entries_done = sum(t.n_entries for t in tiles if t.key in done)
+    if progress is not None:
+        progress(entries_done, total_entries)
+    if todo:
+        runner = _run_dask if (client is not None or workers) else _run_local
+        runner(job, ks, todo, src_rows, src_cols, prep, progress, entries_done, total_entries,
+               client=client, workers=workers)
+    elapsed = time.perf_counter() - t_start
+    if ks.complete:
+        meta = ks.metadata
+        timings = meta.get("timings", {})
+        timings["last_run_s"] = round(elapsed, 3)
+        ks.update_metadata(complete=True, timings=timings,
+                           entries_per_s=round(ks.throughput() or 0.0, 1))
+    return KernelStore(ks.path, mode="r")
+
+
+def _n_workers(client: Any) -> int:
+    if client is None:
+        return 1
+    try:
+        return max(1, len(client.scheduler_info().get("workers", {})))
+    except Exception:  # noqa: BLE001
+        return 1
+
+
+def _versions() -> dict[str, Any]:
+    import platform
+    from datetime import datetime, timezone
+
+    import ntkit
+
+    return {"ntkit_version": ntkit.__version__, "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def _plan_meta(p: TilePlan) -> dict[str, Any]:
+    return {"tile_rows": p.tile_rows, "tile_cols": p.tile_cols, "engine_memory": p.engine,
+            "budget": p.budget, "fixed": p.fixed, "planned_peak": p.peak, "n_tiles": p.n_tiles,
+            "jacobian_passes": round(p.jacobian_passes, 3)}
+
+
+def _plan_from_meta(meta: dict[str, Any], n1: int, n2: int, symmetric: bool, entry_bytes: int,
+                    input_bytes: int) -> TilePlan:
+    p = meta["plan"]
+    return TilePlan(n_rows=n1, n_cols=n2, tile_rows=int(p["tile_rows"]), tile_cols=int(p["tile_cols"]),
+                    symmetric=symmetric, entry_bytes=entry_bytes, input_bytes=input_bytes,
+                    fixed=int(p["fixed"]), engine=int(p["engine_memory"]), budget=int(p["budget"]))
+
+
+def _tile_inputs(tile: Tile, rows: DataSource, cols: DataSource | None, prep) -> tuple[torch.Tensor, torch.Tensor | None]:
+    xr = prep(rows.take(tile.r0, tile.r1))
+    if tile.diagonal:
+        return xr, None
+    return xr, prep((cols or rows).take(tile.c0, tile.c1))
+
+
+class _StopFlag:
+    """First Ctrl-C: finish the current tile, then stop. Second: stop at once."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._old = None
+
+    def __enter__(self) -> _StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+
+            def handler(signum, frame):
+                if self.stop:
+                    raise KeyboardInterrupt
+                self.stop = True
+
+            signal.signal(signal.SIGINT, handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _interrupted(ks: KernelStore) -> ComputeInterrupted:
+    done, total = ks.progress
+    return ComputeInterrupted(f"stopped at a tile boundary with {done}/{total} tiles done in {ks.path}; "
+                              "run the same command again to resume")
+
+
+def _run_local(job, ks, todo, rows, cols, prep, progress, entries_done, total_entries, **_) -> None:
+    with _StopFlag() as flag:
+        for t in todo:
+            if flag.stop:
+                raise _interrupted(ks)
+            xr, xc = _tile_inputs(t, rows, cols, prep)
+            t0 = time.perf_counter()
+            data = compute_tile(job, t, xr, xc)
+            ks.write_tile(t, data, time.perf_counter() - t0, worker=f"local:{os.getpid()}")
+            entries_done += t.n_entries
+            if progress is not None:
+                progress(entries_done, total_entries)
+        if flag.stop:
+            raise _interrupted(ks)
+
+
+def _run_dask(job, ks, todo, rows, cols, prep, progress, entries_done, total_entries, *, client, workers) -> None:
+    from distributed import Client, LocalCluster, as_completed
+
+    own = None
+    if client is None:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        own = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None, silence_logs=40)
+        client = Client(own)
+    else:
+        threads = None
+    try:
+        n_workers = _n_workers(client)
+        job_f = client.scatter(job, broadcast=True)
+        store_id = ks.metadata["store_id"]
+        pending = list(todo)
+        in_flight = 2 * n_workers  # bounded, so the inputs of all tiles are never in flight at once
+
+        def submit(t: Tile):
+            xr, xc = _tile_inputs(t, rows, cols, prep)
+            return client.submit(run_tile_to_store, job_f, str(ks.path), store_id, t, xr, xc, threads,
+                                 key=f"ntkit-tile-{store_id[:8]}-{t.key}", pure=False, retries=2)
+
+        with _StopFlag() as flag:
+            ac = as_completed([submit(pending.pop(0)) for _ in range(min(in_flight, len(pending)))])
+            for fut in ac:
+                rec = fut.result()
+                entries_done += int(rec["entries"])
+                if progress is not None:
+                    progress(entries_done, total_entries)
+                if pending and not flag.stop:
+                    ac.add(submit(pending.pop(0)))
+            if flag.stop and pending:
+                raise _interrupted(ks)
+    finally:
+        if own is not None:
+            client.close()
+            own.close()
+
+
+def _compute_in_memory(job, tiles, rows, cols, prep, shape, dtype, progress, total_entries) -> torch.Tensor:
+    from ntkit.store.kernel_store import mirror_tile
+
+    out = np.full(shape, np.nan, dtype=str(dtype).replace("torch.", ""))
+    done = 0
+    for t in tiles:
+        xr, xc = _tile_inputs(t, rows, cols, prep)
+        data = compute_tile(job, t, xr, xc)
+        out[t.r0:t.r1, t.c0:t.c1] = data
+        if t.mirror:
+            out[t.c0:t.c1, t.r0:t.r1] = mirror_tile(data)
+        done += t.n_entries
+        if progress is not None:
+            progress(done, total_entries)
+    return torch.from_numpy(out)

@@ -1,0 +1,103 @@
+"""Computing one tile: the unit of work of `ntkit.compute`, in-process or on a Dask worker."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ntkit.schedule import Tile
+
+PRECISIONS = ("float32", "tf32")
+
+
+@dataclass
+class TileJob:
+    """Everything a worker needs besides the inputs: fixed for the whole store, so every tile
+    is computed with the same method and engine budget (a resumed run is bit-identical)."""
+
+    model: nn.Module
+    method: str  # resolved, never "auto"
+    output: str
+    params: tuple[str, ...] | None
+    engine_memory: int
+    device: str | None = None
+    precision: str = "float32"
+
+
+@contextlib.contextmanager
+def matmul_precision(device: torch.device, precision: str) -> Iterator[None]:
+    """TF32 stays off on CUDA unless `precision="tf32"` asks for it (10-bit mantissa products)."""
+    if device.type != "cuda":
+        yield
+        return
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    allow = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = allow
+    torch.backends.cudnn.allow_tf32 = allow
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
+def compute_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.Tensor | None) -> np.ndarray:
+    """The kernel block of `tile` as a host numpy array (rows r0:r1, columns c0:c1).
+
+    `x_cols` is None for a symmetric kernel's diagonal tile (x2 = x1: bitwise symmetric block).
+    """
+    from ntkit.engine.api import _prepare
+
+    device = next(iter(job.model.parameters()), torch.empty(0)).device if job.device is None else torch.device(job.device)
+    x1 = _to_device(x_rows, device)
+    x2 = None if x_cols is None else _to_device(x_cols, device)
+    with matmul_precision(device, job.precision):
+        call = _prepare(job.model, x1, x2, job.output, list(job.params) if job.params else None, None,
+                        job.device, job.engine_memory)
+        k = call.run(job.method)
+    if k.device.type == "cuda":
+        host = torch.empty(k.shape, dtype=k.dtype, pin_memory=True)
+        host.copy_(k, non_blocking=True)
+        torch.cuda.current_stream(k.device).synchronize()
+        return host.numpy()
+    return k.detach().numpy()
+
+
+def run_tile_to_store(job: TileJob, store_path: str, store_id: str, tile: Tile, x_rows: torch.Tensor,
+                      x_cols: torch.Tensor | None, threads: int | None = None) -> dict:
+    """Compute a tile and write it durably to the store at `store_path` (a Dask task)."""
+    if threads:
+        torch.set_num_threads(threads)
+    t = time.perf_counter()
+    data = compute_tile(job, tile, x_rows, x_cols)
+    seconds = time.perf_counter() - t
+    store = _open_cached(store_path, store_id)
+    return store.write_tile(tile, data, seconds, worker=f"{os.uname().nodename}:{os.getpid()}")
+
+
+_STORES: dict[tuple[str, str], object] = {}
+
+
+def _open_cached(path: str, store_id: str):
+    """One open store per worker process (keyed by its id: an overwritten store is a new one)."""
+    from ntkit.store.kernel_store import KernelStore
+
+    s = _STORES.get((path, store_id))
+    if s is None:
+        s = KernelStore(path, mode="r+")
+        if s.metadata.get("store_id") != store_id:
+            raise RuntimeError(f"the store at {path} was replaced while this run was writing to it")
+        _STORES[(path, store_id)] = s
+    return s

@@ -1,0 +1,291 @@
+"""`ntkit.compute` and the kernel store: equal to the reference, crash-safe resume, refusal of
+mismatched resumption, integrity checks, Dask workers, and the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ntkit
+from ntkit.cli import main
+from ntkit.reference import ntk_reference
+from ntkit.schedule import BudgetTooSmallError
+from ntkit.store import IncompleteStoreError, KernelStore, StoreError, StoreMismatchError
+from tests.store import job
+
+ROOT = Path(__file__).resolve().parents[1]
+OUTPUTS = ["full", "trace", "diagonal", "logit:2", "pntk"]
+
+
+def _records(path: Path) -> dict[str, str]:
+    return {f.stem: json.loads(f.read_text())["sha256"] for f in (path / "tiles").glob("*.json")}
+
+
+@pytest.fixture(scope="module")
+def reference_store(tmp_path_factory):
+    """The job's kernel computed in one uninterrupted run."""
+    path = tmp_path_factory.mktemp("ref") / "K.zarr"
+    return job.run(str(path))
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_store_equals_reference_for_every_output(tmp_path, output):
+    model, x = job.build()
+    x2 = x[:13] * 0.5 + 0.1
+    # Float64 with exact sums: the tiles reorder no reduction beyond the engine's own blocks, so
+    # the 1e-8 relative tolerance of every engine test applies unchanged.
+    for cols in (None, x2):
+        want = ntk_reference(model, x, cols, output=output).numpy()
+        ks = ntkit.compute(model, x, cols, store=tmp_path / f"K{cols is None}.zarr", output=output, tile=16)
+        got = ks.to_numpy()
+        assert got.shape == want.shape and got.dtype == np.float64
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-8 * np.abs(want).max())
+        mem = ntkit.compute(model, x, cols, output=output, tile=7)
+        np.testing.assert_allclose(mem.numpy(), want, rtol=0, atol=1e-8 * np.abs(want).max())
+        if cols is None:
+            assert np.array_equal(got, np.swapaxes(got, 0, 1) if got.ndim < 4 else got.transpose(1, 0, 3, 2))
+        assert ks.complete and ks.metadata["complete"] and ks.verify().ok
+
+
+def test_dataset_rows_stream_and_structured_tiles(tmp_path):
+    from ntkit.data import load_data
+    from ntkit.models import build_model
+
+    ds = load_data("digits[train:0:40]")
+    net = build_model("cnn:channels=4,depth=1", ds.input_shape, ds.num_classes, seed=0).double()
+    ks = ntkit.compute(net, ds, store=tmp_path / "K.zarr", output="trace", method="structured", tile=12)
+    x = ds.tensors()[0].double()
+    want = ntk_reference(net, x, None, output="trace").numpy()
+    np.testing.assert_allclose(ks.to_numpy(), want, rtol=0, atol=1e-8 * np.abs(want).max())
+    assert ks.metadata["identity"]["rows"] == ds.fingerprint() and ks.metadata["method_used"] == "structured"
+
+
+def _start(path: Path, sleep: float) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "tests.store.job", str(path), "--sleep", str(sleep)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_records(path: Path, proc: subprocess.Popen, at_least: int, timeout: float = 60.0) -> None:
+    t = time.time()
+    while time.time() - t < timeout:
+        if len(list((path / "tiles").glob("*.json"))) >= at_least if (path / "tiles").is_dir() else False:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"job ended early: {proc.communicate()}")
+        time.sleep(0.005)
+    raise AssertionError("job made no progress")
+
+
+def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, reference_store):
+    path = tmp_path / "K.zarr"
+    rng = np.random.default_rng(7)
+    total = reference_store.progress[1]
+    kills, seen = 0, []
+    for _ in range(4):
+        proc = _start(path, sleep=0.01)
+        _wait_for_records(path, proc, at_least=1 + kills)
+        time.sleep(float(rng.uniform(0.0, 0.15)))  # anywhere: inside a tile, a write, a record
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        seen.append(KernelStore(path).progress[0])
+        if seen[-1] == total:
+            break
+    assert 1 <= seen[0] < total, seen  # the first kill at least landed mid-run
+    resumed = job.run(str(path))
+    assert resumed.complete and resumed.verify().ok
+    assert np.array_equal(resumed.to_numpy(), reference_store.to_numpy())
+    assert _records(path) == _records(reference_store.path)
+
+
+def test_ctrl_c_stops_at_a_tile_boundary_and_resumes(tmp_path, reference_store):
+    path = tmp_path / "K.zarr"
+    proc = _start(path, sleep=0.05)
+    _wait_for_records(path, proc, at_least=2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and "tile boundary" in stderr
+    partial = KernelStore(path)
+    done, total = partial.progress
+    assert 2 <= done < total
+    report = partial.verify()
+    assert report.problems == [] and not report.ok  # every recorded tile intact, store incomplete
+    with pytest.raises(IncompleteStoreError, match="run the same"):
+        partial.to_numpy()
+    assert np.isnan(partial[...]).any()  # missing tiles read as NaN, never as plausible zeros
+    assert np.array_equal(job.run(str(path)).to_numpy(), reference_store.to_numpy())
+
+
+def test_mismatched_resumption_is_refused(tmp_path):
+    path = tmp_path / "K.zarr"
+    model, x = job.build()
+    ntkit.compute(model, x[:20], store=path, output="trace", tile=8)
+    other = job.build()[0]
+    with torch.no_grad():
+        other[0].weight[0, 0] += 1e-3
+    with pytest.raises(StoreMismatchError, match="model's weights"):
+        ntkit.compute(other, x[:20], store=path, output="trace", tile=8)
+    with pytest.raises(StoreMismatchError, match="row data"):
+        ntkit.compute(model, x[1:21], store=path, output="trace", tile=8)
+    with pytest.raises(StoreMismatchError, match="--output"):
+        ntkit.compute(model, x[:20], store=path, output="pntk", tile=8)
+    with pytest.raises(StoreMismatchError, match="overwrite=True"):
+        ntkit.compute(model, x[:20], store=path, output="trace", method="ntk-vp", tile=8)
+    ks = ntkit.compute(other, x[:20], store=path, output="pntk", overwrite=True, tile=8)
+    assert ks.metadata["output"] == "pntk" and ks.complete
+    (tmp_path / "file.zarr").write_text("not a store")
+    with pytest.raises(StoreError, match="not a kernel store"):
+        ntkit.compute(model, x[:20], store=tmp_path / "file.zarr")
+
+
+def _chunk_files(path: Path) -> list[Path]:
+    return sorted(p for p in (path / "c").rglob("*") if p.is_file())
+
+
+def test_verify_detects_corrupted_truncated_and_missing_tiles(tmp_path):
+    model, x = job.build()
+    path = tmp_path / "K.zarr"
+    ks = ntkit.compute(model, x[:30], store=path, output="trace", tile=8)
+    assert ks.verify().ok
+    chunks = _chunk_files(path)
+    # a bit flipped inside one chunk's compressed bytes
+    data = bytearray(chunks[0].read_bytes())
+    data[len(data) // 2] ^= 0x10
+    chunks[0].write_bytes(bytes(data))
+    # another chunk truncated
+    chunks[-1].write_bytes(chunks[-1].read_bytes()[:5])
+    rep = KernelStore(path).verify()
+    assert not rep.ok and len(rep.problems) >= 2
+    assert all("tile" in p for p in rep.problems)
+    # a missing record: incomplete, and the reading API refuses the whole array
+    fresh = tmp_path / "K2.zarr"
+    ntkit.compute(model, x[:30], store=fresh, output="trace", tile=8)
+    next((fresh / "tiles").glob("0.1.json")).unlink()
+    rep = KernelStore(fresh).verify()
+    assert rep.problems == [] and rep.tiles_done == rep.tiles_total - 1 and not rep.ok
+    # a mirror that is not the transpose of its tile
+    import zarr
+
+    third = tmp_path / "K3.zarr"
+    ntkit.compute(model, x[:30], store=third, output="trace", tile=8)
+    arr = zarr.open_array(str(third), mode="r+")
+    arr[9, 1] = arr[9, 1] + 1.0  # tile (1, 0): the mirror of tile (0, 1)
+    rep = KernelStore(third).verify()
+    assert any("not its transpose" in p for p in rep.problems)
+
+
+def test_verify_recomputes_a_sample_of_tiles(tmp_path):
+    model, x = job.build()
+    ks = ntkit.compute(model, x[:24], store=tmp_path / "K.zarr", output="trace", tile=8)
+
+    def fresh(t):
+        return ntkit.ntk(model, x[t.r0:t.r1], x[t.c0:t.c1], output="trace").numpy()
+
+    rep = ks.verify(recompute=fresh, sample=3)
+    assert rep.ok and rep.recomputed == 3 and rep.max_rel_diff < 1e-12
+    rep = ks.verify(recompute=lambda t: fresh(t) * (1 + 1e-6), sample=2)
+    assert not rep.ok and "recomputed differs" in rep.problems[0]
+
+
+def test_open_slicing_get_and_dask(tmp_path):
+    model, x = job.build()
+    path = tmp_path / "K.zarr"
+    ntkit.compute(model, x[:21], x[:10], store=path, output="diagonal", tile=8)
+    ks = ntkit.open(path)
+    want = ntkit.ntk(model, x[:21], x[:10], output="diagonal").numpy()
+    assert ks.shape == (21, 10, 4) and not ks.symmetric
+    np.testing.assert_allclose(ks[3:17, 2:9], want[3:17, 2:9], rtol=1e-12)
+    rows, cols = np.array([20, 0, 5, 5]), np.array([9, 1])
+    np.testing.assert_allclose(ks.get(rows, cols), want[np.ix_(rows, cols)], rtol=1e-12)
+    np.testing.assert_allclose(ks.to_dask().compute(), want, rtol=1e-12)
+    assert ks.get([], cols).shape == (0, 2, 4)
+    with pytest.raises(IndexError, match="rows index out of range"):
+        ks.get([21], cols)
+    assert "tiles 6/6" in repr(ks) and ks.throughput() > 0
+
+
+def test_two_worker_local_cluster_equals_single_process(tmp_path, reference_store):
+    pytest.importorskip("distributed")
+    ks = job.run(str(tmp_path / "K.zarr"), workers=2)
+    assert ks.complete and ks.verify().ok
+    assert np.array_equal(ks.to_numpy(), reference_store.to_numpy())
+    workers = {json.loads(f.read_text())["worker"] for f in (ks.path / "tiles").glob("*.json")}
+    assert len(workers) == 2 and all(not w.startswith("local:") for w in workers)
+
+
+def test_bad_calls_are_explained(tmp_path):
+    model, x = job.build()
+    with pytest.raises(ValueError, match="pass store=PATH"):
+        ntkit.compute(model, x, workers=2)
+    with pytest.raises(BudgetTooSmallError, match="--memory"):
+        ntkit.compute(model, x, memory=1000)
+    with pytest.raises(ValueError, match="unknown precision"):
+        ntkit.compute(model, x, precision="fp8")
+    with pytest.raises(ValueError, match="both sides"):
+        ntkit.compute(model, x, x[:, :3])
+    with pytest.raises(TypeError, match="tensor"):
+        ntkit.compute(model, "x")
+
+
+# -- command line ---------------------------------------------------------------------------------
+def test_cli_store_compute_info_verify_resume(tmp_path, capsys):
+    path = tmp_path / "K.zarr"
+    args = ["compute", "digits[train:0:30]", "mlp:depth=2,width=16", "-o", str(path), "--tile", "8",
+            "--dtype", "float64", "--quiet"]
+    assert main(args) == 0
+    ks = ntkit.open(path)
+    assert ks.shape == (30, 30) and ks.metadata["data"]["rows"] == "digits[train:0:30]"
+    from ntkit.data import load_data
+    from ntkit.models import build_model
+
+    ds = load_data("digits[train:0:30]")
+    net = build_model("mlp:depth=2,width=16", ds.input_shape, ds.num_classes, seed=0).double()
+    want = ntkit.ntk(net, ds.tensors()[0].double(), output="trace").numpy()
+    np.testing.assert_allclose(ks.to_numpy(), want, rtol=0, atol=1e-10 * np.abs(want).max())
+    capsys.readouterr()
+    assert main(["info", str(path)]) == 0
+    assert "10/10 tiles" in capsys.readouterr().out
+    assert main(["verify", str(path), "--sample", "2"]) == 0
+    assert "OK" in capsys.readouterr().out
+    # resume: a record removed is recomputed by the same command
+    (path / "tiles" / "1.2.json").unlink()
+    assert main(args[:-1]) == 0
+    assert "resuming" in capsys.readouterr().out and ntkit.open(path).complete
+    # mismatched options: a one-line error, exit status 2
+    assert main(args[:-1] + ["--output", "pntk"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    # corruption: verify fails with exit status 1
+    chunk = _chunk_files(path)[3]
+    chunk.write_bytes(chunk.read_bytes()[:-3])
+    assert main(["verify", str(path), "--sample", "0"]) == 1
+    assert "FAILED" in capsys.readouterr().err
+    assert main(["compute", "digits[0:4]", "mlp", "-o", str(tmp_path / "K.npy"), "--workers", "2"]) == 2
+
+
+def test_empirical_ntks_command_line_to_a_store(tmp_path):
+    from tests.data.fakes import write_fake_cifar10
+
+    write_fake_cifar10(tmp_path / "data")
+    path = tmp_path / "K.zarr"
+    rc = main(["compute", "CIFAR-10_0_6_0_3", "resnet18", "--data-dir", str(tmp_path / "data"), "-o", str(path),
+               "--output", "logit:0", "--quiet"])
+    assert rc == 0
+    ks = ntkit.open(path)
+    assert ks.shape == (9, 6) and not ks.symmetric and ks.complete
+    from ntkit.data import resolve_kernel_data
+    from ntkit.models import build_model
+
+    rows, cols = resolve_kernel_data("CIFAR-10_0_6_0_3", tmp_path / "data")
+    net = build_model("resnet18", rows.input_shape, 10, seed=0)
+    want = ntkit.ntk(net, rows.tensors()[0], cols.tensors()[0], output="logit:0").numpy()
+    np.testing.assert_allclose(ks.to_numpy(), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
