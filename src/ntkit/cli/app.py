@@ -187,7 +187,10 @@ def compute(
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
-    to_store = output_path.suffix != ".npy"
+    to_store = output_path.suffix == ".zarr" or (output_path / "zarr.json").exists()
+    if output_path.suffix != ".npy" and not to_store:
+        raise UserError(f"output {output_path} must end in .npy (computed in memory, metadata in a .json "
+                        "sidecar) or .zarr (a tiled, resumable store for kernels of any size)")
     if not to_store and (workers or scheduler or tile):
         raise UserError("--workers, --scheduler and --tile need a store: write to K.zarr instead of .npy")
     if workers and scheduler:
