@@ -53,19 +53,22 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device)
 
 
-def compute_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.Tensor | None) -> np.ndarray:
+def compute_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.Tensor | None,
+                 device: str | None = None) -> np.ndarray:
     """The kernel block of `tile` as a host numpy array (rows r0:r1, columns c0:c1).
 
     `x_cols` is None for a symmetric kernel's diagonal tile (x2 = x1: bitwise symmetric block).
+    `device` overrides the job's (a Dask worker's own GPU).
     """
     from ntkit.engine.api import _prepare
 
-    device = next(iter(job.model.parameters()), torch.empty(0)).device if job.device is None else torch.device(job.device)
+    name = device or job.device
+    device = next(iter(job.model.parameters()), torch.empty(0)).device if name is None else torch.device(name)
     x1 = _to_device(x_rows, device)
     x2 = None if x_cols is None else _to_device(x_cols, device)
     with matmul_precision(device, job.precision):
         call = _prepare(job.model, x1, x2, job.output, list(job.params) if job.params else None, None,
-                        job.device, job.engine_memory)
+                        None if name is None else device, job.engine_memory)
         k = call.run(job.method)
     if k.device.type == "cuda":
         host = torch.empty(k.shape, dtype=k.dtype, pin_memory=True)
@@ -81,7 +84,7 @@ def run_tile_to_store(job: TileJob, store_path: str, store_id: str, tile: Tile, 
     if threads:
         torch.set_num_threads(threads)
     t = time.perf_counter()
-    data = compute_tile(job, tile, x_rows, x_cols)
+    data = compute_tile(job, tile, x_rows, x_cols, device=_worker_device(job.device))
     seconds = time.perf_counter() - t
     store = _open_cached(store_path, store_id)
     return store.write_tile(tile, data, seconds, worker=f"{os.uname().nodename}:{os.getpid()}")
@@ -101,3 +104,17 @@ def _open_cached(path: str, store_id: str):
             raise RuntimeError(f"the store at {path} was replaced while this run was writing to it")
         _STORES[(path, store_id)] = s
     return s
+
+
+def _worker_device(device: str | None) -> str | None:
+    """"cuda" on a machine with several GPUs: worker k of a cluster takes GPU k mod count."""
+    if device != "cuda" or not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return device
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+        index = int(name) if str(name).isdigit() else abs(hash(name))
+    except Exception:  # noqa: BLE001 - not on a Dask worker
+        return device
+    return f"cuda:{index % torch.cuda.device_count()}"
