@@ -14,19 +14,17 @@ from ntkit.cli.app import UserError, app, err, out
 class _TileBar:
     """Progress in kernel entries (so the rate is entries/s) with the tile count beside it."""
 
-    def __init__(self, description: str, enabled: bool, n_tiles: int, delay: float = 2.0) -> None:
-        self.description, self.enabled, self.n_tiles, self.delay = description, enabled, n_tiles, delay
+    def __init__(self, description: str, enabled: bool, delay: float = 2.0) -> None:
+        self.description, self.enabled, self.delay = description, enabled, delay
         self.t0 = time.perf_counter()
         self.first: int | None = None
-        self.tiles = 0
         self.progress = None
         self.task = None
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, done: int, total: int, tiles: tuple[int, int] = (0, 0)) -> None:
         if self.first is None:
             self.first = done  # entries already in the store when resuming: not this run's rate
             return
-        self.tiles += 1
         if not self.enabled:
             return
         if self.progress is None:
@@ -44,7 +42,7 @@ class _TileBar:
                                                tiles="", rate="")
         rate = (done - self.first) / max(time.perf_counter() - self.t0, 1e-9)
         self.progress.update(self.task, completed=done, total=total, rate=f"{rate:,.0f} entries/s",
-                             tiles=f"{self.tiles} tiles this run")
+                             tiles=f"tiles {tiles[0]}/{tiles[1]}")
 
     def close(self) -> None:
         if self.progress is not None:
@@ -83,8 +81,7 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
     before = KernelStore(output_path).progress if resuming else None
     if before and not quiet:
         out.print(f"resuming {output_path}: {before[0]}/{before[1]} tiles already done", highlight=False)
-    bar = _TileBar(f"eNTK {rows.spec} x {cols.spec if cols is not None else 'same'}", enabled=not quiet,
-                   n_tiles=0)
+    bar = _TileBar(f"eNTK {rows.spec} x {cols.spec if cols is not None else 'same'}", enabled=not quiet)
     t = time.perf_counter()
     try:
         ks = ntkit.compute(net, rows, cols, store=output_path, method=method, output=output,

@@ -284,6 +284,7 @@ def compute(
     done = ks.done()
     todo = [t for t in tiles if t.key not in done]
     entries_done = sum(t.n_entries for t in tiles if t.key in done)
+    progress = _Reporter(progress, len(tiles), len(tiles) - len(todo)) if progress is not None else None
     if progress is not None:
         progress(entries_done, total_entries)
     if todo:
@@ -371,6 +372,27 @@ def _interrupted(ks: KernelStore) -> ComputeInterrupted:
                               "run the same command again to resume")
 
 
+class _Reporter:
+    """Calls `callback(entries_done, entries_total)`, adding `tiles=(done, total)` when the
+    callback takes a `tiles` keyword (the CLI's bar shows both)."""
+
+    def __init__(self, callback: Callable[..., None], n_tiles: int, tiles_done: int) -> None:
+        import inspect
+
+        self.callback, self.n_tiles, self.tiles_done = callback, n_tiles, tiles_done - 1
+        try:
+            self.with_tiles = "tiles" in inspect.signature(callback).parameters
+        except (TypeError, ValueError):
+            self.with_tiles = False
+
+    def __call__(self, done: int, total: int) -> None:
+        self.tiles_done += 1
+        if self.with_tiles:
+            self.callback(done, total, tiles=(self.tiles_done, self.n_tiles))
+        else:
+            self.callback(done, total)
+
+
 def _run_local(job, ks, todo, rows, cols, prep, progress, entries_done, total_entries, **_) -> None:
     with _StopFlag() as flag:
         for t in todo:
@@ -432,6 +454,7 @@ def _compute_in_memory(job, tiles, rows, cols, prep, shape, dtype, progress, tot
 
     out = np.full(shape, np.nan, dtype=str(dtype).replace("torch.", ""))
     done = 0
+    progress = _Reporter(progress, len(tiles), 1) if progress is not None else None
     for t in tiles:
         xr, xc = _tile_inputs(t, rows, cols, prep)
         data = compute_tile(job, t, xr, xc)
