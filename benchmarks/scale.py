@@ -1,7 +1,8 @@
 """Kernels bigger than memory: `ntkit compute ... -o K.zarr` under a memory budget.
 
 Every run is a fresh `ntkit compute` subprocess (the real command line) wrapped by a small
-launcher that records the process's resident memory after its imports (the baseline) and its
+launcher that records the process's resident memory after its imports and a tiny warm-up kernel
+by every method (the baseline: code torch loads lazily on first use is not kernel memory) and its
 peak (VmHWM) at exit, so "peak RSS minus baseline" is what the kernel computation itself took.
 
 Experiments (all float32, trace output, symmetric, synthetic 8x8 digit-like inputs made from
@@ -43,7 +44,13 @@ def rss(field):
         if line.startswith(field):
             return int(line.split()[1]) * 1024
     return 0
-import torch, numpy, zarr, ntkit.cli, ntkit.distributed  # the interpreter's baseline: imports done
+import torch, numpy, zarr, ntkit, ntkit.cli, ntkit.distributed
+# The interpreter's baseline: every module loaded, including what torch imports lazily on first
+# use (functorch's vmap, the FLOP counter, autograd's engine): a tiny kernel by every method.
+_net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Conv1d(1, 2, 2), torch.nn.Flatten())
+_x = torch.randn(2, 1, 3)
+for _m in ('auto', 'jacobian', 'ntk-vp', 'structured'):
+    ntkit.ntk(_net, _x, method=_m, output='trace')
 base = rss('VmRSS:')
 def report():
     sys.stderr.write('@@SCALE ' + json.dumps({'baseline': base, 'peak': rss('VmHWM:')}) + '\n')
