@@ -289,3 +289,21 @@ def test_empirical_ntks_command_line_to_a_store(tmp_path):
     net = build_model("resnet18", rows.input_shape, 10, seed=0)
     want = ntkit.ntk(net, rows.tensors()[0], cols.tensors()[0], output="logit:0").numpy()
     np.testing.assert_allclose(ks.to_numpy(), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("case", [c for c in __import__("zoo").ZOO if c.name in
+                                  ("attention", "convzoo", "not-vmappable", "tied", "frozen", "cnn-bn")],
+                         ids=lambda c: c.name)
+def test_zoo_models_through_tiles(tmp_path, case):
+    """Token inputs, grouped/transposed convs, a non-vmappable model, tied and frozen weights:
+    tiles (rectangular and symmetric) equal the float64 reference."""
+    import warnings
+
+    model = case.model()
+    x1, x2 = case.inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the non-vmappable model warns once; tested elsewhere
+        for cols in (None, x2):
+            ks = ntkit.compute(model, x1, cols, store=tmp_path / f"{cols is None}.zarr", output="diagonal", tile=2)
+            want = ntk_reference(model, x1, cols, output="diagonal").numpy()
+            np.testing.assert_allclose(ks.to_numpy(), want, rtol=0, atol=1e-8 * np.abs(want).max())
