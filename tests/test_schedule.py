@@ -54,13 +54,22 @@ def test_planner_never_plans_over_budget(p):
         assert len(plan.tiles()) == plan.n_tiles
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.integers(1, 200), st.integers(1, 200), st.integers(1, 64), st.integers(1, 64), st.booleans())
-def test_tiles_cover_every_entry_exactly_once(n_rows, n_cols, tr, tc, symmetric):
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 200), st.integers(1, 200), st.integers(1, 64), st.integers(1, 64), st.booleans(),
+       st.booleans())
+def test_tiles_cover_every_entry_exactly_once(n_rows, n_cols, tr, tc, symmetric, shared):
     if symmetric:
         n_cols, tc = n_rows, tr
-    tiles = list(iter_tiles(n_rows, n_cols, tr, tc, symmetric))
+    shared = min(n_rows, n_cols) if shared and not symmetric else 0
+    if shared:
+        tc = tr
+    tiles = list(iter_tiles(n_rows, n_cols, tr, tc, symmetric, shared))
     assert (_coverage(n_rows, n_cols, tiles) == 1).all()
+    for t in tiles:  # mirrored tiles only inside the symmetric block, never past it
+        if t.mirror or t.diagonal:
+            assert t.r1 <= (n_rows if symmetric else shared) and t.c1 <= (n_cols if symmetric else shared)
+        if t.diagonal:
+            assert (t.r0, t.r1) == (t.c0, t.c1)
     if symmetric:
         assert all(t.r0 <= t.c0 for t in tiles)  # upper triangle only
         assert all(t.diagonal == (t.i == t.j) and t.mirror == (t.i != t.j) for t in tiles)
@@ -76,6 +85,15 @@ def test_tiles_grow_with_the_budget_and_engine_gets_the_rest():
     assert TILE_COPIES * big.tile_bytes <= 200 * 10**6
     assert big.peak == 400 * 10**6  # whatever the tiles leave is the engine's
     assert big.jacobian_passes == big.grid[0]
+
+
+def test_shared_rows_save_the_lower_triangle_of_their_block():
+    # empirical-ntks' 60k x 50k: rows = 50k train + 10k test, columns = the 50k train
+    plan = plan_tiles(60_000, 50_000, symmetric=False, shared=50_000, entry_bytes=4, input_bytes=12_288,
+                      budget=40 * 10**9, tile=2000)
+    assert plan.tile_rows == plan.tile_cols == 2000 and plan.n_tiles == len(plan.tiles())
+    computed = sum((t.r1 - t.r0) * (t.c1 - t.c0) for t in plan.tiles())
+    assert computed == 25 * 26 // 2 * 2000**2 + 10_000 * 50_000  # upper block triangle + test rows
 
 
 def test_forced_tile_and_min_tiles():

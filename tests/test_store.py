@@ -56,6 +56,22 @@ def test_store_equals_reference_for_every_output(tmp_path, output):
         assert ks.complete and ks.metadata["complete"] and ks.verify().ok
 
 
+def test_rows_that_start_with_the_columns_mirror_that_block(tmp_path):
+    model, x = job.build()
+    cols, rows = x[:20], torch.cat([x[:20], x[40:47] * 2])  # train + test rows, train columns
+    ks = ntkit.compute(model, rows, cols, store=tmp_path / "K.zarr", output="full", tile=6)
+    assert ks.metadata["plan"]["shared"] == 20
+    assert sum(t.mirror for t in ks.tiles()) == 3  # the 3x3 block of whole tiles: 3 mirrored
+    got = ks.to_numpy()
+    want = ntk_reference(model, rows, cols, output="full").numpy()
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-8 * np.abs(want).max())
+    block = got[:18, :18]  # the whole tiles of the shared block are exact mirrors
+    assert np.array_equal(block, block.transpose(1, 0, 3, 2)) and ks.verify().ok
+    other = ntkit.compute(model, torch.cat([x[1:21], x[40:47]]), cols, output="trace", tile=6)
+    want = ntk_reference(model, torch.cat([x[1:21], x[40:47]]), cols, output="trace").numpy()
+    np.testing.assert_allclose(other.numpy(), want, rtol=0, atol=1e-8 * np.abs(want).max())
+
+
 def test_dataset_rows_stream_and_structured_tiles(tmp_path):
     from ntkit.data import load_data
     from ntkit.models import build_model
@@ -278,10 +294,11 @@ def test_empirical_ntks_command_line_to_a_store(tmp_path):
     write_fake_cifar10(tmp_path / "data")
     path = tmp_path / "K.zarr"
     rc = main(["compute", "CIFAR-10_0_6_0_3", "resnet18", "--data-dir", str(tmp_path / "data"), "-o", str(path),
-               "--output", "logit:0", "--quiet"])
+               "--output", "logit:0", "--quiet", "--tile", "3"])
     assert rc == 0
     ks = ntkit.open(path)
     assert ks.shape == (9, 6) and not ks.symmetric and ks.complete
+    assert ks.metadata["plan"]["shared"] == 6 and len(ks.tiles()) == 5  # train x train: upper tiles only
     from ntkit.data import resolve_kernel_data
     from ntkit.models import build_model
 

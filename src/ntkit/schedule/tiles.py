@@ -39,8 +39,8 @@ class BudgetTooSmallError(ValueError):
 class Tile:
     """One tile: kernel rows r0:r1, columns c0:c1 (tile-grid position i, j).
 
-    `mirror`: a symmetric kernel's off-diagonal tile whose transpose also fills tile (j, i).
-    `diagonal`: a symmetric kernel's diagonal tile (computed with x2 = x1, bitwise symmetric).
+    `mirror`: an off-diagonal tile of a symmetric block whose transpose also fills tile (j, i).
+    `diagonal`: a diagonal tile of a symmetric block (computed with x2 = x1, bitwise symmetric).
     """
 
     i: int
@@ -76,6 +76,7 @@ class TilePlan:
     fixed: int
     engine: int  # the eNTK engine's memory= budget
     budget: int
+    shared: int = 0  # leading rows equal to the columns: that square block is symmetric
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -93,12 +94,12 @@ class TilePlan:
 
     def tiles(self) -> list[Tile]:
         """The tiles to compute, row-major; for a symmetric kernel the upper triangle only."""
-        return list(iter_tiles(self.n_rows, self.n_cols, self.tile_rows, self.tile_cols, self.symmetric))
+        return list(iter_tiles(self.n_rows, self.n_cols, self.tile_rows, self.tile_cols, self.symmetric,
+                               self.shared))
 
     @property
     def n_tiles(self) -> int:
-        gi, gj = self.grid
-        return gi * (gi + 1) // 2 if self.symmetric else gi * gj
+        return _count(self.n_rows, self.n_cols, self.tile_rows, self.tile_cols, self.symmetric, self.shared)
 
     @property
     def jacobian_passes(self) -> float:
@@ -121,8 +122,21 @@ def _span(n: int, size: int) -> Iterator[tuple[int, int, int]]:
         yield k, s, min(s + size, n)
 
 
-def iter_tiles(n_rows: int, n_cols: int, tile_rows: int, tile_cols: int, symmetric: bool) -> Iterator[Tile]:
-    """Tiles covering the kernel (the upper triangle of tiles when symmetric), row-major."""
+def _shared_tiles(shared: int, tile_rows: int, tile_cols: int) -> int:
+    """Tile rows/columns inside the symmetric leading block (whole tiles only, so no mirror ever
+    overlaps a tile computed in full)."""
+    if shared <= 0:
+        return 0
+    if tile_rows != tile_cols:
+        raise ValueError("a kernel whose leading rows are its columns needs square tiles")
+    return shared // tile_rows
+
+
+def iter_tiles(n_rows: int, n_cols: int, tile_rows: int, tile_cols: int, symmetric: bool,
+               shared: int = 0) -> Iterator[Tile]:
+    """Tiles covering the kernel, row-major: the upper triangle of tiles when symmetric; with
+    `shared` > 0 (rows[:shared] are the columns[:shared]) the upper triangle of that leading
+    block of whole tiles, and every other tile."""
     if symmetric:
         if n_rows != n_cols or tile_rows != tile_cols:
             raise ValueError("a symmetric kernel needs n_rows == n_cols and square tiles")
@@ -131,8 +145,13 @@ def iter_tiles(n_rows: int, n_cols: int, tile_rows: int, tile_cols: int, symmetr
             for j, c0, c1 in spans[a:]:
                 yield Tile(i, j, r0, r1, c0, c1, mirror=i != j, diagonal=i == j)
         return
+    s = _shared_tiles(shared, tile_rows, tile_cols)
     for i, r0, r1 in _span(n_rows, tile_rows):
         for j, c0, c1 in _span(n_cols, tile_cols):
+            if i < s and j < s:
+                if j >= i:
+                    yield Tile(i, j, r0, r1, c0, c1, mirror=i != j, diagonal=i == j)
+                continue
             yield Tile(i, j, r0, r1, c0, c1)
 
 
@@ -149,6 +168,7 @@ def plan_tiles(
     tile: int | None = None,
     max_tile: int = DEFAULT_MAX_TILE,
     min_tiles: int = 1,
+    shared: int = 0,
 ) -> TilePlan:
     """The largest tiles whose planned peak (module docstring) stays within `budget` bytes.
 
@@ -160,6 +180,8 @@ def plan_tiles(
         tile: force this tile side (rows and columns), still checked against the budget.
         max_tile: cap on a tile side (resume granularity, progress updates, write size).
         min_tiles: shrink tiles until there are at least this many (to feed several workers).
+        shared: the first `shared` rows are the columns (an empirical-ntks train+test x train
+            kernel): square tiles, and the symmetric leading block computes its upper tiles only.
 
     Raises:
         BudgetTooSmallError: when even a 1×1 tile does not fit, naming the bytes needed.
@@ -191,7 +213,8 @@ def plan_tiles(
         while cap_r > 1 and _count(n_rows, n_cols, cap_r, cap_c, symmetric) < min_tiles:
             cap_r = max(1, cap_r // 2)
             cap_c = cap_r if symmetric else max(1, cap_c // 2)
-    if symmetric:
+    square = symmetric or shared > 0
+    if square:
         cap_c = cap_r = min(cap_r, cap_c)
     side_budget = budget - fixed - engine
     # Square tiles first (fewest Jacobian recomputations per entry), then widen the columns
@@ -200,7 +223,7 @@ def plan_tiles(
     tr = max(1, min(cap_r, t))
     while tr > 1 and not fits(tr, min(cap_c, tr), engine):
         tr -= max(1, tr // 16)
-    tc = min(cap_c, tr) if symmetric else _widest(tr, cap_c, lambda c: fits(tr, c, engine))
+    tc = min(cap_c, tr) if square else _widest(tr, cap_c, lambda c: fits(tr, c, engine))
     if tile is not None and (tr < min(tile, n_rows) or tc < min(tile, n_cols)):
         raise BudgetTooSmallError(
             f"tile {tile} does not fit in memory budget {_fmt(budget)} (the largest that fits is "
@@ -213,7 +236,7 @@ def plan_tiles(
     engine = budget - fixed - TILE_COPIES * tr * tc * entry_bytes - (tr + tc) * input_bytes
     return TilePlan(n_rows=n_rows, n_cols=n_cols, tile_rows=tr, tile_cols=tc, symmetric=symmetric,
                     entry_bytes=entry_bytes, input_bytes=input_bytes, fixed=fixed, engine=engine,
-                    budget=budget)
+                    budget=budget, shared=0 if symmetric else shared)
 
 
 def _widest(tr: int, cap: int, fits) -> int:
@@ -229,9 +252,12 @@ def _widest(tr: int, cap: int, fits) -> int:
     return max(lo, 1)
 
 
-def _count(n_rows: int, n_cols: int, tr: int, tc: int, symmetric: bool) -> int:
+def _count(n_rows: int, n_cols: int, tr: int, tc: int, symmetric: bool, shared: int = 0) -> int:
     gi, gj = math.ceil(n_rows / tr), math.ceil(n_cols / tc)
-    return gi * (gi + 1) // 2 if symmetric else gi * gj
+    if symmetric:
+        return gi * (gi + 1) // 2
+    s = _shared_tiles(shared, tr, tc) if tr == tc else 0
+    return gi * gj - s * (s - 1) // 2
 
 
 def _fmt(n: float) -> str:

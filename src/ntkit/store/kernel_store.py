@@ -197,7 +197,8 @@ class KernelStore:
     def tiles(self) -> list[Tile]:
         """Every tile the store needs (upper triangle only when symmetric)."""
         tr, tc = self.tile_shape
-        return list(iter_tiles(self.shape[0], self.shape[1], tr, tc, self.symmetric))
+        shared = int(self._meta.get("plan", {}).get("shared", 0))
+        return list(iter_tiles(self.shape[0], self.shape[1], tr, tc, self.symmetric, shared))
 
     def records(self) -> dict[str, dict[str, Any]]:
         """Completed tiles: key "i.j" -> record (sha256, seconds, entries, finished)."""
