@@ -135,7 +135,7 @@ def sidecar_path(path: Path) -> Path:
 
 @app.command()
 def compute(
-    data: str = typer.Argument(..., help="Data spec for the rows, e.g. digits, 'cifar10[train:0:1000]', "
+    data: str = typer.Argument(..., help="Data spec for the rows, e.g. digits, 'cifar10\\[train:0:1000]', "
                                           "CIFAR-10_0_2500_0_1000, npz:PATH."),
     model: str = typer.Argument(..., help="Model spec, e.g. cnn, 'mlp:depth=3,width=512', resnet18, "
                                            "file:net.py:make."),
