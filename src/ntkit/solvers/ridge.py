@@ -1,0 +1,216 @@
+"""Exact kernel ridge regression: the reference every iterative solver is checked against.
+
+f(x) = Σ_i a_i k(x, x_i) with (K + α I) a = y, K = k(X, X) (n × n), solved by a Cholesky
+factorization in float64. O(n²) memory and O(n³) time: for n up to a few ten thousands; beyond
+that use `EigenPro3`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+
+from ntkit.kernels.base import as_tensor
+from ntkit.solvers.base import KernelMachine, NotPSDError, check_inputs, check_targets, class_targets
+from ntkit.solvers.nystrom import psd_tolerance
+
+__all__ = ["KernelRidge", "KernelRidgeClassifier", "cholesky_solve_psd"]
+
+
+class SingularKernelWarning(UserWarning):
+    """The kernel matrix was singular to working precision and got a small diagonal jitter."""
+
+
+def _cholesky(K: torch.Tensor, shift: float) -> torch.Tensor | None:
+    """Lower Cholesky factor of K + shift·I in float64, or None if it is not positive definite.
+
+    Factored in place on one float64 copy of K, so the peak is the kernel plus one n × n float64
+    matrix. (Not scipy.linalg.cholesky: its wrapper crashes on matrices over 2³¹ bytes.)
+    """
+    A = K.to(torch.float64, copy=True)
+    A.diagonal().add_(shift)
+    top = float(A.diagonal().abs().max())
+    info = torch.empty((), dtype=torch.int32, device=A.device)
+    torch.linalg.cholesky_ex(A, out=(A, info))
+    if int(info) > 0:
+        return None
+    # A factorization that only went through on rounding (a pivot at the level of n·eps of the
+    # diagonal) belongs to a singular matrix: its solve would be noise.
+    if float(A.diagonal().min()) ** 2 <= K.shape[0] * np.finfo(np.float64).eps * top:
+        return None
+    return A
+
+
+def cholesky_solve_psd(K: torch.Tensor, Y: torch.Tensor, alpha: float, *,
+                       kernel_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, float]:
+    """Solve (K + α I) A = Y for a symmetric PSD K: (n, n), Y: (n, C) in float64.
+
+    Returns (A, jitter). When the Cholesky factorization fails, K is checked: clearly negative
+    eigenvalues (beyond the rounding of `kernel_dtype`) raise NotPSDError; a singular PSD K gets
+    the smallest diagonal jitter (from 1e-12 of its mean diagonal, ×100 per try up to 1e-4) that
+    lets the factorization through, with a SingularKernelWarning.
+    """
+    n = K.shape[0]
+    L = _cholesky(K, alpha)
+    jitter = 0.0
+    if L is None:
+        evals = torch.linalg.eigvalsh(K.to(torch.float64))
+        lo, hi = float(evals[0]), float(evals[-1].abs().clamp_min(1e-300))
+        tol = psd_tolerance(n, kernel_dtype or K.dtype)
+        if lo + alpha < -tol * hi:
+            raise NotPSDError(
+                f"the kernel matrix is not positive semi-definite: its smallest eigenvalue is {lo:.3g} "
+                f"({abs(lo) / hi:.2%} of the largest, {hi:.3g}), beyond rounding ({tol:.1e} relative). Kernel "
+                "ridge needs a PSD kernel: check the kernel function, or for a precomputed matrix that it "
+                "is symmetric and computed by a PSD kernel")
+        scale = float(K.diagonal().abs().to(torch.float64).mean().clamp_min(1e-300))
+        for rel in (1e-12, 1e-10, 1e-8, 1e-6, 1e-4):
+            L = _cholesky(K, alpha + rel * scale)
+            if L is not None:
+                jitter = rel * scale
+                break
+        else:
+            raise NotPSDError(f"the kernel matrix stays singular even with jitter 1e-4 of its mean diagonal "
+                              f"(smallest eigenvalue {lo:.3g}); pass alpha > 0")
+        warnings.warn(
+            f"the kernel matrix (+ alpha={alpha:g}) is singular to working precision (smallest eigenvalue "
+            f"{lo:.3g}); added jitter {jitter:.3g} to its diagonal. Pass alpha > 0 to regularize explicitly",
+            SingularKernelWarning, stacklevel=3)
+    return torch.cholesky_solve(Y.to(L.device, torch.float64), L), jitter
+
+
+class _RidgeBase(KernelMachine, BaseEstimator):
+    def __init__(self, kernel: Any = "laplacian:bandwidth=10", alpha: float = 1.0) -> None:
+        self.kernel = kernel
+        self.alpha = alpha
+
+    def _fit_targets(self, X: torch.Tensor, Y: torch.Tensor, X_raw: Any) -> None:
+        if not isinstance(self.alpha, (int, float)) or not np.isfinite(self.alpha) or self.alpha < 0:
+            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
+        K = self.kernel_(X)
+        Y2 = Y.reshape(Y.shape[0], -1)
+        A, jitter = cholesky_solve_psd(K, Y2.to(K.device), float(self.alpha), kernel_dtype=K.dtype)
+        self.X_fit_ = X
+        self.jitter_ = jitter
+        self.dual_coef_ = A if Y.ndim == 2 else A[:, 0]
+        self._set_input_info(X, X_raw)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.pairwise = _precomputed(self.kernel)
+        tags.target_tags.multi_output = not isinstance(self, ClassifierMixin)
+        return tags
+
+    def _decision(self, X: Any) -> torch.Tensor:
+        Xt = self._check_X_predict(X)
+        coef = self.dual_coef_
+        out = self.kernel_.mv(Xt, self.X_fit_, coef.reshape(coef.shape[0], -1))
+        return out if coef.ndim == 2 else out[:, 0]
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        meta = {"input_shape": list(self.input_shape_), "jitter": self.jitter_,
+                "n_features_in": getattr(self, "n_features_in_", None)}
+        arrays = {"X_fit": self.X_fit_.cpu().numpy(), "dual_coef": self.dual_coef_.cpu().numpy()}
+        if hasattr(self, "classes_"):
+            arrays["classes"] = np.asarray(self.classes_)
+        return meta, arrays
+
+    def _restore(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.X_fit_ = as_tensor(arrays["X_fit"])
+        self.dual_coef_ = torch.from_numpy(arrays["dual_coef"])
+        self.jitter_ = meta["jitter"]
+        self.input_shape_ = tuple(meta["input_shape"])
+        if meta.get("n_features_in") is not None:
+            self.n_features_in_ = meta["n_features_in"]
+        if "classes" in arrays:
+            self.classes_ = arrays["classes"]
+
+
+class KernelRidge(RegressorMixin, _RidgeBase):
+    """Kernel ridge regression, solved exactly: (K + alpha·I) dual_coef_ = y.
+
+    Args:
+        kernel: a `ntkit.kernels.Kernel`, a spec ("laplacian:bandwidth=10", "ntk:cnn",
+            "npy:K.npy"; see `ntkit.kernels.KERNEL_GRAMMAR`) or a callable k(x, z).
+        alpha: the ridge, ≥ 0 (0 interpolates; a singular kernel then gets a small jitter
+            with a warning).
+
+    `fit(X, y)`: X (N, *input) (indices (N,) for a `Precomputed` kernel), y (N,) or (N, C).
+    Learned: `dual_coef_` (N,) or (N, C) float64, `X_fit_`, `kernel_`, `jitter_`.
+
+    >>> import numpy as np
+    >>> X = np.random.default_rng(0).normal(size=(20, 3)); y = X[:, 0]
+    >>> KernelRidge("gaussian:bandwidth=2", alpha=1e-3).fit(X, y).predict(X[:2]).shape
+    (2,)
+    """
+
+    def fit(self, X: Any, y: Any) -> KernelRidge:
+        """Fit on X (N, *input) and targets y (N,) or (N, C); returns self."""
+        Y = check_targets(y, _n_rows(X))
+        self.kernel_ = self._resolve_kernel(_peek(X), Y.shape[1] if Y.ndim == 2 else 1)
+        Xt = check_inputs(X, indices=self._uses_indices(self.kernel_))
+        self._fit_targets(Xt, Y, X)
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        """f(X): (N,) or (N, C)."""
+        return self._decision(X).cpu().numpy()
+
+
+class KernelRidgeClassifier(ClassifierMixin, _RidgeBase):
+    """Kernel ridge on one-hot targets: predicts argmax_c f_c(x); `score` is the accuracy.
+
+    Same arguments as `KernelRidge`; labels may be any sortable values (ints, strings).
+    Learned: `classes_`, `dual_coef_` (N, C), `X_fit_`, `kernel_`, `jitter_`.
+    """
+
+    def fit(self, X: Any, y: Any) -> KernelRidgeClassifier:
+        """Fit on X (N, *input) and labels y (N,); returns self."""
+        classes, Y = class_targets(y, _n_rows(X))
+        self.kernel_ = self._resolve_kernel(_peek(X), len(classes))
+        Xt = check_inputs(X, indices=self._uses_indices(self.kernel_))
+        self.classes_ = classes
+        self._fit_targets(Xt, Y, X)
+        return self
+
+    def decision_scores(self, X: Any) -> np.ndarray:
+        """f(X) for every class: (N, C)."""
+        return self._decision(X).cpu().numpy()
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The class with the largest score, (N,)."""
+        scores = self.decision_scores(X)
+        return self.classes_[scores.argmax(1)]
+
+
+def _n_rows(X: Any) -> int:
+    """Rows of X before any other check (so label/row mismatches are reported first)."""
+    if X is None:
+        raise ValueError("X is None; pass an array of shape (N, *input)")
+    shape = getattr(X, "shape", None)
+    if shape is None:
+        try:
+            shape = np.asarray(X).shape
+        except Exception:  # noqa: BLE001
+            raise ValueError(f"X must be an array of shape (N, *input), got {type(X).__name__}") from None
+    if len(shape) == 0:
+        raise ValueError("X is a scalar; pass an array of shape (N, *input)")
+    return int(shape[0])
+
+
+def _precomputed(kernel: Any) -> bool:
+    from ntkit.kernels import Precomputed
+
+    return isinstance(kernel, Precomputed) or (isinstance(kernel, str) and kernel.startswith(("npy:", "store:")))
+
+
+def _peek(X: Any) -> torch.Tensor | None:
+    """X as a tensor when that is cheap, for building ntk:MODEL kernels (input shape only)."""
+    try:
+        return as_tensor(X)
+    except Exception:  # noqa: BLE001 - the proper check with its message comes right after
+        return None
