@@ -8,6 +8,7 @@ logit or a mis-mirrored block changes entries by O(1) relative).
 
 from __future__ import annotations
 
+import itertools
 import warnings
 
 import pytest
@@ -173,11 +174,11 @@ def test_auto_follows_the_cost_model():
     def choice(model, x, output):
         return _Call(FunctionalModel(model), x, None, parse_output(output), None, None).choose()
 
-    assert choice(wide, torch.randn(32, 3), "full") == "structured"
-    assert choice(wide, torch.randn(32, 3), "trace") == "structured"
+    for output in ("full", "trace", "diagonal", "logit:3", "pntk"):
+        assert choice(wide, torch.randn(32, 3), output) == "structured"
+        assert choice(conv, torch.randn(16, 3, 32, 32), output) == "jacobian"
     assert choice(no_rule, torch.randn(32, 3), "full") == "ntk-vp"
     assert choice(no_rule, torch.randn(32, 3), "trace") == "jacobian"
-    assert choice(conv, torch.randn(16, 3, 32, 32), "full") == "jacobian"
 
 
 @pytest.mark.parametrize("output", OUTPUTS)
@@ -225,3 +226,276 @@ def test_plan_explains_methods_and_layers():
     assert by_name["0.a"].reason == "unknown layer type Scale"
     text = str(p)
     assert "<- chosen" in text and "0.a [3] fallback to jacobian (unknown layer type Scale)" in text
+
+
+# ------------------------------------------------------------------------------------ plan cache
+def _spy(monkeypatch, owner, name):
+    """Count the calls of owner.name (still calling it)."""
+    calls = []
+    real = getattr(owner, name)
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(owner, name, spy)
+    return calls
+
+
+def test_plan_cache_replans_only_when_the_structure_changes(monkeypatch):
+    """Repeated calls on one model and shape do not profile or gradient-check again; new values
+    are read at every call; a new width, a frozen parameter or train mode start a fresh plan."""
+    import ntkit.engine.structured as structured_mod
+    from ntkit.engine.functional import FunctionalModel
+
+    probes = _spy(monkeypatch, FunctionalModel, "_profiled_call")
+    checks = _spy(monkeypatch, structured_mod, "_check")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).to(D).eval()
+    x = torch.randn(5, 4, dtype=D)
+    for method in ("structured", "auto", "jacobian", "structured"):
+        assert rel_err(ntkit.ntk(model, x, method=method), ntk_reference(model, x)) < RTOL64
+    assert (len(probes), len(checks)) == (1, 1)
+    with torch.no_grad():  # new values, same structure: no new plan, the new kernel
+        model[0].weight.mul_(-2.0)
+    assert rel_err(ntkit.ntk(model, x, method="structured"), ntk_reference(model, x)) < RTOL64
+    fn = ntkit.ntk_fn(model, method="structured")
+    xs = torch.randn(3, 4, dtype=D)
+    assert rel_err(fn(xs, x), ntk_reference(model, xs, x)) < RTOL64
+    assert (len(probes), len(checks)) == (1, 1)  # another N: terms redone, coverage reused
+    assert rel_err(ntkit.ntk(model, x, method="structured", output="trace"), ntk_reference(model, x, None, "trace")) < RTOL64
+    assert (len(probes), len(checks)) == (1, 2)  # another output: checked once more
+    model[2] = nn.Linear(6, 2).to(D)  # a new layer (and O)
+    assert rel_err(ntkit.ntk(model, x, method="structured"), ntk_reference(model, x)) < RTOL64
+    assert (len(probes), len(checks)) == (2, 3)
+    model[0].bias.requires_grad_(False)
+    assert rel_err(ntkit.ntk(model, x, method="structured"), ntk_reference(model, x)) < RTOL64
+    assert len(probes) == 3
+    model.train()
+    assert rel_err(ntkit.ntk(model, x, method="structured"), ntk_reference(model, x)) < RTOL64
+    assert len(probes) == 4
+    x3 = torch.randn(5, 3, dtype=D)  # another input shape is another entry (here: an error)
+    with pytest.raises(ValueError, match="rejected inputs of shape"):
+        ntkit.ntk(model, x3)
+
+
+def test_plan_cache_follows_the_parameter_selection_and_rule_registry(monkeypatch):
+    import ntkit.engine.structured as structured_mod
+    from ntkit.engine.structured import StructuredFallbackWarning
+    from ntkit.rules import GradFactor, Rule, register_rule
+    from ntkit.rules.registry import RULES
+
+    class Scale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Parameter(torch.linspace(0.5, 1.5, 4, dtype=D))
+
+        def forward(self, x):
+            return x * self.a
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(3, 4), Scale(), nn.Tanh(), nn.Linear(4, 2)).to(D).eval()
+    x = torch.randn(6, 3, dtype=D)
+    with pytest.warns(StructuredFallbackWarning, match="unknown layer type Scale"):
+        k = ntkit.ntk(model, x, method="structured")
+    assert rel_err(k, ntk_reference(model, x)) < RTOL64
+    k = ntkit.ntk(model, x, method="structured", params="3.*")  # another selection, own entry
+    assert rel_err(k, ntk_reference(model, x, params="3.*")) < RTOL64
+    checks = _spy(monkeypatch, structured_mod, "_check")
+
+    @register_rule(Scale)
+    class ScaleRule(Rule):
+        params = ("a",)
+
+        def factors(self, module, x, cots, names):
+            return {"a": GradFactor(cots[0] * x, module.a.shape)}
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", StructuredFallbackWarning)  # the new rule is used
+            k = ntkit.ntk(model, x, method="structured")
+        assert rel_err(k, ntk_reference(model, x)) < RTOL64 and len(checks) == 1
+    finally:
+        del RULES[Scale]
+
+
+def test_plan_cache_keeps_no_model_alive():
+    """The cache holds models weakly and its entries refer to layers by name: a model (even one
+    that is itself the only layer) is freed when the user drops it."""
+    import gc
+    import weakref
+
+    from ntkit.engine import cache
+
+    refs = []
+    for model in (nn.Linear(3, 2).to(D), nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(D)):
+        x = torch.randn(4, 3, dtype=D)
+        for method in ("auto", "structured", "ntk-vp"):
+            ntkit.ntk(model, x, method=method)
+        ntkit.plan(model, x)
+        assert model in cache._MODELS
+        refs.append(weakref.ref(model))
+    del model
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+
+def test_plan_cache_is_bounded():
+    from ntkit.engine import cache
+
+    model = nn.Sequential(nn.Linear(3, 2)).to(D)
+    for n in range(1, cache.MAX_ENTRIES + 10):
+        ntkit.ntk(model, torch.randn(n, 3, dtype=D), method="structured", output="trace")
+    assert len(cache._MODELS[model][1]) <= cache.MAX_ENTRIES
+
+
+def test_fingerprint_sees_layer_settings_not_values():
+    from ntkit.engine.cache import fingerprint
+
+    net = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU())
+    fp = fingerprint(net)
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    net[0].load_state_dict(net[0].state_dict())
+    assert fingerprint(net) == fp
+    net[0].stride = (2, 2)
+    assert fingerprint(net) != fp
+    net[0].stride = (1, 1)
+    assert fingerprint(net) == fp
+    handle = net.register_forward_hook(lambda m, i, o: o * 2)
+    assert fingerprint(net) != fp
+    handle.remove()
+    net[0].weight = nn.Parameter(net[0].weight.detach().clone())
+    assert fingerprint(net) != fp
+
+
+# ------------------------------------------------------------------------------------ cost model
+def _synthetic(layers, n, o_logits, output, symmetric=True, rows_batch=0, peak=0, cache=None):
+    """Estimates for a network given as layers (in, out, S positions) with biases: F, P and the
+    structured analysis (each layer in the cheaper of the direct and per-sample-gradient modes)
+    from the formulas documented in ntkit.engine.cost and ntkit.rules.contract."""
+    from ntkit.engine.cost import StructuredCost, estimate
+    from ntkit.engine.memory import Plan
+    from ntkit.engine.outputs import parse_output
+    from ntkit.rules.contract import formation_weight
+
+    spec = parse_output(output).resolve(o_logits)
+    o = spec.n_out(o_logits)
+    of = o if spec.kind == "full" else 1
+    pairs = n * n * (0.5 if symmetric else 1.0)
+    sides = n * (1 if symmetric else 2)
+    flops = sum(2.0 * s * i * out for i, out, s in layers)
+    n_params = sum(i * out + out for i, out, _ in layers)
+    matmul = formation = form_time = 0.0
+    for i, out, s in layers:
+        k = 2.0 * s * s * i + s * s  # K = x1·x2 + 1 over position pairs
+        if s == 1:
+            direct = k + (2.0 * o * o * out if spec.kind == "full" else 2.0 * o * out)
+        else:
+            direct = k + 2.0 * s * s * o * out + (2.0 * s * o * o * out if spec.kind == "full" else 0.0)
+        f = sides * 2.0 * o * s * out * i
+        grads = (pairs * 2.0 * o * of * (i * out + out), f, f * formation_weight(o * out))
+        if pairs * direct <= grads[0] + grads[2]:
+            matmul += pairs * direct
+        else:
+            matmul, formation, form_time = matmul + grads[0], formation + grads[1], form_time + grads[2]
+    plan = Plan(block=n, groups=(("all",),), chunk=n, budget=1 << 30, rows_batch=rows_batch)
+    sc = StructuredCost(matmul_flops=matmul, formation_flops=formation, fallback_params=0, fallback_groups=0,
+                        covered=True, formation_time=form_time, per_output=True)
+    kw = {"n1": n, "n2": n, "symmetric": symmetric, "n_logits": o_logits, "spec": spec, "n_params": n_params,
+          "flops": flops, "plan": plan, "peak": peak, "itemsize": 4, "cache_bytes": cache}
+    return {m: estimate(m, **kw, structured=sc if m == "structured" else None) for m in ("jacobian", "ntk-vp", "structured")}
+
+
+def _pick(est):
+    return min(est, key=lambda m: est[m].time)
+
+
+def test_cost_model_decisions_on_synthetic_layers():
+    """Dense nets: structured by far; convolutions on large images: Jacobian contraction (the
+    same per-sample gradients, formed at a lower rate); wide convolutions on tiny images, where
+    the contraction dominates: structured; one output: Jacobian contraction."""
+    mlp = [(3, 1024, 1)] + [(1024, 1024, 1)] * 8 + [(1024, 10, 1)]
+    for output in ("full", "trace", "diagonal", "logit:0", "pntk"):
+        est = _synthetic(mlp, 64, 10, output)
+        assert _pick(est) == "structured"
+        assert est["structured"].time * (20 if output == "full" else 5) < est["jacobian"].time
+    cnn = [(27, 32, 1024), (288, 32, 1024), (288, 32, 1024), (32, 10, 1)]  # W2-CNN
+    for output in ("full", "trace", "diagonal", "logit:0", "pntk"):
+        est = _synthetic(cnn, 32, 10, output)
+        assert _pick(est) == "jacobian"
+        assert 1.2 < est["structured"].time / est["jacobian"].time < 2.5
+    # 128 channels on 8 x 8 images: the contraction dominates, and with 64 positions the
+    # direct mode never forms the per-sample gradients (measured 0.5x Jacobian contraction's time)
+    wide = [(27, 128, 64), (1152, 128, 64), (128, 10, 1)]
+    assert _pick(_synthetic(wide, 16, 10, "full")) == "structured"
+
+
+def test_formation_rate_and_cache_penalty():
+    from ntkit.engine.cost import CACHE_EXPONENT, cache_penalty
+    from ntkit.rules.contract import FORMATION_ROWS, FORMATION_WEIGHT, formation_weight
+
+    assert formation_weight(FORMATION_ROWS) == formation_weight(10 * FORMATION_ROWS) == FORMATION_WEIGHT
+    assert formation_weight(FORMATION_ROWS // 2) == pytest.approx(2 * FORMATION_WEIGHT)
+    assert cache_penalty(100, None) == cache_penalty(100, 100) == 1.0
+    assert cache_penalty(800, 100) == pytest.approx(8**CACHE_EXPONENT)
+    # Jacobian passes split to fit the cache pay nothing; a whole block of a huge layer pays on CPU
+    # only, and only on its autodiff part.
+    cnn = [(27, 32, 1024), (288, 32, 1024), (32, 10, 1)]
+    peak, cache = 32 * 1024, 8 << 20
+    fits = _synthetic(cnn, 32, 10, "full", rows_batch=4, peak=peak, cache=cache)["jacobian"]
+    whole = _synthetic(cnn, 32, 10, "full", rows_batch=0, peak=peak, cache=cache)["jacobian"]
+    gpu = _synthetic(cnn, 32, 10, "full", rows_batch=0, peak=peak, cache=None)["jacobian"]
+    assert fits.cache == gpu.cache == 1.0 and fits.time == gpu.time
+    assert whole.cache == pytest.approx((32 * 10 * peak * 4 / cache) ** CACHE_EXPONENT)
+    assert whole.time - fits.time == pytest.approx((whole.cache - 1) * fits.autodiff_flops / 0.25)
+
+
+def test_structured_without_rules_costs_what_jacobian_contraction_does():
+    from ntkit.engine.cost import STRUCTURED_MARGIN, StructuredCost, estimate
+    from ntkit.engine.memory import Plan
+    from ntkit.engine.outputs import parse_output
+
+    plan = Plan(block=8, groups=(("a",), ("b",)), chunk=8, budget=1 << 30)
+    kw = {"n1": 8, "n2": 5, "symmetric": False, "n_logits": 3, "spec": parse_output("trace"), "n_params": 1000,
+          "flops": 5e4, "plan": plan}
+    sc = StructuredCost(matmul_flops=0.0, formation_flops=0.0, fallback_params=1000, fallback_groups=2,
+                        covered=False, formation_time=0.0)
+    s, j = estimate("structured", **kw, structured=sc), estimate("jacobian", **kw)
+    assert s.time == pytest.approx(j.time * STRUCTURED_MARGIN)
+    assert estimate("structured", **kw).time == float("inf")  # no analysis: never chosen
+
+
+def test_rows_batch_keeps_vmapped_passes_in_cache():
+    from ntkit.engine.memory import make_plan
+
+    kw = {"names": ["w"], "sizes": {"w": 1000}, "n_max": 64, "n_out": 10, "activations": 50_000, "itemsize": 4,
+          "budget": 1 << 30}
+    for peak, cache in ((32_768, 8 << 20), (4096, 1 << 20), (10**6, 1 << 20)):
+        plan = make_plan(**kw, peak=peak, cache_bytes=cache)
+        assert 1 <= plan.rows_batch < plan.block
+        assert plan.rows_batch * 10 * peak * 4 <= cache or plan.rows_batch == 1
+        assert plan.rows_batch == 1 or (plan.rows_batch + 1) * 10 * peak * 4 > cache
+        parts = plan.rows_slices(plan.block)
+        assert parts[0].start == 0 and parts[-1].stop == plan.block
+        assert all(a.stop == b.start for a, b in itertools.pairwise(parts))
+    assert make_plan(**kw, peak=100, cache_bytes=8 << 20).rows_batch == 0  # all fits: one pass
+    assert make_plan(**kw, peak=32_768, cache_bytes=None).rows_batch == 0  # GPU: one pass
+    # the user's block is split the same way (6 samples of 10 x 32768 floats fit in 8 MiB)
+    assert make_plan(**kw, peak=32_768, cache_bytes=8 << 20, batch_size=16).rows_batch == 6
+    assert make_plan(**kw, peak=32_768, cache_bytes=8 << 20, batch_size=6).rows_batch == 0
+
+
+@pytest.mark.parametrize("output", ["full", "diagonal", "pntk"])
+def test_jacobian_rows_in_cache_sized_passes_match_reference(monkeypatch, output):
+    """A tiny cache budget splits every block into one-sample passes: same kernel."""
+    from ntkit.engine import api
+
+    monkeypatch.setattr(api, "CACHE_BYTES", 1)
+    case = Case(ZOO[3].name, ZOO[3].build, ZOO[3].input_shape, ZOO[3].last, n1=7, n2=5)
+    call = api._prepare(case.model(), *case.inputs(), output, None, None, None, None)
+    assert call.plan.rows_batch == 1
+    for symmetric in (True, False):
+        for kw in ({}, {"batch_size": 3}):
+            k = run(case, symmetric, method="jacobian", output=output, **kw)
+            assert rel_err(k, reference(case, symmetric, output)) < RTOL64

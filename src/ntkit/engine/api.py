@@ -21,7 +21,7 @@ from torch.func import jvp, vjp
 from ntkit.engine.cost import StructuredCost, estimate
 from ntkit.engine.functional import FunctionalModel, ParamSelection
 from ntkit.engine.jacobian_contraction import jacobian_contraction
-from ntkit.engine.memory import Plan, make_plan, parse_memory
+from ntkit.engine.memory import CACHE_BYTES, Plan, make_plan, parse_memory
 from ntkit.engine.ntk_vector_products import forward_ad_error, ntk_vector_products
 from ntkit.engine.outputs import OUTPUTS, OutputSpec, parse_output
 from ntkit.engine.progress import Progress, ProgressCallback
@@ -87,15 +87,19 @@ class _Call:
         self.n2 = self.n1 if x2 is None else x2.shape[0]
         self.profile = fm.profile(x1)
         itemsize = torch.empty((), dtype=fm.dtype).element_size()
+        self.itemsize = itemsize
+        self.cache_bytes = CACHE_BYTES if fm.device.type == "cpu" else None
         self.plan: Plan = make_plan(
             names=fm.names, sizes=fm.sizes, n_max=max(self.n1, self.n2),
             n_out=self.spec.n_out(n_logits), activations=self.profile.activations,
             itemsize=itemsize, budget=parse_memory(memory, fm.device), batch_size=batch_size,
+            peak=self.profile.peak, cache_bytes=self.cache_bytes,
         )
 
     def estimates(self) -> dict[str, Any]:
         kw = dict(n1=self.n1, n2=self.n2, symmetric=self.symmetric, n_logits=self.n_logits,
-                  spec=self.spec, n_params=self.fm.n_params, flops=self.profile.flops, plan=self.plan)
+                  spec=self.spec, n_params=self.fm.n_params, flops=self.profile.flops, plan=self.plan,
+                  peak=self.profile.peak, itemsize=self.itemsize, cache_bytes=self.cache_bytes)
         return {m: estimate(m, **kw, structured=self._structured_cost() if m == "structured" else None)
                 for m in _STRATEGIES}
 
@@ -108,7 +112,8 @@ class _Call:
         groups = sum(1 for g in self.plan.groups if any(n in an.fallback for n in g))
         return StructuredCost(matmul_flops=an.matmul_flops, formation_flops=an.formation_flops,
                               fallback_params=sum(self.fm.sizes[n] for n in fb), fallback_groups=groups,
-                              covered=bool(an.covered))
+                              covered=bool(an.covered), formation_time=an.formation_time,
+                              per_output=an.per_output)
 
     def _analysis(self, check: bool):
         try:
@@ -143,7 +148,10 @@ class _Call:
         if method == "ntk-vp" and fm.vmappable is False:
             method = "jacobian"  # forward-mode vmapping would fail the same way
         if method == "ntk-vp":
-            reason = forward_ad_error(fm, self.x1, spec)
+            reason = fm.memo.get(("forward_ad", fm.sig), False)
+            if reason is False:
+                reason = forward_ad_error(fm, self.x1, spec)
+                fm.memo.put(("forward_ad", fm.sig), reason)
             if reason is not None:
                 warnings.warn(
                     f"method='ntk-vp' needs forward-mode AD, which {type(fm.model).__name__} does "
@@ -256,6 +264,7 @@ class NtkPlan:
     chunk: int
     memory: int
     layers: tuple[LayerCost, ...] = ()  # structured derivatives per parameter group
+    rows_batch: int = 0  # samples per vmapped Jacobian pass (0: a whole block; see engine.memory)
 
     def __str__(self) -> str:
         lines = [
@@ -263,7 +272,8 @@ class NtkPlan:
             f"O={self.n_logits} output={self.output} P={self.n_params:,} "
             f"F={self.forward_flops:.3g} FLOP/sample",
             f"  blocks of {self.block} inputs, {self.n_groups} parameter group(s), NTK-VP chunk "
-            f"{self.chunk}, memory budget {self.memory / 2**20:.0f} MiB",
+            f"{self.chunk}, memory budget {self.memory / 2**20:.0f} MiB"
+            + (f", Jacobian passes of {self.rows_batch} inputs (CPU cache)" if self.rows_batch else ""),
         ]
         best = min(self.estimates.values())
         for m, t in sorted(self.estimates.items(), key=lambda kv: kv[1]):
@@ -297,7 +307,7 @@ def plan(
         symmetric=call.symmetric, n_logits=call.n_logits, output=str(call.spec),
         n_params=call.fm.n_params, forward_flops=call.profile.flops, block=call.plan.block,
         n_groups=call.plan.n_groups, chunk=call.plan.chunk, memory=call.plan.budget,
-        layers=tuple(call.layers()),
+        layers=tuple(call.layers()), rows_batch=call.plan.rows_batch,
     )
 
 
@@ -314,7 +324,9 @@ def ntk_fn(
     """`ntk` with its options fixed: returns `(x1, x2=None) -> Θ` (see :func:`ntk` for shapes).
 
     Options are checked now, so a typo fails here rather than inside a training loop. The
-    model's current parameter values are read at every call.
+    model's current parameter values are read at every call; what planning learns (the
+    profile, the structured-derivative analysis, vmap support) is kept per input shape and
+    reused until the model's structure changes (see `ntkit.engine.cache`).
     """
     parse_method(method)
     parse_output(output)

@@ -1,20 +1,23 @@
 """The cost model behind `method="auto"`.
 
-Each method's cost is a FLOP count split into matmul work (which runs near the machine's matmul
-peak) and autodiff work (vmapped backward/forward-mode passes, which run well below it). With
-N1, N2 inputs, O logits (O' = 1 for `logit:K`/`pntk`, else O), P selected parameters, F forward
-FLOPs of one sample, G parameter groups, s = the fraction of the kernel computed: about 1/2 when
-symmetric (upper block triangle, and the upper chunk-triangle inside diagonal blocks), else 1):
+Each method's cost is a FLOP count split by the rate it runs at: matmul work (contractions, near
+the machine's matmul peak), autodiff work (vmapped backward/forward-mode passes, well below it)
+and, for structured derivatives, forming per-sample gradients by batched matmuls (slower still,
+see `ntkit.rules.contract.formation_weight`). Time units are FLOPs at the matmul peak. With N1,
+N2 inputs, O logits (O' = 1 for `logit:K`/`pntk`, else O), P selected parameters, F forward
+FLOPs of one sample, G parameter groups, sides = N1 + N2·[not symmetric], s = the fraction of
+the kernel computed (about 1/2 when symmetric: upper block triangle, and the upper
+chunk-triangle inside diagonal blocks, else 1):
 
-- jacobian:  autodiff  (N1 + N2·[not symmetric]) · F · G · (1 + 2·O')
+- jacobian:  autodiff  sides · F · G · (1 + 2·O') · cache(rows batch · O')
              matmul    s · 2·N1·N2·P · {O² full | O trace, diagonal | 1 logit:K, pntk}
 - ntk-vp:    autodiff  N1 · F · (1 + 2·O')  +  s · N1·O'·N2 · 2F
 - structured:
-             autodiff  (N1 + N2·[not symmetric]) · F · (1 + O')   (the capture: one forward, and
-                       the backward for the O' outputs, input cotangents only)
-                       + Σ over "grads" groups (N1 + N2·[not sym]) · 2·O'·S·out·in (per-sample
-                       gradients of convolutions, counted at the autodiff rate like the weight
-                       gradients inside Jacobian contraction's backward passes)
+             autodiff  sides · F · (1 + O') · cache(block · {1 per-output backward | O'})
+                       (the capture: one forward, and the backward for the O' outputs, input
+                       cotangents only)
+             formation Σ over "grads" terms of their per-sample gradient FLOPs (sides · 2·O'·S·out·in
+                       per convolution) at 1/formation_weight(O'·out) of the matmul rate
              matmul    Σ over parameter groups of the cheaper contraction mode (ntkit.rules.contract):
                        "direct" (dense layers, S positions): s · N1·N2 · (2·S²·in + 2·S²·O'·out
                          [+ 2·S·O'²·out for full]); S = 1: s · N1·N2 · (2·in + 2·O'²·out) for full,
@@ -23,13 +26,26 @@ symmetric (upper block triangle, and the upper chunk-triangle inside diagonal bl
              fallback  the jacobian formula restricted to the parameters without a rule (P_fb, G_fb
                        groups); 0 when every parameter has a rule
 
-`auto` picks the smallest estimated time, matmul FLOPs at MATMUL_RATE and autodiff FLOPs at
-AUTODIFF_RATE (relative rates, calibrated on CPU with benchmarks/ntk_methods.py), times
-STRUCTURED_MARGIN for structured. Dense nets go to structured (for a Linear layer with S = 1 the
-direct contraction costs 2·(in + O'²·out) per pair of samples against 2·O'²·in·out for Jacobian
-contraction, and no per-sample Jacobian is formed); on convolution nets structured forms the same
-per-sample weight gradients as Jacobian contraction's backward passes, the estimates tie, and the
-margin keeps Jacobian contraction.
+cache(b) is the slowdown of a vmapped pass whose largest activation (b copies of one sample's
+largest layer output) overflows the CPU cache: (bytes / CACHE_BYTES)^CACHE_EXPONENT above
+CACHE_BYTES, else 1 (none on GPUs). Jacobian contraction splits its passes so that they fit
+(`Plan.rows_batch`), so it matters for one huge sample, and for the capture of structured
+derivatives, which runs a whole block at once.
+
+`auto` picks the smallest estimated time. Dense nets go to structured: for a Linear layer
+(S = 1) the direct contraction costs 2·(in + O'²·out) per pair of samples against 2·O'²·in·out
+for Jacobian contraction, and no per-sample Jacobian is formed. On convolution nets structured
+derivatives form the same per-sample weight gradients as Jacobian contraction's backward passes,
+but by unfolded-patch matmuls that run at ~2/3 of the vmapped backward's rate (~1/3 with one
+output), so Jacobian contraction wins by ~1.25x (~1.7x); structured derivatives win where the
+contraction dominates (wide layers on small images, where the direct mode forms no gradient),
+which the FLOP counts show.
+
+Calibration (relative rates, CPU, 2 threads, benchmarks/workloads.py and similar convolution
+nets, methods timed side by side in one process): AUTODIFF_RATE and the matmul rate from dense
+nets, FORMATION_WEIGHT/FORMATION_ROWS (in ntkit.rules.contract) from the structured/Jacobian time
+ratio on convolution nets at O' = 10 and O' = 1, CACHE_EXPONENT from W2-CNN's Jacobian passes of
+4 to 41 MB (1.24x at 8 MB, 1.36x at 16 MB, 1.74x at 41 MB against 4 MB).
 """
 
 from __future__ import annotations
@@ -44,10 +60,18 @@ from ntkit.engine.outputs import OutputSpec
 # matmuls) reach roughly a quarter of the matmul peak on CPU.
 MATMUL_RATE = 1.0
 AUTODIFF_RATE = 0.25
-# Structured derivatives pay a gradient check and per-layer Python work per block that the FLOPs
-# miss: on convolution nets, where both do the same backward work and the estimates tie, auto
-# keeps Jacobian contraction (measured 0.9-1.4x its time there on CPU).
-STRUCTURED_MARGIN = 1.1
+# A vmapped pass whose largest activation is k times the cache runs k^CACHE_EXPONENT slower.
+CACHE_EXPONENT = 0.24
+# Structured derivatives pay per-layer Python work (hooks, one backward per output on CPU) that
+# the FLOPs miss; it matters only where the estimates are within a few percent.
+STRUCTURED_MARGIN = 1.05
+
+
+def cache_penalty(nbytes: float, cache_bytes: int | None) -> float:
+    """Slowdown of a vmapped pass whose largest activation takes `nbytes` (1 within the cache)."""
+    if cache_bytes is None or nbytes <= cache_bytes:
+        return 1.0
+    return (nbytes / cache_bytes) ** CACHE_EXPONENT
 
 
 @dataclass(frozen=True)
@@ -59,6 +83,9 @@ class StructuredCost:
     fallback_params: int  # parameters without a rule (Jacobian contraction)
     fallback_groups: int  # plan groups holding them
     covered: bool  # some parameter has a rule
+    formation_time: float | None = None  # formation at its own rate (None: formation_flops at
+    # the autodiff rate)
+    per_output: bool = True  # the capture runs one backward per output (else one vmapped over O')
 
 
 @dataclass(frozen=True)
@@ -69,10 +96,13 @@ class Estimate:
     matmul_flops: float
     autodiff_flops: float
     margin: float = 1.0  # multiplies the time (overheads the FLOPs do not show)
+    formation_time: float = 0.0  # structured: forming per-sample gradients, already in time units
+    cache: float = 1.0  # slowdown of the autodiff passes by cache overflow (see cache_penalty)
 
     @property
     def time(self) -> float:
-        return (self.matmul_flops / MATMUL_RATE + self.autodiff_flops / AUTODIFF_RATE) * self.margin
+        return (self.matmul_flops / MATMUL_RATE + self.formation_time
+                + self.cache * self.autodiff_flops / AUTODIFF_RATE) * self.margin
 
 
 def estimate(
@@ -87,31 +117,43 @@ def estimate(
     flops: float,
     plan: Plan,
     structured: StructuredCost | None = None,
+    peak: int = 0,
+    itemsize: int = 4,
+    cache_bytes: int | None = None,
 ) -> Estimate:
-    """Estimated FLOPs of `method` ("jacobian", "ntk-vp" or "structured") for one kernel.
+    """Estimated cost of `method` ("jacobian", "ntk-vp" or "structured") for one kernel.
 
     "structured" needs `structured` (the analysis of the rules); without it the estimate is inf.
+    peak: elements of one sample's largest layer output; cache_bytes: the CPU cache budget of a
+    vmapped pass (None: no cache model, as on GPUs).
     """
     o_diff = spec.n_out(n_logits)
     share = 0.55 if symmetric and n1 > 1 else 1.0
     per_sample_rows = flops * (1 + 2 * o_diff)
+    o_factor = {"full": n_logits**2, "trace": n_logits, "diagonal": n_logits}.get(spec.kind, 1)
+    sides = n1 + (0 if symmetric else n2)
+    sample_bytes = peak * itemsize
+    jac_cache = cache_penalty((plan.rows_batch or plan.block) * o_diff * sample_bytes, cache_bytes)
     if method == "jacobian":
-        o_factor = {"full": n_logits**2, "trace": n_logits, "diagonal": n_logits}.get(spec.kind, 1)
-        rows = (n1 + (0 if symmetric else n2)) * per_sample_rows * plan.n_groups
-        return Estimate(method, share * 2.0 * n1 * n2 * n_params * o_factor, rows)
+        rows = sides * per_sample_rows * plan.n_groups
+        return Estimate(method, share * 2.0 * n1 * n2 * n_params * o_factor, rows, cache=jac_cache)
     if method == "ntk-vp":
         return Estimate(method, 0.0, n1 * per_sample_rows + share * n1 * o_diff * n2 * 2.0 * flops)
     if method == "structured":
         if structured is None:
             return Estimate(method, math.inf, 0.0)
-        o_factor = {"full": n_logits**2, "trace": n_logits, "diagonal": n_logits}.get(spec.kind, 1)
-        sides = n1 + (0 if symmetric else n2)
         matmul = structured.matmul_flops
-        autodiff = structured.formation_flops
+        if structured.formation_time is None:
+            formation, autodiff = 0.0, structured.formation_flops
+        else:
+            formation, autodiff = structured.formation_time, 0.0
+        capture = 0.0
         if structured.covered:
-            autodiff += sides * flops * (1 + o_diff)
+            capture = sides * flops * (1 + o_diff)
+        per_pass = plan.block * sample_bytes * (1 if structured.per_output else o_diff)
+        autodiff += capture * cache_penalty(per_pass, cache_bytes)
         if structured.fallback_params:
             matmul += share * 2.0 * n1 * n2 * structured.fallback_params * o_factor
-            autodiff += sides * per_sample_rows * structured.fallback_groups
-        return Estimate(method, matmul, autodiff, STRUCTURED_MARGIN)
+            autodiff += sides * per_sample_rows * structured.fallback_groups * jac_cache
+        return Estimate(method, matmul, autodiff, STRUCTURED_MARGIN, formation)
     raise ValueError(f"no cost model for method {method!r}")

@@ -4,7 +4,9 @@ Everything the three methods share lives here: parameter selection (names or glo
 parameters excluded, tied weights counted once), buffers, input validation, the check that a model
 in training mode does not mix samples, the per-sample Jacobian rows ∂f(x_n)/∂θ_g for a group g of
 parameters (vmapped with torch.func, or a per-sample autograd loop for models vmap cannot
-transform), and a one-sample profile (forward FLOPs, activation size) for the cost model.
+transform), and a per-sample profile (forward FLOPs, activation sizes) for the cost model,
+measured by the same probe forward that validates the inputs. What these learn about the model
+is kept between calls in its plan cache (`memo`, see `ntkit.engine.cache`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
+from ntkit.engine.cache import Memo, memo_for
 from ntkit.engine.outputs import OutputSpec
 
 ParamSelection = str | Sequence[str] | None
@@ -80,6 +83,7 @@ class Profile:
 
     flops: float  # forward FLOPs for one sample
     activations: int  # elements of all module outputs for one sample
+    peak: int = 1  # elements of the largest single module output for one sample
 
 
 class FunctionalModel:
@@ -139,6 +143,10 @@ class FunctionalModel:
         self.n_logits: int | None = None
         self.out_squeezed = False  # model returns (N,) rather than (N, O)
         self._profile: Profile | None = None
+        # What planning learns about this model's structure, kept between calls (see
+        # ntkit.engine.cache); `sig` (input shape and dtype) is set by check_inputs.
+        self.memo: Memo = memo_for(model, (tuple(self.names), self.device, self.dtype))
+        self.sig: tuple | None = None
 
     # -- evaluation ---------------------------------------------------------------------------
     def call(self, theta: dict[str, torch.Tensor], x: torch.Tensor, fresh_buffers: bool = False):
@@ -198,13 +206,22 @@ class FunctionalModel:
                 f"x1 and x2 have different input shapes {tuple(x1.shape[1:])} and "
                 f"{tuple(x2.shape[1:])}; both must be (N, *input) for the same input shape"
             )
-        probe = x1[: min(len(x1), 4)]
+        self.sig = (tuple(x1.shape[1:]), x1.dtype)
+        known = self.memo.get(("inputs", self.sig))
+        if known is not None:  # this structure accepted these inputs before (and was checked)
+            self.n_logits, self.out_squeezed, self._profile = known
+            self.vmappable = self.memo.get(("vmappable", self.sig))
+            return self.n_logits
+        # Two samples tell (N,) and (N, O) outputs apart; a model in training mode gets four for
+        # the check that its samples do not interact.
+        training = any(m.training for m in self.model.modules())
+        probe = x1[: min(len(x1), 4 if training else 2)]
         with torch.no_grad():
             try:
-                out = self.call(self.theta, probe, fresh_buffers=True)
+                out = self._profiled_call(probe)
             except Exception as e:  # noqa: BLE001 - any model error is reported with context
                 raise ValueError(
-                    f"the model rejected inputs of shape {tuple(probe.shape)} (x1[:{len(probe)}]): "
+                    f"the model rejected inputs of shape {tuple(x1.shape)} (tried x1[:{len(probe)}]): "
                     f"{type(e).__name__}: {e}. ntkit feeds batches (N, *input); check the input "
                     "shape the model expects"
                 ) from e
@@ -227,8 +244,9 @@ class FunctionalModel:
         if not out.is_floating_point():
             raise ValueError(f"the model's output has dtype {out.dtype}; it must be floating")
         self.n_logits = n_logits
-        if any(m.training for m in self.model.modules()):
+        if training:
             self._check_samples_independent(probe, out)
+        self.memo.put(("inputs", self.sig), (n_logits, self.out_squeezed, self._profile))
         return n_logits
 
     def _check_samples_independent(self, probe: torch.Tensor, batched: torch.Tensor) -> None:
@@ -259,18 +277,38 @@ class FunctionalModel:
             )
 
     # -- profile --------------------------------------------------------------------------------
+    def _profiled_call(self, x: torch.Tensor) -> torch.Tensor:
+        """The probe forward of `check_inputs` on a few samples x, measuring the profile on the
+        way (forward FLOPs by FlopCounterMode, activation elements by hooks on the leaf modules,
+        both per sample): one forward serves validation and the cost model."""
+        sizes = _ActivationSizes(self.model)
+        try:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with FlopCounterMode(display=False) as counter:
+                out = self.call(self.theta, x, fresh_buffers=True)
+            flops = float(counter.get_total_flops())
+        except Exception:  # noqa: BLE001 - a counting failure is not the model's: run it plainly
+            sizes.remove()
+            self._profile = None
+            return self.call(self.theta, x, fresh_buffers=True)
+        finally:
+            sizes.remove()
+        n = x.shape[0]
+        self._profile = self._make_profile(flops / n, sizes.acts / n, sizes.peak / n)
+        return out
+
+    def _make_profile(self, flops: float, acts: float, peak: float) -> Profile:
+        # Elementwise work is not counted by FlopCounterMode; a dense layer costs 2 FLOPs/weight.
+        return Profile(flops=max(flops, 2.0 * self.n_params, acts), activations=max(int(acts), 1),
+                       peak=max(int(peak), 1))
+
     def profile(self, x: torch.Tensor) -> Profile:
-        """Forward FLOPs and activation elements of one sample (measured once, then cached)."""
+        """Forward FLOPs and activation elements of one sample (measured by `check_inputs`'
+        probe, or here on x[:1] when that was not possible; then cached)."""
         if self._profile is not None:
             return self._profile
-        acts = 0
-
-        def hook(_m, _i, out):
-            nonlocal acts
-            if isinstance(out, torch.Tensor):
-                acts += out.numel()
-
-        handles = [m.register_forward_hook(hook) for m in self.model.modules() if not list(m.children())]
+        sizes = _ActivationSizes(self.model)
         flops = 0.0
         try:
             from torch.utils.flop_counter import FlopCounterMode
@@ -281,11 +319,10 @@ class FunctionalModel:
         except Exception:  # noqa: BLE001 - the profile is an estimate; fall back below
             pass
         finally:
-            for h in handles:
-                h.remove()
-        # Elementwise work is not counted by FlopCounterMode; a dense layer costs 2 FLOPs/weight.
-        flops = max(flops, 2.0 * self.n_params, float(acts))
-        self._profile = Profile(flops=flops, activations=max(acts, 1))
+            sizes.remove()
+        self._profile = self._make_profile(flops, sizes.acts, sizes.peak)
+        if self.sig is not None and self.n_logits is not None:
+            self.memo.put(("inputs", self.sig), (self.n_logits, self.out_squeezed, self._profile))
         return self._profile
 
     # -- Jacobian rows --------------------------------------------------------------------------
@@ -300,7 +337,9 @@ class FunctionalModel:
         if self.vmappable is not False:
             try:
                 rows = self._jacobian_rows_vmap(names, x, spec)
-                self.vmappable = True
+                if not self.vmappable:
+                    self.vmappable = True
+                    self.memo.put(("vmappable", self.sig), True)
                 return rows
             except torch.OutOfMemoryError:
                 raise
@@ -308,6 +347,7 @@ class FunctionalModel:
                 if self.vmappable:  # it worked before: this is a real error, not a vmap limit
                     raise
                 self.vmappable = False
+                self.memo.put(("vmappable", self.sig), False)
                 warnings.warn(
                     f"torch.func.vmap cannot transform {type(self.model).__name__} "
                     f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); computing its "
@@ -344,3 +384,21 @@ class FunctionalModel:
             for k, n in enumerate(names):
                 out[n].append(torch.stack([row[k] for row in per_logit]))
         return {n: torch.stack(v) for n, v in out.items()}
+
+
+class _ActivationSizes:
+    """Forward hooks on the leaf modules summing (and taking the max of) their output sizes."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.acts = self.peak = 0
+        self.handles = [m.register_forward_hook(self._hook) for m in model.modules() if not list(m.children())]
+
+    def _hook(self, _m, _i, out) -> None:
+        if isinstance(out, torch.Tensor):
+            self.acts += out.numel()
+            self.peak = max(self.peak, out.numel())
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []

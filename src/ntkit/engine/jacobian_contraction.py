@@ -4,7 +4,9 @@ Cost (N1, N2 inputs, O logits, P parameters, F forward FLOPs per sample, O' = 1 
 and `pntk`, else O): Jacobian rows (N1 + N2)·F·(1 + 2O') (N1·… when symmetric) plus the
 contraction 2·N1·N2·O²·P for `full`, 2·N1·N2·O·P for `trace`/`diagonal`, 2·N1·N2·P for
 `logit:K`/`pntk`. Memory: one block's rows for one parameter group, never (N, O, P) for all
-parameters. The contraction is a BLAS matmul per parameter, so it runs near the matmul peak:
+parameters; on CPU a block's rows are computed `plan.rows_batch` samples per vmapped pass, so that
+each pass's activations stay in cache (see `ntkit.engine.memory`). The contraction is a BLAS
+matmul per parameter, so it runs near the matmul peak:
 this method wins when the forward pass is expensive relative to P (convolutions) or when the
 output reduction removes the O² factor.
 
@@ -73,6 +75,24 @@ def _contract_diagonal_block(j: Rows, spec: OutputSpec, out: torch.Tensor, r: sl
         fill_lower_in_block(out, r, shifted)
 
 
+def block_rows(fm: FunctionalModel, names: Sequence[str], x: torch.Tensor, spec: OutputSpec,
+               plan: Plan) -> Rows:
+    """Jacobian rows {name: (b, O', *shape)} of a block x: (b, *input), `plan.rows_batch`
+    samples per vmapped pass (cache-sized passes on CPU, see `ntkit.engine.memory`)."""
+    parts = plan.rows_slices(x.shape[0])
+    if len(parts) == 1:
+        return fm.jacobian_rows(names, x, spec)
+    out: Rows = {}
+    for p in parts:
+        rows = fm.jacobian_rows(names, x[p], spec)
+        for n, r in rows.items():
+            if n not in out:
+                out[n] = r.new_empty((x.shape[0], *r.shape[1:]))
+            out[n][p] = r
+        del rows
+    return out
+
+
 def jacobian_contraction(
     fm: FunctionalModel,
     x1: torch.Tensor,
@@ -105,14 +125,14 @@ def jacobian_contraction(
             key = (c.start, c.stop)
             if key in cache:
                 return cache[key]
-            rows = fm.jacobian_rows(group, x2[c], spec)
+            rows = block_rows(fm, group, x2[c], spec, plan)
             if cache_ok:
                 cache[key] = rows
             return rows
 
         for (r0, r1), cols in by_row.items():
             r = slice(r0, r1)
-            j1 = column_rows(r) if symmetric else fm.jacobian_rows(group, x1[r], spec)
+            j1 = column_rows(r) if symmetric else block_rows(fm, group, x1[r], spec, plan)
             for c in cols:
                 if symmetric and (c.start, c.stop) == (r0, r1):
                     _contract_diagonal_block(j1, spec, out, r, n_out)

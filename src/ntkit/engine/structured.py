@@ -42,7 +42,7 @@ from ntkit.engine.symmetry import chunks, fill_lower_in_block
 from ntkit.rules.capture import Capture, Target, capture
 from ntkit.rules.contract import Operands, Term, build_terms, contract_direct, contract_grads
 from ntkit.rules.factors import Factor
-from ntkit.rules.registry import rule_for
+from ntkit.rules.registry import Rule, rule_for
 
 # Samples used to check that the rules reproduce the true gradients.
 CHECK_SAMPLES = 3
@@ -68,6 +68,12 @@ class Analysis:
     terms: list[Term] = field(default_factory=list)
     per_output: bool = False  # one backward per output instead of one vmapped backward
     first: tuple[slice, dict[str, list[Factor]]] | None = None  # the check's capture, reusable once
+    checked: bool = False  # coverage confirmed by the gradient check
+
+    def frozen(self) -> _Frozen:
+        """What may be cached between calls: no factors, layers by name (no module references)."""
+        return _Frozen(tuple((t.name, t.rule, tuple(t.params.items())) for t in self.targets), tuple(self.covered),
+                       tuple(self.fallback.items()), tuple(self.terms), self.per_output, self.checked)
 
     @property
     def matmul_flops(self) -> float:
@@ -79,10 +85,33 @@ class Analysis:
         """FLOPs forming per-sample gradients ("grads" mode)."""
         return sum(t.parts[t.mode][0] for t in self.terms)
 
+    @property
+    def formation_time(self) -> float:
+        """Time forming them at their own rate (matmul-peak FLOPs, see ntkit.engine.cost)."""
+        return sum(t.formation_time for t in self.terms)
+
     def message(self) -> str:
         reasons = list(dict.fromkeys(self.fallback.values()))
         return (f"{', '.join(reasons)} in structured mode: falling back to Jacobian contraction for "
                 f"parameters {', '.join(self.fallback)}")
+
+
+@dataclass(frozen=True)
+class _Frozen:
+    """An `Analysis` as kept in the plan cache (`ntkit.engine.cache`)."""
+
+    targets: tuple[tuple[str, Rule, tuple[tuple[str, str], ...]], ...]
+    covered: tuple[str, ...]
+    fallback: tuple[tuple[str, str], ...]
+    terms: tuple[Term, ...]
+    per_output: bool
+    checked: bool
+
+    def thaw(self, model: torch.nn.Module) -> Analysis:
+        modules = dict(model.named_modules(remove_duplicate=False))
+        targets = [Target(name, modules[name], rule, dict(params)) for name, rule, params in self.targets]
+        return Analysis(targets, list(self.covered), dict(self.fallback), list(self.terms), self.per_output,
+                        None, self.checked)
 
 
 # ----------------------------------------------------------------------------------- analysis
@@ -180,15 +209,32 @@ def analyze(fm: FunctionalModel, x1: torch.Tensor, n2: int, spec: OutputSpec, sy
     gradients on the first few of those samples, weighted by a fixed random r, are compared with
     plain autograd's. With `first`, that capture is kept (`Analysis.first`) to serve as the first
     block. check=False: a probe for cost estimates — one sample, no backward (zero cotangents),
-    static coverage only. Cached on `fm` per (spec, N1, N2, symmetric, check); a checked
-    analysis also answers unchecked requests.
+    static coverage only.
+
+    Cached between calls in the model's plan cache (`fm.memo`, see `ntkit.engine.cache`) per
+    (output, N1, N2, symmetric); a checked analysis also answers unchecked requests, and the
+    checked coverage of an output is reused for other N1, N2 (only the terms are redone, from a
+    one-sample probe), so the gradient check runs once per model structure and output.
     """
-    cache = fm.__dict__.setdefault("_structured", {})
-    key = (str(spec), x1.shape[0], n2, symmetric)
-    for c in ((True,) if check else (True, False)):
-        if key + (c,) in cache:
-            return cache[key + (c,)]
+    key = ("analysis", str(spec), x1.shape[0], n2, symmetric)
+    hit = fm.memo.get(key)
+    if hit is not None and (hit.checked or not check):
+        return hit.thaw(fm.model)
+    known = fm.memo.get(("coverage", str(spec)))  # {name: reason} of a checked analysis
+    an = _analyze(fm, x1, n2, spec, symmetric, first, check, known)
+    fm.memo.put(key, an.frozen())
+    if an.checked:
+        fm.memo.put(("coverage", str(spec)), dict(an.fallback))
+    return an
+
+
+def _analyze(fm: FunctionalModel, x1: torch.Tensor, n2: int, spec: OutputSpec, symmetric: bool,
+             first: slice | None, check: bool, known: dict[str, str] | None) -> Analysis:
+    """`analyze` without the cache; `known`: the fallback reasons of an earlier checked analysis
+    of this model structure and output (then nothing is checked again)."""
     raw, reasons = _claims(fm)
+    if known is not None:
+        reasons = {**reasons, **known}
     covered = [n for n in fm.names if n not in reasons and any(n in t["params"].values() for t in raw.values())]
     for n in fm.names:
         if n not in reasons and n not in covered:
@@ -197,14 +243,19 @@ def analyze(fm: FunctionalModel, x1: torch.Tensor, n2: int, spec: OutputSpec, sy
     terms: list[Term] = []
     per_output = False
     kept = None
+    run_check = check and known is None
     if targets:
-        block = first if first is not None else slice(0, min(CHECK_SAMPLES if check else 1, x1.shape[0]))
+        if first is not None and check:
+            block = first
+        else:
+            block = slice(0, min(CHECK_SAMPLES if run_check else 1, x1.shape[0]))
+        backward = run_check or (first is not None and check)
         xb = x1[block]
         k = min(CHECK_SAMPLES, xb.shape[0])
         o = spec.n_out(fm.n_logits or 1)
         per_output = _per_output_backward(fm, targets)
         cap = capture(_run_fn(fm, _leaves(fm, covered), xb, spec), targets, tolerate=True, per_output=per_output,
-                      backward=check)
+                      backward=backward)
         for t, why in cap.failed.items():
             for name in t.params.values():
                 reasons.setdefault(name, f"{type(t.module).__name__} rule failed ({why})")
@@ -219,7 +270,7 @@ def analyze(fm: FunctionalModel, x1: torch.Tensor, n2: int, spec: OutputSpec, sy
                 for name in call.target.params.values():
                     reasons.setdefault(name, f"{type(call.target.module).__name__} rule failed "
                                              f"({type(e).__name__}: {str(e).splitlines()[0][:120]})")
-        if check:
+        if run_check:
             _check(fm, covered, facs, cap, xb, k, spec, reasons)
         covered = [n for n in covered if n not in reasons]
         targets = _make_targets(raw, set(reasons))
@@ -230,9 +281,7 @@ def analyze(fm: FunctionalModel, x1: torch.Tensor, n2: int, spec: OutputSpec, sy
     else:
         covered = []
     fallback = {n: reasons[n] for n in fm.names if n in reasons}
-    an = Analysis(targets, covered, fallback, terms, per_output, kept)
-    cache[key + (check,)] = an
-    return an
+    return Analysis(targets, covered, fallback, terms, per_output, kept, checked=check or known is not None)
 
 
 def _check(fm: FunctionalModel, covered: Sequence[str], facs: dict[str, list[Factor]], cap: Capture,
@@ -283,7 +332,7 @@ def structured_plan(fm: FunctionalModel, x1: torch.Tensor, n2: int, spec: Output
     by_param = (plan.budget // 2) // max(1, row_bytes * max(rows, default=1))
     by_acts = (plan.budget // 4) // max(1, row_bytes * activations * ACTIVATION_COPIES)
     block = int(max(plan.block, min(n_max, by_param, by_acts)))
-    return Plan(block=block, groups=plan.groups, chunk=plan.chunk, budget=plan.budget)
+    return Plan(block=block, groups=plan.groups, chunk=plan.chunk, budget=plan.budget, rows_batch=plan.rows_batch)
 
 
 # ------------------------------------------------------------------------------------- strategy
@@ -377,7 +426,8 @@ def structured(
     n_fallback_steps = len(sub_groups) * len(pairs)
     progress.start(len(pairs) + n_fallback_steps)
     if sub_groups:
-        sub = Plan(block=plan.block, groups=sub_groups, chunk=plan.chunk, budget=plan.budget)
+        sub = Plan(block=plan.block, groups=sub_groups, chunk=plan.chunk, budget=plan.budget,
+                   rows_batch=plan.rows_batch)
         jacobian_contraction(fm, x1, x2, spec, sub, out, pairs, symmetric, _SubProgress(progress))
     if not an.covered:
         return

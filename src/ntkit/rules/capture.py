@@ -218,7 +218,8 @@ def capture(
     zero cotangents (shapes only, for cost estimates).
     """
     rec = _Recorder(targets, tolerate)
-    with torch.enable_grad(), rec:
+    # Without a backward only the shapes matter: no autograd graph.
+    with torch.enable_grad() if backward else torch.no_grad(), rec:
         y = run()
     if y.ndim != 2:
         raise ValueError(f"capture needs outputs of shape (n, O'), got {tuple(y.shape)}")

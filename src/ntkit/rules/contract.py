@@ -16,7 +16,7 @@ any other parameter is a `GradTerm`. Each term is contracted in one of two modes
 - "grads": per-sample gradients g (n, O', P) are formed once per block of samples, then
   contracted by one matmul per parameter:
       per sample: Σ over calls 2·O'·S·G·out·in      per pair: 2·O'²·P (full), 2·O'·P (trace, diag)
-  (forming them counts FORMATION_WEIGHT = 4 times: it runs at about an autodiff pass's rate).
+  (forming them is timed at 1/`formation_weight(O'·out)` of the matmul rate: see below).
 
 With S = 1 (dense layers) "direct" is cheaper by a factor ~in·out/(out + in/O'²); for
 convolutions (S = output positions ≫ 1) "grads" wins; Linear layers on short sequences and
@@ -39,10 +39,16 @@ import torch
 from ntkit.rules.factors import Factor, LinearFactor
 
 KINDS = ("full", "trace", "diagonal")
-# Forming per-sample gradients (unfolded patches, batched matmuls over samples) runs at about the
-# rate of an autodiff pass, a quarter of the large-matmul rate of the contractions (see
-# ntkit.engine.cost): their FLOPs count FORMATION_WEIGHT times in `Term.costs`.
-FORMATION_WEIGHT = 4.0
+# Forming per-sample gradients (unfolding patches, then per sample one (O'·out, S) @ (S, in)
+# matmul) runs well below the large-matmul rate of the contractions, and below the rate of the
+# vmapped backward passes of Jacobian contraction that compute the same gradients (AUTODIFF_RATE
+# = 1/4 in ntkit.engine.cost): on CPU, with O'·out ≥ FORMATION_ROWS rows, at about 1/6 of it
+# (2/3 of the vmapped backward's rate: structured derivatives took 1.1-1.4x Jacobian contraction's
+# time on the convolution nets of benchmarks/workloads.py and a 64-channel variant, 2 threads),
+# and proportionally slower with fewer rows (O' = 1 and 32 channels: 1.7-2.3x). Their FLOPs
+# count `formation_weight(rows)` times in `Term.costs`.
+FORMATION_WEIGHT = 6.0
+FORMATION_ROWS = 64
 # Largest temporary (elements) a direct contraction with S > 1 may create; rows are chunked.
 CHUNK_ELEMENTS = 1 << 23
 
@@ -60,6 +66,12 @@ def _sum(tensors):
     return total
 
 
+def formation_weight(rows: int) -> float:
+    """Time per FLOP of forming per-sample gradients by matmuls with `rows` rows (O'·out), in
+    units of the matmul peak (see FORMATION_WEIGHT)."""
+    return FORMATION_WEIGHT * max(1.0, FORMATION_ROWS / max(1, rows))
+
+
 @dataclass(eq=False)
 class Term:
     """Parameters contracted together; `mode` is "direct" or "grads"."""
@@ -68,12 +80,19 @@ class Term:
     sizes: tuple[int, ...]
     mode: str = "grads"
     # mode -> (formation FLOPs, contraction FLOPs) for the whole kernel; the mode with the
-    # smaller FORMATION_WEIGHT·formation + contraction is chosen
+    # smaller weight·formation + contraction is chosen
     parts: dict[str, tuple[float, float]] = field(default_factory=dict)
+    weight: float = FORMATION_WEIGHT  # time per formation FLOP (see formation_weight)
 
     @property
     def costs(self) -> dict[str, float]:
-        return {m: FORMATION_WEIGHT * f + c for m, (f, c) in self.parts.items()}
+        """mode -> estimated time (matmul-peak FLOPs) of the whole kernel's part of this term."""
+        return {m: self.weight * f + c for m, (f, c) in self.parts.items()}
+
+    @property
+    def formation_time(self) -> float:
+        """Time of forming this term's gradients in its chosen mode (matmul-peak FLOPs)."""
+        return self.weight * self.parts[self.mode][0]
 
     @property
     def size(self) -> int:
@@ -175,6 +194,7 @@ def build_terms(facs: dict[str, list[Factor]], names: Sequence[str], kind: str, 
                 t.dense_in += f.in_features
             t.grad_flops += sum(g.grad_flops() for g in facs[m])
         of = o_factor[kind] or o
+        t.weight = formation_weight(o * t.out) if t.dense_in else FORMATION_WEIGHT
         t.parts = {"grads": (sides * t.grad_flops, pairs * 2.0 * o * of * t.size),
                    "direct": (0.0, pairs * t.direct_flops(kind))}
         costs = t.costs

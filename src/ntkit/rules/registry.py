@@ -90,6 +90,12 @@ class Rule:
 
 
 RULES: dict[type[nn.Module], Rule] = {}
+_VERSION = [0]  # bumped by every registration, so that cached analyses (ntkit.engine.cache) expire
+
+
+def registry_version() -> tuple[int, int]:
+    """Changes whenever a rule is registered (or one is deleted from RULES)."""
+    return _VERSION[0], len(RULES)
 
 
 def register_rule(*layer_types: type[nn.Module]) -> Callable[[type[Rule]], type[Rule]]:
@@ -103,6 +109,7 @@ def register_rule(*layer_types: type[nn.Module]) -> Callable[[type[Rule]], type[
             raise TypeError(f"@register_rule decorates a subclass of ntkit.rules.Rule, got {cls!r}")
         for t in layer_types:
             RULES[t] = cls()
+        _VERSION[0] += 1
         return cls
 
     return deco
