@@ -20,6 +20,8 @@ from ntkit.engine.functional import VmapFallbackWarning
 from ntkit.engine.structured import StructuredFallbackWarning
 from ntkit.reference import ntk_reference
 from ntkit.rules import RULES, GradFactor, LinearFactor, Rule, check_rule, contract, register_rule
+from ntkit.rules import capture as capture_mod
+from ntkit.rules import conv as conv_rules
 
 
 
@@ -228,6 +230,75 @@ def test_rule_settings(name, build, inputs, call):
                 assert rel_err(k, ntk_reference(model, x1, xb, output)) < RTOL64, (output, symmetric)
     report = check_rule(layer, x1, call=call)  # both contraction modes, raises on failure
     assert report.ok and {m for _, m in report.errors} >= {"grads"}
+
+
+# ---------------------------------------------------- convolution weights by their own backward
+_CONV_G1 = [s for s in SETTINGS if s[0].startswith("conv") and not s[0].startswith("convT")
+            and s[1]().groups == 1]
+
+
+def _count_conv_factor_grads(monkeypatch) -> list[int]:
+    calls = []
+    orig = conv_rules.ConvFactor.grads
+
+    def counted(self, *a, **kw):
+        calls.append(1)
+        return orig(self, *a, **kw)
+
+    monkeypatch.setattr(conv_rules.ConvFactor, "grads", counted)
+    return calls
+
+
+@pytest.mark.parametrize("name,build,inputs,call",
+                         [pytest.param(*s, id=s[0], marks=_EVEN_SAME if "even" in s[0] else ()) for s in _CONV_G1])
+def test_conv_weight_backward_path_settings(name, build, inputs, call, monkeypatch):
+    """Every groups = 1 convolution setting (stride, dilation, string padding, reflect padding,
+    1d/2d/3d) through `ConvFactor` (threshold lowered so these narrow layers take it)."""
+    monkeypatch.setattr(conv_rules, "CONV_BACKWARD_MIN_IN", 0)
+    monkeypatch.setattr(contract.LinearTerm, "direct_flops", lambda self, kind: float("inf"))  # small S
+    calls = _count_conv_factor_grads(monkeypatch)
+    torch.manual_seed(sum(map(ord, name)))
+    layer = build().to(D)
+    g = torch.Generator().manual_seed(0)
+    x1, x2 = inputs(5, g), inputs(3, g)
+    with torch.no_grad():
+        width = layer(x1)[0].numel()
+    model = Head(layer, width).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StructuredFallbackWarning)
+        for symmetric in (True, False):
+            xb = None if symmetric else x2
+            for output in ("full", "trace", "logit:2", "pntk"):
+                k = ntkit.ntk(model, x1, xb, method="structured", output=output)
+                assert rel_err(k, ntk_reference(model, x1, xb, output)) < RTOL64, (output, symmetric)
+    assert calls
+
+
+def test_wide_conv_takes_the_weight_backward_path_and_matches_unfolded_patches(monkeypatch):
+    """A layer with C_in·K >= CONV_BACKWARD_MIN_IN uses `ConvFactor` by default; its per-sample
+    gradients equal the unfolded-patch matmuls (`LinearFactor.grads`) and the kernel the
+    reference, for one-backward-per-output (sample-major) and vmapped (output-major) cotangents."""
+    calls = _count_conv_factor_grads(monkeypatch)
+    c_in = -(-conv_rules.CONV_BACKWARD_MIN_IN // 9)
+    monkeypatch.setattr(contract.LinearTerm, "direct_flops", lambda self, kind: float("inf"))  # small S
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(c_in, 4, 3, padding=1, stride=2), nn.Tanh(), nn.Conv2d(4, 3, 3),
+                          nn.Flatten(), nn.Linear(3 * 2 * 2, 3)).to(D).eval()  # 7x7 -> 4x4 -> 2x2
+    g = torch.Generator().manual_seed(5)
+    x1, x2 = torch.randn(4, c_in, 7, 7, generator=g, dtype=D), torch.randn(3, c_in, 7, 7, generator=g, dtype=D)
+    for output in ("full", "trace"):
+        k = ntkit.ntk(model, x1, x2, method="structured", output=output)
+        assert rel_err(k, ntk_reference(model, x1, x2, output)) < RTOL64, output
+    assert calls
+    layer = model[0]
+    target = capture_mod.Target("0", layer, RULES[nn.Conv2d], {"weight": "w"})
+    for per_output in (True, False):
+        cap = capture_mod.capture(lambda: model(x1), [target], per_output=per_output)
+        (f,) = cap.factors()["w"]
+        assert isinstance(f, conv_rules.ConvFactor)
+        want = LinearFactor.grads(f)
+        assert (f.grads() - want).abs().max() <= 1e-12 * want.abs().max()
+        assert (f.grads(slice(1, 4, 2)) - want[1:4:2]).abs().max() <= 1e-12 * want.abs().max()
 
 
 # ------------------------------------------------------------------------------------- fallbacks

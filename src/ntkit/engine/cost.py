@@ -35,11 +35,13 @@ derivatives, which runs a whole block at once.
 `auto` picks the smallest estimated time. Dense nets go to structured: for a Linear layer
 (S = 1) the direct contraction costs 2·(in + O'²·out) per pair of samples against 2·O'²·in·out
 for Jacobian contraction, and no per-sample Jacobian is formed. On convolution nets structured
-derivatives form the same per-sample weight gradients as Jacobian contraction's backward passes,
-but by unfolded-patch matmuls that run at ~2/3 of the vmapped backward's rate (~1/3 with one
-output), so Jacobian contraction wins by ~1.25x (~1.7x); structured derivatives win where the
-contraction dominates (wide layers on small images, where the direct mode forms no gradient),
-which the FLOP counts show.
+derivatives form the same per-sample weight gradients as Jacobian contraction's backward passes
+(on CPU by the convolution's own weight backward, one sample at a time, `ntkit.rules.conv.
+ConvFactor`; else by unfolded-patch matmuls at ~2/3 of the vmapped backward's rate), so the two
+are within a few percent on W2-CNN/W3-ResNet (Jacobian contraction ~1.04x faster with O' = 10,
+~1.15-1.35x with O' = 1, where the capture's fixed costs weigh more); structured derivatives win
+where the contraction dominates (wide layers on small images, where the direct mode forms no
+gradient), which the FLOP counts show.
 
 Calibration (relative rates, CPU, 2 threads, benchmarks/workloads.py and similar convolution
 nets, methods timed side by side in one process): AUTODIFF_RATE and the matmul rate from dense

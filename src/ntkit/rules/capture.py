@@ -7,7 +7,8 @@ all outputs at once: (O', n, *shape). Samples are independent (the engine checks
 cotangent of Σ_n f_a(x_n) at layer l's output, row n, is ∂f_a(x_n)/∂h_l(x_n). With
 `per_output=True` (the engine's choice for convolution nets on CPU, where oneDNN runs O'
 full-batch backwards ~3x faster than one backward on the folded O'·n batch) the backward runs
-once per output instead.
+once per output instead, and the cotangents are then laid out sample-major in memory
+((n, O', *shape) seen as (O', n, *shape)) so that rules read one sample's O' cotangents as a view.
 
 Each hooked output is replaced by a copy for the rest of the forward, so in-place operations that
 follow a layer (`nn.ReLU(inplace=True)`) cannot change the tensor whose cotangents are read.
@@ -177,9 +178,21 @@ def batched_cotangents(y: torch.Tensor, tensors: Sequence[torch.Tensor], per_out
                 except Exception:  # noqa: BLE001 - an op without a batching rule
                     continue
             if grads is None:
-                per = [torch.autograd.grad(y, inputs, basis[a], retain_graph=a + 1 < o, allow_unused=True)
-                       for a in range(o)]
-                grads = [None if per[0][k] is None else torch.stack([p[k] for p in per]) for k in range(len(inputs))]
+                # Sample-major (n, O', ...) memory: a sample's O' cotangents are one contiguous
+                # block, so rules read (O'·C, S) per sample as a view (no copy when forming
+                # per-sample gradients); the result is that buffer seen as (O', n, ...). Each
+                # output's cotangents are copied in as soon as they exist, so the allocator
+                # reuses their memory for the next output's backward.
+                bufs: list[torch.Tensor | None] = []
+                for a in range(o):
+                    per = torch.autograd.grad(y, inputs, basis[a], retain_graph=a + 1 < o, allow_unused=True)
+                    if a == 0:
+                        bufs = [None if g is None else g.new_empty(g.shape[0], o, *g.shape[1:]) for g in per]
+                    for b, g in zip(bufs, per):
+                        if b is not None:
+                            b[:, a] = g
+                    del per
+                grads = [None if b is None else b.transpose(0, 1) for b in bufs]
         for i, g in zip(live, grads):
             res[i] = g
     return [torch.zeros(o, *t.shape, dtype=t.dtype, device=t.device) if g is None else g

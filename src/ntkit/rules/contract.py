@@ -195,6 +195,9 @@ def build_terms(facs: dict[str, list[Factor]], names: Sequence[str], kind: str, 
             t.grad_flops += sum(g.grad_flops() for g in facs[m])
         of = o_factor[kind] or o
         t.weight = formation_weight(o * t.out) if t.dense_in else FORMATION_WEIGHT
+        own = [f.own_formation_weight for m in members for f in facs[m] if f.x_kind == "dense"]
+        if own and None not in own:  # e.g. convolution weights formed by their own backward
+            t.weight = max(own)
         t.parts = {"grads": (sides * t.grad_flops, pairs * 2.0 * o * of * t.size),
                    "direct": (0.0, pairs * t.direct_flops(kind))}
         costs = t.costs

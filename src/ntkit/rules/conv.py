@@ -14,6 +14,8 @@ positions p) and the weight is `transposed` (G, in, out).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -67,6 +69,57 @@ def positions_last(d: torch.Tensor, groups: int) -> torch.Tensor:
         return d.reshape(o, n, groups, c // groups, s).permute(0, 1, 4, 2, 3)
 
 
+# Below this many inputs per output channel (C_in·K: a first layer on RGB images) PyTorch's
+# weight backward leaves oneDNN for a slower path and the patch matmuls win.
+CONV_BACKWARD_MIN_IN = 64
+# Its time per formation FLOP (units of ntkit.rules.contract.formation_weight): about the same
+# with 1 and with 10 outputs, unlike the patch matmuls (1.15x faster than them with O'·out = 320
+# rows, 2.2x with 32 rows: W2-CNN's 32-channel layers, 2 threads). Calibrated so that the cost
+# model's structured/Jacobian ratio on W2-CNN and W3-ResNet (1.06 full and trace) matches the
+# measured one (1.02-1.06), methods timed side by side in one process.
+CONV_FORMATION_WEIGHT = 4.0
+
+
+@dataclass(eq=False)
+class ConvFactor(LinearFactor):
+    """A convolution weight's `LinearFactor` that forms per-sample gradients by the convolution's
+    own weight backward, one sample at a time, with the O' outputs as O'·C_out output channels.
+
+    On CPU oneDNN's weight backward (implicit im2col) runs ~2x the rate of unfolding patches and
+    one (O'·out, S) @ (S, in) matmul per sample. Only for groups = 1: with G > 1 the O'·C_out
+    channels would not split into the layer's groups.
+    """
+
+    own_formation_weight: ClassVar[float | None] = CONV_FORMATION_WEIGHT
+
+    cot: torch.Tensor | None = None  # (O', n, C_out, *L_out)
+    input: torch.Tensor | None = None  # (n, C_in, *L_in), not padded
+    module: nn.Module | None = None
+
+    def grads(self, rows: slice | None = None, natural: bool = True) -> torch.Tensor:
+        rows = slice(None) if rows is None else rows
+        m = self.module
+        d = self.cot[:, rows]
+        x = self.input[rows]
+        o, n, c_out = d.shape[:3]
+        nd = len(m.kernel_size)
+        padding = list(m.padding) if not isinstance(m.padding, str) else None
+        if m.padding_mode != "zeros" or padding is None:
+            pad = _conv_pad(m)
+            x = F.pad(x, pad, mode="constant" if m.padding_mode == "zeros" else m.padding_mode)
+            padding = [0] * nd
+        w = m.weight.detach()
+        shape = (o * c_out, *w.shape[1:])
+        weight = w.new_empty(()).expand(shape)  # only its shape is read
+        res = torch.empty(n, o, w.numel(), dtype=d.dtype, device=d.device)
+        for i in range(n):
+            go = d[:, i].reshape(1, o * c_out, *d.shape[3:])  # a view for sample-major cotangents
+            gw = torch.ops.aten.convolution_backward(go, x[i : i + 1], weight, None, list(m.stride), padding,
+                                                     list(m.dilation), False, [0] * nd, 1, [False, True, False])[1]
+            res[i] = gw.view(o, -1)
+        return res
+
+
 @register_rule(nn.Conv1d, nn.Conv2d, nn.Conv3d)
 class ConvRule(Rule):
     """Convolutions via lazily unfolded patches (see the module docstring)."""
@@ -97,7 +150,11 @@ class ConvRule(Rule):
             def rows(sl, x=x):
                 return unfold(x[sl], k, st, dl, pad, mode, g).permute(0, 3, 1, 2)  # (n, S, G, in)
 
-            res["weight"] = LinearFactor(d5, module.weight.shape, x=Lazy((n, s, g, in_g), rows))
+            lazy = Lazy((n, s, g, in_g), rows)
+            if g == 1 and d.device.type == "cpu" and in_g >= CONV_BACKWARD_MIN_IN:
+                res["weight"] = ConvFactor(d5, module.weight.shape, x=lazy, cot=d, input=x, module=module)
+            else:
+                res["weight"] = LinearFactor(d5, module.weight.shape, x=lazy)
         if "bias" in names and module.bias is not None:
             res["bias"] = LinearFactor(d5, module.bias.shape)
         return res

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -101,6 +102,10 @@ class LinearFactor(Factor):
     index: (n, S) integer positions of a one-hot x of width `in_features` (< 0: a zero row).
     transposed: θ is (G, in, out) in memory (embeddings, transposed convolutions).
     """
+
+    # Time per formation FLOP in units of the matmul peak when this factor forms its gradients
+    # its own way (see ntkit.rules.contract.formation_weight); None: the patch-matmul default.
+    own_formation_weight: ClassVar[float | None] = None
 
     d: torch.Tensor
     shape: torch.Size
