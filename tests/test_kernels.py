@@ -23,12 +23,6 @@ from ntkit.kernels import (KERNEL_GRAMMAR, EmpiricalNTK, Gaussian, Kernel, Kerne
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    with threadpoolctl.threadpool_limits(1):
-        yield
-
 
 def _data(n=23, m=17, shape=(2, 3), seed=0):
     g = torch.Generator().manual_seed(seed)

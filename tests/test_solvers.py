@@ -24,12 +24,6 @@ from ntkit.solvers.nystrom import critical_batch_size, nystrom_eigensystem, step
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_blas_thread():
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    with threadpoolctl.threadpool_limits(1):
-        yield
-
 
 def _lap(a, b, bw):
     return np.exp(-cdist(a.reshape(len(a), -1), b.reshape(len(b), -1)) / bw)
