@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module
 
+from ntkit import scratch
 from ntkit.rules.registry import registry_version
 
 # Entries per model structure (several shapes, outputs and selections); least recently used go.
@@ -107,9 +108,11 @@ def memo_for(model: nn.Module, base: Hashable) -> Memo:
 
 
 def clear(model: nn.Module | None = None) -> None:
-    """Forget what planning learned about `model` (all models when None)."""
+    """Forget what planning learned about `model` (all models when None, which also frees the
+    scratch buffers kept between calls, `ntkit.scratch`)."""
     with _LOCK:
         if model is None:
             _MODELS.clear()
+            scratch.release()
         else:
             _MODELS.pop(model, None)

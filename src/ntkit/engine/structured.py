@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ntkit import scratch
 from ntkit.engine.functional import FunctionalModel
 from ntkit.engine.jacobian_contraction import TRIANGLE_ROWS, jacobian_contraction
 from ntkit.engine.memory import ACTIVATION_COPIES, Plan, group_parameters
@@ -413,6 +414,14 @@ def structured(
     Same contract as `jacobian_contraction`: row blocks index x1, column blocks x2 (x2 is x1 when
     `symmetric`, and then only the upper triangle of diagonal blocks is computed).
     """
+    # Factors live only during this call, so their large buffers may come from the pool.
+    with scratch.scope():
+        _structured(fm, x1, x2, spec, plan, out, pairs, symmetric, progress)
+
+
+def _structured(fm: FunctionalModel, x1: torch.Tensor, x2: torch.Tensor, spec: OutputSpec, plan: Plan,
+                out: torch.Tensor, pairs: Sequence[tuple[slice, slice]], symmetric: bool,
+                progress: Progress) -> None:
     an = analyze(fm, x1, x2.shape[0], spec, symmetric, first=pairs[0][0] if pairs else None)
     if an.fallback:
         warnings.warn(an.message(), StructuredFallbackWarning, stacklevel=4)

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ntkit import scratch
 from ntkit.rules.factors import Factor
 from ntkit.rules.registry import Rule
 
@@ -187,7 +188,8 @@ def batched_cotangents(y: torch.Tensor, tensors: Sequence[torch.Tensor], per_out
                 for a in range(o):
                     per = torch.autograd.grad(y, inputs, basis[a], retain_graph=a + 1 < o, allow_unused=True)
                     if a == 0:
-                        bufs = [None if g is None else g.new_empty(g.shape[0], o, *g.shape[1:]) for g in per]
+                        bufs = [None if g is None else scratch.empty((g.shape[0], o, *g.shape[1:]), g.dtype, g.device)
+                                for g in per]
                     for b, g in zip(bufs, per):
                         if b is not None:
                             b[:, a] = g

@@ -1,0 +1,105 @@
+"""The scratch pool (`ntkit.scratch`): reuse inside scopes, bounded idle memory, and kernels that
+stay exact when every buffer of a call is a reused one (checked against the float64 reference)."""
+
+from __future__ import annotations
+
+import threading
+import warnings
+
+import pytest
+import torch
+from zoo import OUTPUTS, RTOL64, ZOO, D, rel_err
+
+import ntkit
+from ntkit import scratch
+from ntkit.engine import cache
+from ntkit.reference import ntk_reference
+from ntkit.rules import conv as conv_rules
+
+
+@pytest.fixture(autouse=True)
+def _fresh_pool():
+    scratch.release()
+    yield
+    scratch.release()
+
+
+def test_outside_a_scope_buffers_are_fresh():
+    a = scratch.empty((1 << 21,), torch.float32, "cpu")
+    del a
+    assert scratch.idle_bytes() == 0
+
+
+def test_scopes_reuse_and_bound_idle_memory(monkeypatch):
+    monkeypatch.setattr(scratch, "MIN_BYTES", 1024)
+    with scratch.scope():
+        a = scratch.empty((64, 64), torch.float32, "cpu")
+        b = scratch.empty((32, 128), torch.float32, "cpu")  # same size, distinct buffer
+        small = scratch.empty((4,), torch.float32, "cpu")  # under MIN_BYTES: not pooled
+        assert a.data_ptr() != b.data_ptr()
+        ptrs = {a.data_ptr(), b.data_ptr()}
+        with scratch.scope():  # nested: the outer scope owns the buffers
+            c = scratch.empty((16, 16, 16), torch.float32, "cpu")
+        ptrs.add(c.data_ptr())
+        del small
+    assert scratch.idle_bytes() == 3 * 4096 * 4
+    with scratch.scope():
+        d = scratch.empty((4096,), torch.float32, "cpu")
+        assert d.data_ptr() in ptrs  # reused
+        e = scratch.empty((4096,), torch.float64, "cpu")  # another dtype: fresh
+        assert e.data_ptr() not in ptrs
+    # Idle memory is what the last scope used: one float32 and one float64 buffer.
+    assert scratch.idle_bytes() == 4096 * 4 + 4096 * 8
+    cache.clear()
+    assert scratch.idle_bytes() == 0
+
+
+def test_idle_memory_is_capped(monkeypatch):
+    monkeypatch.setattr(scratch, "MIN_BYTES", 1024)
+    monkeypatch.setattr(scratch, "MAX_IDLE_BYTES", 3 * 4096 * 4)
+    with scratch.scope():
+        for _ in range(5):
+            scratch.empty((4096,), torch.float32, "cpu")
+    assert scratch.idle_bytes() == 3 * 4096 * 4
+
+
+def test_threads_never_share_a_buffer(monkeypatch):
+    monkeypatch.setattr(scratch, "MIN_BYTES", 1024)
+    seen: list[set[int]] = []
+    barrier = threading.Barrier(4)
+
+    def work():
+        with scratch.scope():
+            mine = {scratch.empty((4096,), torch.float32, "cpu").data_ptr() for _ in range(3)}
+            barrier.wait()  # all four scopes open at once
+            seen.append(mine)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    flat = [p for s in seen for p in s]
+    assert len(flat) == len(set(flat)) == 12
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_structured_exact_when_every_buffer_is_reused(output, monkeypatch):
+    """Pool every buffer and force the per-output backward with ConvFactor: consecutive calls on
+    different inputs (and different block sizes) must each match their own reference, so no
+    call reads what an earlier call left in a reused buffer."""
+    monkeypatch.setattr(scratch, "MIN_BYTES", 0)
+    monkeypatch.setattr(conv_rules, "CONV_BACKWARD_MIN_IN", 0)
+    case = next(c for c in ZOO if c.name == "convzoo")
+    model = case.model()
+    for seed, n1, n2 in ((1, 5, 3), (2, 5, 3), (3, 4, 6)):
+        g = torch.Generator().manual_seed(seed)
+        x1 = torch.randn(n1, *case.input_shape, generator=g, dtype=D)
+        x2 = torch.randn(n2, *case.input_shape, generator=g, dtype=D)
+        for y in (None, x2):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a fallback would hide the rules behind autograd
+                k = ntkit.ntk(model, x1, y, output=output, method="structured", batch_size=2)
+            assert rel_err(k, ntk_reference(model, x1, y, output)) < RTOL64
+        # One differentiated output (logit:K, pntk) needs one backward and no sample-major buffer.
+        assert (scratch.idle_bytes() > 0) == (output not in ("logit:-1", "pntk"))
