@@ -249,12 +249,15 @@ def _count_conv_factor_grads(monkeypatch) -> list[int]:
     return calls
 
 
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "per-sample"])
 @pytest.mark.parametrize("name,build,inputs,call",
                          [pytest.param(*s, id=s[0], marks=_EVEN_SAME if "even" in s[0] else ()) for s in _CONV_G1])
-def test_conv_weight_backward_path_settings(name, build, inputs, call, monkeypatch):
+def test_conv_weight_backward_path_settings(name, build, inputs, call, grouped, monkeypatch):
     """Every groups = 1 convolution setting (stride, dilation, string padding, reflect padding,
-    1d/2d/3d) through `ConvFactor` (threshold lowered so these narrow layers take it)."""
+    1d/2d/3d) through `ConvFactor` (threshold lowered so these narrow layers take it), with the
+    samples as groups of one weight backward and one call per sample."""
     monkeypatch.setattr(conv_rules, "CONV_BACKWARD_MIN_IN", 0)
+    monkeypatch.setattr(conv_rules, "GROUPED_MAX_ROWS", 10**9 if grouped else 0)
     monkeypatch.setattr(contract.LinearTerm, "direct_flops", lambda self, kind: float("inf"))  # small S
     calls = _count_conv_factor_grads(monkeypatch)
     torch.manual_seed(sum(map(ord, name)))
@@ -297,8 +300,11 @@ def test_wide_conv_takes_the_weight_backward_path_and_matches_unfolded_patches(m
         (f,) = cap.factors()["w"]
         assert isinstance(f, conv_rules.ConvFactor)
         want = LinearFactor.grads(f)
-        assert (f.grads() - want).abs().max() <= 1e-12 * want.abs().max()
-        assert (f.grads(slice(1, 4, 2)) - want[1:4:2]).abs().max() <= 1e-12 * want.abs().max()
+        for limit in (0, 10**9):  # one call per sample, all samples as groups of one call
+            monkeypatch.setattr(conv_rules, "GROUPED_MAX_ROWS", limit)
+            assert f.grouped == bool(limit)
+            assert (f.grads() - want).abs().max() <= 1e-12 * want.abs().max()
+            assert (f.grads(slice(1, 4, 2)) - want[1:4:2]).abs().max() <= 1e-12 * want.abs().max()
 
 
 # ------------------------------------------------------------------------------------- fallbacks

@@ -13,7 +13,7 @@ chunk-triangle inside diagonal blocks, else 1):
              matmul    s · 2·N1·N2·P · {O² full | O trace, diagonal | 1 logit:K, pntk}
 - ntk-vp:    autodiff  N1 · F · (1 + 2·O')  +  s · N1·O'·N2 · 2F
 - structured:
-             autodiff  sides · F · (1 + O') · cache(block · {1 per-output backward | O'})
+             autodiff  CAPTURE_WEIGHT · sides · F · (1 + O') · cache(block · {1 per-output backward | O'})
                        (the capture: one forward, and the backward for the O' outputs, input
                        cotangents only)
              formation Σ over "grads" terms of their per-sample gradient FLOPs (sides · 2·O'·S·out·in
@@ -36,17 +36,18 @@ derivatives, which runs a whole block at once.
 (S = 1) the direct contraction costs 2·(in + O'²·out) per pair of samples against 2·O'²·in·out
 for Jacobian contraction, and no per-sample Jacobian is formed. On convolution nets structured
 derivatives form the same per-sample weight gradients as Jacobian contraction's backward passes
-(on CPU by the convolution's own weight backward, one sample at a time, `ntkit.rules.conv.
-ConvFactor`; else by unfolded-patch matmuls at ~2/3 of the vmapped backward's rate), so the two
-are within a few percent on W2-CNN/W3-ResNet (Jacobian contraction ~1.04x faster with O' = 10,
-~1.15-1.35x with O' = 1, where the capture's fixed costs weigh more); structured derivatives win
-where the contraction dominates (wide layers on small images, where the direct mode forms no
-gradient), which the FLOP counts show.
+(on CPU by the convolution's own weight backward, `ntkit.rules.conv.ConvFactor`: one call per
+sample, or all samples as the groups of one call when a sample has few gradient rows), but
+capture cotangents only once for all layers and skip the vmapped per-(sample, output) weight
+gradients, so they run 0.7-1.1x the time of Jacobian contraction (benchmarks/cost_model.py);
+the estimates put them at 0.86-0.98x, and `auto` picks within 10% of the faster method on that
+grid.
 
-Calibration (relative rates, CPU, 2 threads, benchmarks/workloads.py and similar convolution
-nets, methods timed side by side in one process): AUTODIFF_RATE and the matmul rate from dense
-nets, FORMATION_WEIGHT/FORMATION_ROWS (in ntkit.rules.contract) from the structured/Jacobian time
-ratio on convolution nets at O' = 10 and O' = 1, CACHE_EXPONENT from W2-CNN's Jacobian passes of
+Calibration (relative rates, CPU, 2 threads, benchmarks/workloads.py and benchmarks/cost_model.py,
+methods timed side by side in one process): AUTODIFF_RATE and the matmul rate from dense nets,
+FORMATION_WEIGHT/FORMATION_ROWS (in ntkit.rules.contract), CONV_FORMATION_WEIGHT and
+CONV_CALL_FLOPS (ntkit.rules.conv) and CAPTURE_WEIGHT from the structured/Jacobian time ratio on
+convolution nets at O' = 10 and O' = 1, CACHE_EXPONENT from W2-CNN's Jacobian passes of
 4 to 41 MB (1.24x at 8 MB, 1.36x at 16 MB, 1.74x at 41 MB against 4 MB).
 """
 
@@ -64,9 +65,14 @@ MATMUL_RATE = 1.0
 AUTODIFF_RATE = 0.25
 # A vmapped pass whose largest activation is k times the cache runs k^CACHE_EXPONENT slower.
 CACHE_EXPONENT = 0.24
-# Structured derivatives pay per-layer Python work (hooks, one backward per output on CPU) that
-# the FLOPs miss; it matters only where the estimates are within a few percent.
-STRUCTURED_MARGIN = 1.05
+# The capture's passes (hooks, one backward per output on CPU, sample-major copies) against
+# Jacobian contraction's vmapped passes, and a margin for what neither FLOP count shows. Least
+# squares fits on benchmarks/cost_model.py's grid put the capture weight between 0.7 and 1.15
+# (it trades off against ntkit.rules.conv.CONV_FORMATION_WEIGHT: the grid cannot separate them);
+# 1.0 with CONV_FORMATION_WEIGHT = 2.7 picks within 7% of the faster method on all but two of its
+# 36 convolution cases (see benchmarks/results/cost_model.md).
+CAPTURE_WEIGHT = 1.0
+STRUCTURED_MARGIN = 1.0
 
 
 def cache_penalty(nbytes: float, cache_bytes: int | None) -> float:
@@ -151,7 +157,7 @@ def estimate(
             formation, autodiff = structured.formation_time, 0.0
         capture = 0.0
         if structured.covered:
-            capture = sides * flops * (1 + o_diff)
+            capture = CAPTURE_WEIGHT * sides * flops * (1 + o_diff)
         per_pass = plan.block * sample_bytes * (1 if structured.per_output else o_diff)
         autodiff += capture * cache_penalty(per_pass, cache_bytes)
         if structured.fallback_params:

@@ -198,7 +198,9 @@ def build_terms(facs: dict[str, list[Factor]], names: Sequence[str], kind: str, 
         own = [f.own_formation_weight for m in members for f in facs[m] if f.x_kind == "dense"]
         if own and None not in own:  # e.g. convolution weights formed by their own backward
             t.weight = max(own)
-        t.parts = {"grads": (sides * t.grad_flops, pairs * 2.0 * o * of * t.size),
+        # Per-sample calls' fixed cost, as formation FLOPs at this term's rate.
+        calls = sum(f.call_flops for m in members for f in facs[m]) / t.weight
+        t.parts = {"grads": (sides * (t.grad_flops + calls), pairs * 2.0 * o * of * t.size),
                    "direct": (0.0, pairs * t.direct_flops(kind))}
         costs = t.costs
         t.mode = min(costs, key=costs.get)

@@ -72,18 +72,25 @@ def positions_last(d: torch.Tensor, groups: int) -> torch.Tensor:
 # Below this many inputs per output channel (C_in·K: a first layer on RGB images) PyTorch's
 # weight backward leaves oneDNN for a slower path and the patch matmuls win.
 CONV_BACKWARD_MIN_IN = 64
-# Its time per formation FLOP (units of ntkit.rules.contract.formation_weight): about the same
-# with 1 and with 10 outputs, unlike the patch matmuls (1.15x faster than them with O'·out = 320
-# rows, 2.2x with 32 rows: W2-CNN's 32-channel layers, 2 threads). Calibrated so that the cost
-# model's structured/Jacobian ratio on W2-CNN and W3-ResNet (1.06 full and trace) matches the
-# measured one (1.02-1.06), methods timed side by side in one process.
-CONV_FORMATION_WEIGHT = 4.0
+# Its time per formation FLOP (units of ntkit.rules.contract.formation_weight), and the fixed
+# cost of one per-sample call (~65 us on 2 threads, as FLOPs at the 186 GFLOP/s matmul peak).
+# Fitted, with ntkit.engine.cost.CAPTURE_WEIGHT, by least squares on the times of Jacobian
+# contraction and structured derivatives measured side by side on 12 convolution nets x 3 outputs
+# (benchmarks/cost_model.py: widths 16-64, 8-32 px, N 16-64, plain and residual, O' = 10 and 1).
+CONV_FORMATION_WEIGHT = 2.7
+CONV_CALL_FLOPS = 1.2e7
+# With at most this many rows per sample (O'·C_out) ONE weight backward with the samples as
+# groups (input (1, n·C_in, ...), cotangents (1, n·O'·C_out, ...), groups = n) beats n calls:
+# grouped/loop time 0.09-0.6 at O'·C_out = 16-64, 0.5-1.4 at 128-160, up to 2.7 at 320 (C_out
+# 16-64, 8-32 px, n 16-64, 2 threads).
+GROUPED_MAX_ROWS = 96
 
 
 @dataclass(eq=False)
 class ConvFactor(LinearFactor):
     """A convolution weight's `LinearFactor` that forms per-sample gradients by the convolution's
-    own weight backward, one sample at a time, with the O' outputs as O'·C_out output channels.
+    own weight backward, one sample at a time, with the O' outputs as O'·C_out output channels
+    (or, with few of them, all samples in one call as groups: see GROUPED_MAX_ROWS).
 
     On CPU oneDNN's weight backward (implicit im2col) runs ~2x the rate of unfolding patches and
     one (O'·out, S) @ (S, in) matmul per sample. Only for groups = 1: with G > 1 the O'·C_out
@@ -95,6 +102,15 @@ class ConvFactor(LinearFactor):
     cot: torch.Tensor | None = None  # (O', n, C_out, *L_out)
     input: torch.Tensor | None = None  # (n, C_in, *L_in), not padded
     module: nn.Module | None = None
+
+    @property
+    def grouped(self) -> bool:
+        """All samples in one grouped weight backward (few rows per sample), else one call each."""
+        return self.cot.shape[0] * self.cot.shape[2] <= GROUPED_MAX_ROWS
+
+    @property
+    def call_flops(self) -> float:  # type: ignore[override]
+        return 0.0 if self.grouped else CONV_CALL_FLOPS
 
     def grads(self, rows: slice | None = None, natural: bool = True) -> torch.Tensor:
         rows = slice(None) if rows is None else rows
@@ -109,13 +125,22 @@ class ConvFactor(LinearFactor):
             x = F.pad(x, pad, mode="constant" if m.padding_mode == "zeros" else m.padding_mode)
             padding = [0] * nd
         w = m.weight.detach()
+        mask = [False, True, False]
+        if self.grouped and n > 1:
+            # (O', n, C_out, ...) -> (1, n·O'·C_out, ...): a view for sample-major cotangents.
+            go = d.transpose(0, 1).reshape(1, n * o * c_out, *d.shape[3:])
+            xi = x.reshape(1, n * x.shape[1], *x.shape[2:])
+            weight = w.new_empty(()).expand(n * o * c_out, *w.shape[1:])
+            gw = torch.ops.aten.convolution_backward(go, xi, weight, None, list(m.stride), padding,
+                                                     list(m.dilation), False, [0] * nd, n, mask)[1]
+            return gw.view(n, o, w.numel())
         shape = (o * c_out, *w.shape[1:])
         weight = w.new_empty(()).expand(shape)  # only its shape is read
         res = torch.empty(n, o, w.numel(), dtype=d.dtype, device=d.device)
         for i in range(n):
             go = d[:, i].reshape(1, o * c_out, *d.shape[3:])  # a view for sample-major cotangents
             gw = torch.ops.aten.convolution_backward(go, x[i : i + 1], weight, None, list(m.stride), padding,
-                                                     list(m.dilation), False, [0] * nd, 1, [False, True, False])[1]
+                                                     list(m.dilation), False, [0] * nd, 1, mask)[1]
             res[i] = gw.view(o, -1)
         return res
 

@@ -106,6 +106,7 @@ class LinearFactor(Factor):
     # Time per formation FLOP in units of the matmul peak when this factor forms its gradients
     # its own way (see ntkit.rules.contract.formation_weight); None: the patch-matmul default.
     own_formation_weight: ClassVar[float | None] = None
+    call_flops: ClassVar[float] = 0.0  # fixed cost per sample of forming gradients one sample at a time
 
     d: torch.Tensor
     shape: torch.Size
