@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ntkit import scratch
 from ntkit.rules.factors import Lazy, LinearFactor
 from ntkit.rules.registry import Rule, register_rule
 
@@ -136,7 +137,7 @@ class ConvFactor(LinearFactor):
             return gw.view(n, o, w.numel())
         shape = (o * c_out, *w.shape[1:])
         weight = w.new_empty(()).expand(shape)  # only its shape is read
-        res = torch.empty(n, o, w.numel(), dtype=d.dtype, device=d.device)
+        res = scratch.empty((n, o, w.numel()), d.dtype, d.device)
         for i in range(n):
             go = d[:, i].reshape(1, o * c_out, *d.shape[3:])  # a view for sample-major cotangents
             gw = torch.ops.aten.convolution_backward(go, x[i : i + 1], weight, None, list(m.stride), padding,
