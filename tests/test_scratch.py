@@ -105,3 +105,36 @@ def test_structured_exact_when_every_buffer_is_reused(output, grouped, monkeypat
             assert rel_err(k, ntk_reference(model, x1, y, output)) < RTOL64
         if output not in ("logit:-1", "pntk"):  # several outputs: sample-major cotangent buffers
             assert scratch.idle_bytes() > 0
+
+
+# ----------------------------------------------------------------------------- malloc thresholds
+_PROBE = ("import torch, ntkit; from ntkit import _malloc; "
+          "ntkit.ntk(torch.nn.Linear(3, 2), torch.randn(4, 3)); print(_malloc._state.get('tuned'))")
+
+
+def _probe(**env: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("NTKIT_MALLOC_TUNING", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")}
+    out = subprocess.run([sys.executable, "-c", _PROBE], env={**clean, **env}, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def _glibc() -> bool:
+    import ctypes
+    import sys
+
+    return sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+
+
+@pytest.mark.skipif(not _glibc(), reason="glibc only")
+def test_malloc_thresholds_set_on_first_cpu_kernel_unless_the_user_chose():
+    assert _probe() == "True"
+    assert _probe(NTKIT_MALLOC_TUNING="0") == "False"
+    assert _probe(MALLOC_TRIM_THRESHOLD_="1048576") == "False"  # the user's own settings stand
+    assert _probe(GLIBC_TUNABLES="glibc.malloc.mmap_threshold=65536") == "False"

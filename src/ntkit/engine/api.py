@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.func import jvp, vjp
 
+from ntkit import _malloc
 from ntkit.engine.cost import StructuredCost, estimate
 from ntkit.engine.functional import FunctionalModel, ParamSelection
 from ntkit.engine.jacobian_contraction import jacobian_contraction
@@ -230,6 +231,8 @@ def _prepare(model, x1, x2, output, params, batch_size, device, memory) -> _Call
         x2 = None  # the same tensor twice: exploit the symmetry
     spec = parse_output(output)
     fm = FunctionalModel(model, params, device)
+    if fm.device.type == "cpu":
+        _malloc.tune()
     dev = fm.device if device is not None else None
     return _Call(fm, _as_tensor(x1, "x1", dev), _as_tensor(x2, "x2", dev), spec, batch_size, memory)
 
@@ -359,6 +362,8 @@ def ntk_vp(
     """
     spec = parse_output(output)
     fm = FunctionalModel(model, params, device)
+    if fm.device.type == "cpu":
+        _malloc.tune()
     dev = fm.device if device is not None else None
     x1 = _as_tensor(x1, "x1", dev)
     x2 = x1 if x2 is None else _as_tensor(x2, "x2", dev)
