@@ -30,37 +30,55 @@ def test_outside_a_scope_buffers_are_fresh():
     assert scratch.idle_bytes() == 0
 
 
-def test_scopes_reuse_and_bound_idle_memory(monkeypatch):
+def test_scopes_reuse_freed_buffers_and_never_live_ones(monkeypatch):
     monkeypatch.setattr(scratch, "MIN_BYTES", 1024)
     with scratch.scope():
         a = scratch.empty((64, 64), torch.float32, "cpu")
-        b = scratch.empty((32, 128), torch.float32, "cpu")  # same size, distinct buffer
-        small = scratch.empty((4,), torch.float32, "cpu")  # under MIN_BYTES: not pooled
+        b = scratch.empty((32, 128), torch.float32, "cpu")  # same size, a is alive: distinct
         assert a.data_ptr() != b.data_ptr()
-        ptrs = {a.data_ptr(), b.data_ptr()}
-        with scratch.scope():  # nested: the outer scope owns the buffers
-            c = scratch.empty((16, 16, 16), torch.float32, "cpu")
-        ptrs.add(c.data_ptr())
-        del small
-    assert scratch.idle_bytes() == 3 * 4096 * 4
-    with scratch.scope():
+        small = scratch.empty((4,), torch.float32, "cpu")  # under MIN_BYTES: not pooled
+        pa, pb = a.data_ptr(), b.data_ptr()
+        del a
+        c = scratch.empty((4096,), torch.float32, "cpu")  # a's buffer, free again
+        assert c.data_ptr() == pa
+        view = b.t()  # b's buffer stays in use through a view of it
+        del b
         d = scratch.empty((4096,), torch.float32, "cpu")
-        assert d.data_ptr() in ptrs  # reused
-        e = scratch.empty((4096,), torch.float64, "cpu")  # another dtype: fresh
-        assert e.data_ptr() not in ptrs
-    # Idle memory is what the last scope used: one float32 and one float64 buffer.
-    assert scratch.idle_bytes() == 4096 * 4 + 4096 * 8
+        assert d.data_ptr() not in (pa, pb)
+        with scratch.scope():  # nested scopes are the same scope
+            e = scratch.empty((16, 16, 16), torch.float32, "cpu")
+        assert e.data_ptr() not in (pa, pb, d.data_ptr())
+        del small
+    assert scratch.pooled_bytes() == 4 * 4096 * 4
+    escaped = c  # outlives the scope: never handed out while it lives
+    del d, e
+    assert scratch.idle_bytes() == 2 * 4096 * 4  # c and view still use theirs
+    with scratch.scope():
+        got = {scratch.empty((4096,), torch.float32, "cpu").data_ptr() for _ in range(2)}
+        assert escaped.data_ptr() not in got and view.data_ptr() not in got
     cache.clear()
-    assert scratch.idle_bytes() == 0
+    assert scratch.pooled_bytes() == 0
+
+
+def test_freed_buffers_do_not_accumulate(monkeypatch):
+    """Allocate-and-drop in a loop (a call with many block pairs) holds one buffer, not one per
+    iteration."""
+    monkeypatch.setattr(scratch, "MIN_BYTES", 1024)
+    with scratch.scope():
+        for _ in range(50):
+            t = scratch.empty((4096,), torch.float32, "cpu")
+            t.fill_(1.0)
+            del t
+    assert scratch.pooled_bytes() == 4096 * 4
 
 
 def test_idle_memory_is_capped(monkeypatch):
     monkeypatch.setattr(scratch, "MIN_BYTES", 1024)
     monkeypatch.setattr(scratch, "MAX_IDLE_BYTES", 3 * 4096 * 4)
     with scratch.scope():
-        for _ in range(5):
-            scratch.empty((4096,), torch.float32, "cpu")
-    assert scratch.idle_bytes() == 3 * 4096 * 4
+        live = [scratch.empty((4096,), torch.float32, "cpu") for _ in range(5)]
+        del live
+    assert scratch.idle_bytes() == scratch.pooled_bytes() == 3 * 4096 * 4
 
 
 def test_threads_never_share_a_buffer(monkeypatch):
@@ -70,9 +88,10 @@ def test_threads_never_share_a_buffer(monkeypatch):
 
     def work():
         with scratch.scope():
-            mine = {scratch.empty((4096,), torch.float32, "cpu").data_ptr() for _ in range(3)}
-            barrier.wait()  # all four scopes open at once
-            seen.append(mine)
+            mine = [scratch.empty((4096,), torch.float32, "cpu") for _ in range(3)]  # all alive
+            barrier.wait()  # all four threads hold theirs at once
+            seen.append({t.data_ptr() for t in mine})
+            barrier.wait()
 
     threads = [threading.Thread(target=work) for _ in range(4)]
     for t in threads:
@@ -105,6 +124,29 @@ def test_structured_exact_when_every_buffer_is_reused(output, grouped, monkeypat
             assert rel_err(k, ntk_reference(model, x1, y, output)) < RTOL64
         if output not in ("logit:-1", "pntk"):  # several outputs: sample-major cotangent buffers
             assert scratch.idle_bytes() > 0
+
+
+def test_pool_does_not_grow_with_the_number_of_block_pairs(monkeypatch):
+    """Under a budget that forbids caching sides, a call with more block pairs holds no more
+    pooled memory (a scoped pool that kept every buffer until the call ended grew with them:
+    16 GB for a 2,000-input CNN kernel under --memory 1GB)."""
+    monkeypatch.setattr(scratch, "MIN_BYTES", 0)
+    monkeypatch.setattr(conv_rules, "CONV_BACKWARD_MIN_IN", 0)
+    monkeypatch.setattr(conv_rules, "GROUPED_MAX_ROWS", 0)
+    case = next(c for c in ZOO if c.name == "convzoo")
+    model = case.model()
+    held = []
+    for n in (4, 12, 24):
+        scratch.release()
+        g = torch.Generator().manual_seed(n)
+        x1 = torch.randn(n, *case.input_shape, generator=g, dtype=D)
+        x2 = torch.randn(n, *case.input_shape, generator=g, dtype=D)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            k = ntkit.ntk(model, x1, x2, output="full", method="structured", batch_size=2, memory="300KB")
+        assert rel_err(k, ntk_reference(model, x1, x2, "full")) < RTOL64
+        held.append(scratch.pooled_bytes())
+    assert held[0] > 0 and held[0] == held[1] == held[2]
 
 
 # ----------------------------------------------------------------------------- malloc thresholds
