@@ -319,20 +319,28 @@ def structured_plan(fm: FunctionalModel, x1: torch.Tensor, n2: int, spec: Output
                     plan: Plan, activations: int) -> Plan:
     """`plan` with a block size for structured derivatives (used when `plan` splits the inputs).
 
-    Jacobian-contraction blocks keep rows (block, O', P) of the largest parameter under half the
-    budget; structured derivatives form such rows only for "grads"-mode groups and fallback
-    parameters, so dense layers leave the block bounded by activations alone.
+    Jacobian-contraction blocks bound the vmapped passes over all O' outputs at once
+    (O'·activations per sample); structured derivatives hold per block and side the layer
+    cotangents (O' per output of a covered layer, at most O'·activations) and the per-sample
+    gradients of "grads"-mode groups (O'·P_grads), and run one backward at a time
+    (ACTIVATION_COPIES·activations, O' times that when the backward is vmapped over outputs).
+    Two sides and the capture's passes share 3/4 of the budget (the rest: contraction
+    temporaries); fallback parameters keep Jacobian contraction's own bound.
     """
     n_max = max(x1.shape[0], n2)
     if plan.block >= n_max:
         return plan
     an = analyze(fm, x1, n2, spec, symmetric, check=False)
     n_out = spec.n_out(fm.n_logits)
-    row_bytes = n_out * torch.empty((), dtype=fm.dtype).element_size()
-    rows = [t.size for t in an.terms if t.mode == "grads"] + [fm.sizes[n] for n in an.fallback]
-    by_param = (plan.budget // 2) // max(1, row_bytes * max(rows, default=1))
-    by_acts = (plan.budget // 4) // max(1, row_bytes * activations * ACTIVATION_COPIES)
-    block = int(max(plan.block, min(n_max, by_param, by_acts)))
+    itemsize = torch.empty((), dtype=fm.dtype).element_size()
+    row_bytes = n_out * itemsize
+    grads = sum(t.size for t in an.terms if t.mode == "grads")
+    side = row_bytes * (activations + grads)
+    passes = itemsize * ACTIVATION_COPIES * activations * (1 if an.per_output else n_out)
+    by_side = (3 * plan.budget // 4) // max(1, 2 * side + passes)
+    fallback = [fm.sizes[n] for n in an.fallback]
+    by_fallback = (plan.budget // 2) // max(1, row_bytes * max(fallback)) if fallback else n_max
+    block = int(max(plan.block, min(n_max, by_side, by_fallback)))
     return Plan(block=block, groups=plan.groups, chunk=plan.chunk, budget=plan.budget, rows_batch=plan.rows_batch)
 
 
@@ -341,7 +349,7 @@ class _Side:
     """One block of samples: its factors, direct-mode operands and (memoized) gradients."""
 
     def __init__(self, fm, an: Analysis, x: torch.Tensor, spec: OutputSpec, direct: list[Term], keep: bool,
-                 facs: dict[str, list[Factor]] | None = None):
+                 facs: dict[str, list[Factor]] | None = None, grad_terms: Sequence[Term] = ()):
         if facs is None:
             cap = capture(_run_fn(fm, _leaves(fm, an.covered), x, spec), an.targets, per_output=an.per_output)
             facs = cap.factors()
@@ -351,6 +359,13 @@ class _Side:
         self.facs = {n: f for n, f in facs.items() if n not in done}
         self.keep = keep
         self._grads: dict[int, list[torch.Tensor]] = {}
+        if keep and grad_terms:
+            # A kept side needs only its gradients: form them now and drop the cotangents and
+            # inputs behind them (O'·layer outputs per sample against O'·P_grads), so that more
+            # sides fit the cache of `structured`.
+            for t in grad_terms:
+                self.grads(t)
+            self.facs = {}
 
     def grads(self, term: Term) -> list[torch.Tensor]:
         """The term's per-sample gradients [(n, O', P) per parameter], memoized when `keep`."""
@@ -441,7 +456,8 @@ def _structured(fm: FunctionalModel, x1: torch.Tensor, x2: torch.Tensor, spec: O
     if not an.covered:
         return
     direct = [t for t in an.terms if t.mode == "direct"]
-    grad_elems = sum(t.size for t in an.terms if t.mode == "grads") * n_out
+    grad_terms = [t for t in an.terms if t.mode == "grads"]
+    grad_elems = sum(t.size for t in grad_terms) * n_out
 
     by_row: dict[tuple[int, int], list[slice]] = {}
     for r, c in pairs:
@@ -454,7 +470,7 @@ def _structured(fm: FunctionalModel, x1: torch.Tensor, x2: torch.Tensor, spec: O
         facs = None
         if an.first is not None and x is x1 and (an.first[0].start, an.first[0].stop) == (s.start, s.stop):
             facs, an.first = an.first[1], None
-        return _Side(fm, an, x[s], spec, direct, keep, facs)
+        return _Side(fm, an, x[s], spec, direct, keep, facs, grad_terms)
 
     for (r0, r1), cols in by_row.items():
         r = slice(r0, r1)
