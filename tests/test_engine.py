@@ -491,6 +491,24 @@ def test_rows_batch_keeps_vmapped_passes_in_cache():
     assert make_plan(**kw, peak=32_768, cache_bytes=8 << 20, batch_size=6).rows_batch == 0
 
 
+def test_jacobian_blocks_bounded_by_rows_not_by_activations_when_passes_are_split():
+    """On CPU Jacobian contraction runs `rows_batch` samples per vmapped pass, so under a budget
+    its block is bounded by the Jacobian rows only; NTK-vector products keep the activation bound."""
+    from ntkit.engine.memory import ACTIVATION_COPIES, make_plan
+
+    kw = {"names": ["w"], "sizes": {"w": 10_000}, "n_max": 400, "n_out": 10, "activations": 200_000,
+          "itemsize": 4, "budget": 500 << 20, "peak": 32_768, "cache_bytes": 4 << 20}
+    shared = make_plan(**kw)
+    jac = make_plan(**kw, split_passes=True)
+    assert shared.block * 40 * 200_000 * ACTIVATION_COPIES <= (500 << 20) // 4 < (shared.block + 1) * 40 * 200_000 * 4
+    assert jac.block == min(400, ((500 << 20) // 2) // (40 * 10_000))  # the rows of the largest parameter
+    assert 1 <= jac.rows_batch < jac.block and jac.rows_batch * 40 * 32_768 <= 4 << 20
+    # the passes' activations stay in a quarter of the budget (one sample at least)
+    assert jac.rows_batch * 40 * 200_000 * ACTIVATION_COPIES <= (500 << 20) // 4
+    assert make_plan(**{**kw, "activations": 2_000_000}, split_passes=True).rows_batch == 1
+    assert make_plan(**{**kw, "cache_bytes": None}, split_passes=True).block == shared.block  # GPU: one pass
+
+
 @pytest.mark.parametrize("output", ["full", "diagonal", "pntk"])
 def test_jacobian_rows_in_cache_sized_passes_match_reference(monkeypatch, output):
     """A tiny cache budget splits every block into one-sample passes: same kernel."""

@@ -90,12 +90,13 @@ class _Call:
         itemsize = torch.empty((), dtype=fm.dtype).element_size()
         self.itemsize = itemsize
         self.cache_bytes = CACHE_BYTES if fm.device.type == "cpu" else None
-        self.plan: Plan = make_plan(
+        self._plan_kw = dict(
             names=fm.names, sizes=fm.sizes, n_max=max(self.n1, self.n2),
             n_out=self.spec.n_out(n_logits), activations=self.profile.activations,
             itemsize=itemsize, budget=parse_memory(memory, fm.device), batch_size=batch_size,
             peak=self.profile.peak, cache_bytes=self.cache_bytes,
         )
+        self.plan: Plan = make_plan(**self._plan_kw)
 
     def estimates(self) -> dict[str, Any]:
         kw = dict(n1=self.n1, n2=self.n2, symmetric=self.symmetric, n_logits=self.n_logits,
@@ -165,6 +166,8 @@ class _Call:
         plan = self.plan
         if method == "structured" and self.batch_size is None:
             plan = structured_plan(fm, self.x1, self.n2, spec, self.symmetric, plan, self.profile.activations)
+        elif method == "jacobian" and self.batch_size is None and self.cache_bytes is not None:
+            plan = make_plan(**self._plan_kw, split_passes=True)
         rows = _blocks(self.n1, plan.block)
         cols = rows if self.symmetric else _blocks(self.n2, plan.block)
         if self.symmetric:

@@ -135,6 +135,7 @@ def make_plan(
     batch_size: int | None = None,
     peak: int = 0,
     cache_bytes: int | None = None,
+    split_passes: bool = False,
 ) -> Plan:
     """Choose block, parameter groups, NTK-VP chunk and rows batch under `budget` bytes.
 
@@ -142,6 +143,9 @@ def make_plan(
     elements of one sample's activations. With `batch_size` given, the block is the user's.
     peak: elements of one sample's largest layer output; cache_bytes: the most a vmapped pass
     may hold of it (None: no limit, as on GPUs), which sets `rows_batch`.
+    split_passes: the plan is for Jacobian contraction alone, whose vmapped passes run
+    `rows_batch` samples at a time: their activations, not the block's, must fit, so the block
+    is bounded by the Jacobian rows only (NTK-vector products push a whole block at once).
     """
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -154,6 +158,8 @@ def make_plan(
         # Jacobian rows of the largest parameter and the backward activations must both fit.
         by_param = (budget // 2) // max(1, row_bytes * p_max)
         by_acts = (budget // 4) // max(1, row_bytes * activations * ACTIVATION_COPIES)
+        if split_passes and cache_bytes is not None and peak > 0:
+            by_acts = n_max  # a pass holds rows_batch samples (at least one) whatever the block
         block = int(max(1, min(n_max, by_param, by_acts)))
     capacity = max(p_max, (budget // 2) // max(1, row_bytes * block))
     groups = group_parameters(names, sizes, capacity)
@@ -164,6 +170,8 @@ def make_plan(
     rows_batch = 0
     if cache_bytes is not None and peak > 0:
         rows_batch = int(max(1, cache_bytes // (row_bytes * peak)))
+        if split_passes:  # the passes' activations are what bounds memory now
+            rows_batch = max(1, min(rows_batch, (budget // 4) // max(1, row_bytes * activations * ACTIVATION_COPIES)))
         rows_batch = 0 if rows_batch >= block else rows_batch
     return Plan(block=block, groups=tuple(tuple(g) for g in groups), chunk=chunk, budget=budget,
                 rows_batch=rows_batch)
