@@ -7,7 +7,6 @@ blocks (all blocks when x2 is given), and mirror the rest when the kernel is sym
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import math
 import warnings
@@ -103,45 +102,8 @@ class _Call:
         kw = dict(n1=self.n1, n2=self.n2, symmetric=self.symmetric, n_logits=self.n_logits,
                   spec=self.spec, n_params=self.fm.n_params, flops=self.profile.flops, plan=self.plan,
                   peak=self.profile.peak, itemsize=self.itemsize, cache_bytes=self.cache_bytes)
-        est = {m: estimate(m, **kw, structured=self._structured_cost() if m == "structured" else None)
-               for m in _STRATEGIES}
-        for m in ("jacobian", "structured"):
-            f = self._recompute_factor(m)
-            if f > 1.0 and math.isfinite(est[m].time):
-                e = est[m]
-                est[m] = dataclasses.replace(e, autodiff_flops=e.autodiff_flops * f, formation_time=e.formation_time * f)
-        return est
-
-    def _recompute_factor(self, method: str) -> float:
-        """How many times the per-sample work (Jacobian rows, or the capture and per-sample
-        gradients of structured derivatives) is done over doing it once per input: > 1 when the
-        budget splits the inputs into blocks and the column blocks' results do not fit the
-        quarter of the budget that caches them, so they are recomputed for every row block."""
-        an = self._analysis(check=False) if method == "structured" else None
-        if method == "structured" and an is None:
-            return 1.0
-        if self.batch_size is not None:
-            block = self.plan.block
-        elif method == "structured":
-            block = structured_plan(self.fm, self.x1, self.n2, self.spec, self.symmetric, self.plan,
-                                    self.profile.activations).block
-        elif self.cache_bytes is not None:
-            block = make_plan(**self._plan_kw, split_passes=True).block
-        else:
-            block = self.plan.block
-        nb1 = -(-self.n1 // block)
-        if nb1 <= 1:
-            return 1.0
-        row_bytes = self.spec.n_out(self.n_logits) * self.itemsize
-        if method == "structured":
-            held = sum(t.size for t in an.terms if t.mode == "grads")
-        else:
-            held = max(sum(self.fm.sizes[n] for n in g) for g in self.plan.groups)
-        if self.n2 * row_bytes * held <= self.plan.budget // 4:
-            return 1.0
-        if self.symmetric:
-            return (nb1 + 1) / 2
-        return (self.n1 + nb1 * self.n2) / (self.n1 + self.n2)
+        return {m: estimate(m, **kw, structured=self._structured_cost() if m == "structured" else None)
+                for m in _STRATEGIES}
 
     def _structured_cost(self) -> StructuredCost | None:
         """The rules' FLOPs and the fallback parameters (None if the analysis itself fails)."""
