@@ -629,20 +629,18 @@ class EigenPro3(RegressorMixin, _EigenPro3Base):
 
     def partial_fit(self, X: Any, y: Any) -> EigenPro3:
         """One epoch over (X, y); the first call sets the model up from this data."""
-        Y = check_targets(y, _n_rows(X))
-        if not self._initialized() and not hasattr(self, "dual_coef_"):
-            self._y_1d = Y.ndim == 1
-        self._ensure_iteration_state()
-        self._partial_impl(X, Y.reshape(Y.shape[0], -1), one_step=False)
-        return self
+        return self._incremental(X, y, one_step=False)
 
     def fit_batch(self, X: Any, y: Any) -> EigenPro3:
         """One projected preconditioned SGD step on this batch (step size for its size)."""
+        return self._incremental(X, y, one_step=True)
+
+    def _incremental(self, X: Any, y: Any, one_step: bool) -> EigenPro3:
         Y = check_targets(y, _n_rows(X))
         if not self._initialized() and not hasattr(self, "dual_coef_"):
             self._y_1d = Y.ndim == 1
         self._ensure_iteration_state()
-        self._partial_impl(X, Y.reshape(Y.shape[0], -1), one_step=True)
+        self._partial_impl(X, Y.reshape(Y.shape[0], -1), one_step=one_step)
         return self
 
     def predict(self, X: Any) -> np.ndarray:
