@@ -1,0 +1,239 @@
+"""Jacobian rows across tiles: the planner's choice between recomputing them and caching them on
+disk, and the disk cache itself (equal to the float64 reference, durable, resumable, shared by
+Dask workers, removed when the kernel is complete)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import ntkit
+import ntkit.engine.jacobian_contraction as jc
+from ntkit.engine.api import _prepare
+from ntkit.engine.memory import make_plan
+from ntkit.reference import ntk_reference
+from ntkit.schedule import Tile, iter_tiles
+from ntkit.schedule.features import (MIN_CHUNK, feature_chunk, gram_rows, plan_features,
+                                     tile_evaluations)
+from ntkit.store import StoreMismatchError
+from ntkit.store.features import BlockKey, FeatureCache, tile_keys, unique_inputs
+
+OUTPUTS = ["full", "trace", "diagonal", "logit:1", "pntk"]
+
+
+def _net(width: int = 40) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, width), torch.nn.Tanh(), torch.nn.Linear(width, 30),
+                               torch.nn.Tanh(), torch.nn.Linear(30, 3)).double()
+
+
+def _cnn() -> torch.nn.Module:
+    torch.manual_seed(1)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                               torch.nn.Linear(4 * 6 * 6, 3)).double()
+
+
+# -- the planner ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("rows,cols,diagonal", [(17, 9, False), (20, 20, True), (13, 31, False), (33, 33, True)])
+@pytest.mark.parametrize("budget", [4_000, 300_000, 10**8])
+def test_tile_evaluations_counts_what_the_engine_computes(monkeypatch, rows, cols, diagonal, budget):
+    """The recompute estimate rests on this count: it must be the engine's, exactly."""
+    seen = [0]
+    orig = jc.block_rows
+
+    def counting(fm, names, x, spec, plan):
+        seen[0] += x.shape[0]
+        return orig(fm, names, x, spec, plan)
+
+    monkeypatch.setattr(jc, "block_rows", counting)
+    net = _net()
+    x1 = torch.randn(rows, 6, dtype=torch.float64)
+    x2 = None if diagonal else torch.randn(cols, 6, dtype=torch.float64)
+    call = _prepare(net, x1, x2, "trace", None, None, None, budget)
+    plan = make_plan(**call._plan_kw, split_passes=True)
+    call.run("jacobian")
+    sizes = [sum(call.fm.sizes[n] for n in g) for g in plan.groups]
+    assert seen[0] == tile_evaluations(rows, cols, diagonal, plan.block, sizes, 3 * 8, budget)
+
+
+def _tiles(n: int, side: int) -> list[Tile]:
+    return list(iter_tiles(n, n, side, side, True))
+
+
+def _plan(**kw):
+    base = dict(n_unique=1000, n_params=10_000, row_bytes=4, block=1000, group_sizes=[10_000],
+                feature_groups=1, engine=10**9, t_eval=1e-3, write_bps=1e9, read_bps=1e9, disk_free=10**12)
+    base.update(kw)
+    return plan_features(_tiles(1000, 250), **base)
+
+
+def test_disk_wins_when_rows_are_dear_to_compute_and_cheap_to_store():
+    p = _plan(t_eval=1e-2)  # a convolution net: 10 ms a row, 40 kB on disk
+    assert p.strategy == "disk" and p.disk_s < 0.8 * p.recompute_s and p.chunk == 10_000
+    assert p.disk_bytes == 1000 * 4 * 10_000
+    q = _plan(t_eval=1e-6, write_bps=1e8, read_bps=1e8)  # an MLP on a GPU with a slow disk
+    assert q.strategy == "recompute" and q.disk_s > q.recompute_s and "recomputing" in q.reason
+    # The same rows against a faster other method (structured derivatives): recompute wins.
+    r = _plan(t_eval=1e-2, other_s=p.disk_s / 2)
+    assert r.strategy == "recompute"
+
+
+def test_recompute_when_the_disk_is_full_or_the_budget_too_small():
+    p = _plan(t_eval=1e-2, disk_free=10**7)
+    assert p.strategy == "recompute" and "free" in p.reason
+    q = _plan(t_eval=1e-2, engine=1000)
+    assert q.strategy == "recompute" and "do not fit" in q.reason
+    with pytest.raises(ValueError, match="features='recompute'"):
+        _plan(t_eval=1e-2, disk_free=10**7, requested="disk")
+    assert _plan(t_eval=1e-9, requested="disk").strategy == "disk"  # asked for: taken
+    assert _plan(t_eval=1e2, requested="recompute").strategy == "recompute"
+    with pytest.raises(ValueError, match="unknown features"):
+        _plan(requested="ssd")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 5000), st.integers(1, 5000), st.sampled_from([4, 8, 40, 80]), st.integers(1, 10**8),
+       st.integers(10**4, 10**11), st.sampled_from([4, 8, 40, 400]))
+def test_a_tile_from_disk_never_plans_over_the_engine_budget(tr, tc, row_bytes, n_params, budget, acc):
+    chunk = feature_chunk(tr, tc, row_bytes, n_params, budget)
+    if chunk == 0:
+        assert (tr + tc) * row_bytes * min(MIN_CHUNK, n_params) > budget * 5 // 8
+        return
+    assert 1 <= chunk <= n_params
+    rows = gram_rows(tr, tc, acc, budget)
+    assert 1 <= rows <= tr
+    held = (tr + tc) * row_bytes * chunk + (rows * tc * acc if rows > 1 else 0)
+    assert held <= budget * 3 // 4
+
+
+def test_feature_blocks_are_shared_between_rows_and_columns_of_the_same_inputs():
+    diag = Tile(0, 0, 0, 5, 0, 5, diagonal=True)
+    assert tile_keys(diag, True, 0) == (BlockKey("r", 0, 5), BlockKey("r", 0, 5))
+    off = Tile(0, 1, 0, 5, 5, 10, mirror=True)
+    assert tile_keys(off, True, 0)[1] == BlockKey("r", 5, 10)
+    # train + test rows x train columns: column blocks inside the shared rows are those rows
+    assert tile_keys(Tile(2, 1, 10, 15, 5, 10), False, 10)[1] == BlockKey("r", 5, 10)
+    assert tile_keys(Tile(2, 2, 10, 15, 10, 12), False, 11)[1] == BlockKey("c", 10, 12)
+    tiles = list(iter_tiles(12, 7, 5, 5, False))
+    assert unique_inputs(tiles, False, 0) == 12 + 7
+    assert unique_inputs(_tiles(12, 5), True, 0) == 12
+
+
+# -- the cache on disk ----------------------------------------------------------------------------
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_disk_features_equal_the_float64_reference(tmp_path, monkeypatch, output):
+    """Several parameter chunks per block, symmetric and rectangular kernels, a CNN."""
+    import ntkit.schedule.features as sf
+
+    # Chunks that split parameters (475 of them: conv 40, linear 435) across files.
+    monkeypatch.setattr(sf, "feature_chunk", lambda *a: 150)
+    net = _cnn()
+    x = torch.randn(19, 1, 8, 8, dtype=torch.float64)
+    y = torch.randn(9, 1, 8, 8, dtype=torch.float64)
+    for cols in (None, y):
+        want = ntk_reference(net, x, cols, output=output).numpy()
+        ks = ntkit.compute(net, x, cols, store=tmp_path / f"K{cols is None}.zarr", output=output,
+                           features="disk", tile=6)
+        f = ks.metadata["plan"]["features"]
+        assert f["strategy"] == "disk" and f["chunk"] == 150
+        got = ks.to_numpy()
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-8 * np.abs(want).max())
+        assert ks.verify().ok and not (ks.path / "features").exists()
+        if cols is None:
+            assert np.array_equal(got, np.swapaxes(got, 0, 1) if got.ndim < 4 else got.transpose(1, 0, 3, 2))
+
+
+def test_disk_features_for_train_plus_test_rows(tmp_path):
+    net = _net()
+    x = torch.randn(26, 6, dtype=torch.float64)
+    rows, cols = torch.cat([x[:15], x[15:] * 2]), x[:15]
+    ks = ntkit.compute(net, rows, cols, store=tmp_path / "K.zarr", output="full", features="disk", tile=5)
+    assert ks.metadata["plan"]["shared"] == 15
+    want = ntk_reference(net, rows, cols, output="full").numpy()
+    np.testing.assert_allclose(ks.to_numpy(), want, rtol=0, atol=1e-8 * np.abs(want).max())
+    assert ks.metadata["timings"]["features_bytes"] == 26 * 3 * 8 * sum(p.numel() for p in net.parameters())
+
+
+def test_interrupted_run_keeps_its_features_and_resumes_bit_identical(tmp_path, monkeypatch):
+    from ntkit.store import features as fmod
+
+    net, x = _cnn(), torch.randn(20, 1, 8, 8, dtype=torch.float64)
+    ref = ntkit.compute(net, x, store=tmp_path / "ref.zarr", output="trace", features="disk", tile=5)
+    calls = [0]
+    orig = fmod.FeatureCache.ensure
+
+    def failing(self, key, xb, rows_fn):
+        calls[0] += 1
+        if calls[0] == 3:  # a crash while the third block is written
+            raise RuntimeError("simulated crash")
+        return orig(self, key, xb, rows_fn)
+
+    monkeypatch.setattr(fmod.FeatureCache, "ensure", failing)
+    path = tmp_path / "K.zarr"
+    with pytest.raises(RuntimeError, match="simulated"):
+        ntkit.compute(net, x, store=path, output="trace", features="disk", tile=5)
+    monkeypatch.setattr(fmod.FeatureCache, "ensure", orig)
+    recorded = sorted(p.name for p in (path / "features").glob("*.json"))
+    assert recorded == ["r.0-5.json", "r.5-10.json"]
+    # A block whose file lost bytes after its record is recomputed, not read.
+    (path / "features" / "r.5-10.bin").write_bytes(b"\0" * 10)
+    with pytest.raises(StoreMismatchError, match="features='disk'"):
+        ntkit.compute(net, x, store=path, output="trace", features="recompute", tile=5)
+    done = ntkit.compute(net, x, store=path, output="trace", tile=5)
+    assert np.array_equal(done.to_numpy(), ref.to_numpy()) and done.verify().ok
+    assert not (path / "features").exists()
+
+
+def test_the_cache_refuses_a_truncated_block(tmp_path):
+    cache = FeatureCache(tmp_path, n_params=10, n_out=2, chunk=4, dtype=torch.float64)
+    key = BlockKey("r", 0, 3)
+    rows = torch.arange(3 * 2 * 10, dtype=torch.float64).reshape(3, 2, 10)
+
+    def rows_fn(x):
+        yield slice(0, 3), {"a": 0, "b": 7}, {"a": rows[:, :, :7], "b": rows[:, :, 7:]}
+
+    cache.ensure(key, torch.zeros(3, 1), rows_fn)
+    assert cache.done(key)
+    parts = [cache.read(key, k) for k in range(3)]
+    assert [p.shape[2] for p in parts] == [4, 4, 2]
+    assert torch.equal(torch.cat(parts, 2), rows)
+    (tmp_path / "r.0-3.bin").write_bytes(b"\0" * 16)
+    assert not cache.done(key)
+    with pytest.raises(OSError, match="truncated"):
+        cache.read(key, 2)
+
+
+def test_bad_feature_requests_are_explained(tmp_path):
+    net, x = _net(), torch.randn(8, 6, dtype=torch.float64)
+    with pytest.raises(ValueError, match="pass store=PATH"):
+        ntkit.compute(net, x, features="disk")
+    with pytest.raises(ValueError, match="method='jacobian'"):
+        ntkit.compute(net, x, store=tmp_path / "K.zarr", method="structured", features="disk")
+    with pytest.raises(ValueError, match="unknown features"):
+        ntkit.compute(net, x, store=tmp_path / "K.zarr", features="ram")
+
+
+def test_auto_records_its_estimates(tmp_path):
+    net, x = _net(), torch.randn(30, 6, dtype=torch.float64)
+    ks = ntkit.compute(net, x, store=tmp_path / "K.zarr", output="trace", method="jacobian", tile=10)
+    f = ks.metadata["plan"]["features"]
+    assert f["strategy"] in ("disk", "recompute") and f["reason"]
+    assert math.isfinite(f["recompute_s"]) and math.isfinite(f["disk_s"])
+    # A structured-derivatives run never caches Jacobian rows.
+    ks = ntkit.compute(net, x, store=tmp_path / "S.zarr", output="trace", method="structured", tile=10)
+    assert ks.metadata["plan"]["features"]["strategy"] == "recompute"
+
+
+def test_two_dask_workers_share_the_cache_and_equal_one_process(tmp_path):
+    pytest.importorskip("distributed")
+    net, x = _cnn(), torch.randn(24, 1, 8, 8, dtype=torch.float64)
+    one = ntkit.compute(net, x, store=tmp_path / "one.zarr", output="trace", features="disk", tile=6)
+    two = ntkit.compute(net, x, store=tmp_path / "two.zarr", output="trace", features="disk", tile=6, workers=2)
+    assert two.metadata["plan"]["features"]["strategy"] == "disk"
+    assert np.array_equal(one.to_numpy(), two.to_numpy()) and two.verify().ok
+    assert not (two.path / "features").exists()
