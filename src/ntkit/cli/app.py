@@ -168,7 +168,9 @@ def compute(
                                             "Dask scheduler (dask-jobqueue, Kubernetes, ...)."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Store only: tile side (default: the largest "
                                        "under --memory, at most 4096)."),
-    precision: str = typer.Option("float32", "--precision", help="float32 (TF32 off on CUDA) | tf32."),
+    precision: str = typer.Option("float32", "--precision", help="float32 (TF32 off on CUDA) | tf32 (~1e-3) | "
+                                  "tf32x3 (Gram step as three TF32 products, float32-level accuracy; "
+                                  "not with --method ntk-vp)."),
 ) -> int:
     """Compute the empirical NTK of MODEL on DATA: K.npy (+ .json sidecar) or a tiled store K.zarr.
 

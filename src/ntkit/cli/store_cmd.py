@@ -140,6 +140,7 @@ def _recompute_fn(ks) -> Any:
     from ntkit.data import resolve_kernel_data
     from ntkit.distributed.compute import DataSource, _tile_inputs
     from ntkit.models import build_model, model_fingerprint
+    from ntkit.store.kernel_store import PRECISION_RTOL
     from ntkit.store.worker import TileJob, compute_tile
 
     meta = ks.metadata
@@ -154,14 +155,19 @@ def _recompute_fn(ks) -> Any:
     if model_fingerprint(net) != ident["model"]:
         raise UserError("the model rebuilt from the store's metadata has other weights than the one that "
                         "computed it (changed --weights file or code?); use --sample 0")
+    precision, work = ident.get("precision", "float32"), dtype
+    if precision in PRECISION_RTOL and dtype == torch.float32:
+        # Reduced-precision products are checked against float64 (see KernelStore.verify): a
+        # float64 copy of the float32 model and inputs the store was computed from.
+        work, net, precision = torch.float64, net.to(torch.float64), "float32"
     src_r = DataSource(rows, "rows")
     src_c = None if ks.symmetric else DataSource(cols, "cols")
     job = TileJob(model=net, method=meta["method_used"], output=meta["output"],
                   params=tuple(ident["params"]) if ident.get("params") else None,
-                  engine_memory=int(meta["plan"]["engine_memory"]), precision=ident.get("precision", "float32"))
+                  engine_memory=int(meta["plan"]["engine_memory"]), precision=precision)
 
     def prep(x):
-        return x.to(dtype) if x.is_floating_point() else x
+        return x.to(dtype).to(work) if x.is_floating_point() else x
 
     def recompute(tile):
         xr, xc = _tile_inputs(tile, src_r, src_c, prep)
@@ -176,7 +182,9 @@ def verify(
     sample: int = typer.Option(2, "--sample", help="Tiles to recompute from the stored data and model "
                                                    "specs and compare (0: checks only)."),
     rtol: Optional[float] = typer.Option(None, "--rtol", help="Tolerance for recomputed tiles (default: "
-                                                              "1e-4 float32, 1e-10 float64)."),
+                                                              "1e-4 float32, 1e-10 float64; stores computed "
+                                                              "with --precision tf32x3 / tf32 are recomputed "
+                                                              "in float64 and compared within 1e-5 / 3e-3)."),
 ) -> int:
     """Check a kernel store: complete, every tile matches its checksum, finite, symmetric, and
     a sample of tiles recomputed equal to the stored ones. Exit status 1 when anything is wrong."""

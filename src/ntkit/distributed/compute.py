@@ -177,7 +177,12 @@ def compute(
             of N processes for this call. Needs `store`.
         tile: force the tile side (checked against the budget).
         overwrite: replace an existing store instead of resuming it.
-        precision: "float32" (TF32 off on CUDA) or "tf32" (faster tensor-core products, ~1e-3).
+        precision: "float32" (TF32 off on CUDA), "tf32" (faster tensor-core products, ~1e-3)
+            or "tf32x3" (the Gram step as three TF32 products on a hi/lo split summed in float64
+            chunks, ≤ 1e-5 of float64; everything else float32 with TF32 off; see
+            `ntkit.engine.precision`). It splits the Gram products of Jacobian contraction and
+            structured derivatives' per-sample-gradient terms; NTK-vector products have no
+            Gram step and are refused with it (an "auto" choice of them runs plain float32).
         progress: `callback(entries_done, entries_total)` after every tile.
         metadata: extra JSON-able facts to keep with the store (e.g. the data and model specs).
 
@@ -198,6 +203,9 @@ def compute(
     parse_output(output)
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "tf32x3" and method == "ntk-vp":
+        raise ValueError("precision='tf32x3' splits the Gram step J1·J2ᵀ, which method='ntk-vp' does not have; "
+                         "use method='jacobian' or 'structured' (--method), or precision='float32'")
     if isinstance(params, str):
         params = [params]
     if (client is not None or workers) and store is None:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ntkit.engine import precision
 from ntkit.engine.functional import FunctionalModel
 from ntkit.engine.memory import Plan
 from ntkit.engine.outputs import OutputSpec
@@ -36,29 +37,32 @@ Rows = dict[str, torch.Tensor]
 def contract_rows(j1: Rows, j2: Rows, spec: OutputSpec) -> torch.Tensor:
     """One block of Θ from Jacobian rows {name: (b, O', *shape)} of both sides.
 
-    Returns the block in the output layout: (b1, b2, O, O), (b1, b2, O) or (b1, b2).
+    Returns the block in the output layout, in the rows' dtype: (b1, b2, O, O), (b1, b2, O) or
+    (b1, b2). Under `gram_precision("tf32x3")` (float32 rows) the products are split TF32
+    products summed in float64 over chunks and parameters (`ntkit.engine.precision`); otherwise
+    they are the plain `addmm_` / `baddbmm_` of the rows' dtype.
     """
     first = next(iter(j1.values()))
     b1, o = first.shape[0], first.shape[1]
     b2 = next(iter(j2.values())).shape[0]
-    kw = {"dtype": first.dtype, "device": first.device}
+    kw = {"dtype": precision.accumulator_dtype(first), "device": first.device}
     if spec.kind == "full":
         acc = torch.zeros(b1 * o, b2 * o, **kw)
         for n, a in j1.items():
-            acc.addmm_(a.reshape(b1 * o, -1), j2[n].reshape(b2 * o, -1).T)
-        return acc.view(b1, o, b2, o).permute(0, 2, 1, 3)
+            precision.addmm_(acc, a.reshape(b1 * o, -1), j2[n].reshape(b2 * o, -1).T)
+        return acc.view(b1, o, b2, o).permute(0, 2, 1, 3).to(first.dtype)
     if spec.kind in ("diagonal", "trace"):
         # One product per logit, summed at the end for the trace: contracting logits and
         # parameters in one matmul (k = O·P) loses ~10x accuracy in float32 on wide layers.
         acc = torch.zeros(o, b1, b2, **kw)
         for n, a in j1.items():
-            acc.baddbmm_(a.reshape(b1, o, -1).transpose(0, 1), j2[n].reshape(b2, o, -1).permute(1, 2, 0))
-        return acc.sum(0) if spec.kind == "trace" else acc.permute(1, 2, 0)
+            precision.baddbmm_(acc, a.reshape(b1, o, -1).transpose(0, 1), j2[n].reshape(b2, o, -1).permute(1, 2, 0))
+        return (acc.sum(0) if spec.kind == "trace" else acc.permute(1, 2, 0)).to(first.dtype)
     # logit:K, pntk: one scalar per sample.
     acc = torch.zeros(b1, b2, **kw)
     for n, a in j1.items():
-        acc.addmm_(a.reshape(b1, -1), j2[n].reshape(b2, -1).T)
-    return acc
+        precision.addmm_(acc, a.reshape(b1, -1), j2[n].reshape(b2, -1).T)
+    return acc.to(first.dtype)
 
 
 def _contract_diagonal_block(j: Rows, spec: OutputSpec, out: torch.Tensor, r: slice, n_out: int) -> None:

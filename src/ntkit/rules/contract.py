@@ -291,12 +291,18 @@ def contract_direct(a: Operands, b: Operands, kind: str, acc: torch.Tensor) -> N
 
 # ------------------------------------------------------------------------------- grads contraction
 def contract_grads(g1: torch.Tensor, g2: torch.Tensor, kind: str, acc: torch.Tensor) -> None:
-    """acc += the kernel block from per-sample gradients g1: (n, O', P), g2: (m, O', P)."""
+    """acc += the kernel block from per-sample gradients g1: (n, O', P), g2: (m, O', P).
+
+    These are Gram products like Jacobian contraction's, so `gram_precision("tf32x3")` splits
+    them the same way (`ntkit.engine.precision`); direct-mode contractions stay plain float32.
+    """
+    from ntkit.engine import precision  # here: ntkit.engine imports this module
+
     n, o, p = g1.shape
     m = g2.shape[0]
     if kind == "full":
-        acc.add_((g1.reshape(n * o, p) @ g2.reshape(m * o, p).T).view(n, o, m, o))
+        acc.add_(precision.mm(g1.reshape(n * o, p), g2.reshape(m * o, p).T).view(n, o, m, o))
     elif kind == "trace":
-        acc.addmm_(g1.reshape(n, o * p), g2.reshape(m, o * p).T)
+        precision.addmm_(acc, g1.reshape(n, o * p), g2.reshape(m, o * p).T)
     else:
-        acc.baddbmm_(g1.transpose(0, 1), g2.permute(1, 2, 0))
+        precision.baddbmm_(acc, g1.transpose(0, 1), g2.permute(1, 2, 0))

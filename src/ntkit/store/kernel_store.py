@@ -32,6 +32,14 @@ from ntkit.schedule import Tile, iter_tiles
 
 FORMAT = "ntkit.kernelstore.v1"
 _RECORDS = "tiles"
+# What `verify` allows between a float64 recompute and tiles computed with reduced-precision
+# products. tf32x3: the mode's promise (its split products and float64 chunk sums stay near
+# 3e-7 of float64 in tests/test_precision.py; the float32 Jacobian passes add ~1e-7). tf32: one
+# TF32 rounding per operand (2^-11 each) bounds an entry's error by ~2^-10 ≈ 1e-3 of Σ|a_i·b_i|
+# ≤ sqrt(K_aa·K_bb); 3e-3 leaves 3x for tiles whose largest entry is below that (off-diagonal
+# tiles), and TF32 Grams measured 1e-4 to 9e-4 of float64 (relative Frobenius norm) at
+# P = 10k to 500k on an H100 (PEERS.md).
+PRECISION_RTOL = {"tf32x3": 1e-5, "tf32": 3e-3}
 
 
 class StoreError(ValueError):
@@ -90,6 +98,7 @@ class VerifyReport:
     checked: int = 0
     recomputed: int = 0
     max_rel_diff: float | None = None
+    reference: str | None = None  # what recomputed tiles were compared with
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -99,7 +108,8 @@ class VerifyReport:
     def __str__(self) -> str:
         lines = [f"{self.path}: {self.tiles_done}/{self.tiles_total} tiles complete, {self.checked} checked "
                  f"(checksum, finite{', symmetric' if True else ''}), {self.recomputed} recomputed"
-                 + (f" (max relative difference {self.max_rel_diff:.2e})" if self.max_rel_diff is not None else "")]
+                 + (f" (max relative difference {self.max_rel_diff:.2e})" if self.max_rel_diff is not None else "")
+                 + (f" against a {self.reference}" if self.reference and self.recomputed else "")]
         if self.tiles_done < self.tiles_total:
             lines.append(f"  incomplete: {self.tiles_total - self.tiles_done} tiles missing; run the same "
                          "`ntkit compute` command again to finish")
@@ -315,10 +325,21 @@ class KernelStore:
         _fsync_path(self.path / "zarr.json")
 
     # -- checking -------------------------------------------------------------------------------
+    @property
+    def precision(self) -> str:
+        """The `precision` the tiles were computed with ("float32" for stores older than it)."""
+        return self.metadata.get("identity", {}).get("precision", "float32")
+
     def verify(self, recompute=None, sample: int = 2, rtol: float | None = None, seed: int = 0) -> VerifyReport:
         """Check completeness, each tile's checksum, finiteness and symmetry; recompute `sample`
         random tiles with `recompute(tile) -> np.ndarray` when given and compare within `rtol`
-        (default: 1e-4 for float32, 1e-10 for float64 — other block orders round differently).
+        (max |difference| / max |recomputed| over the tile).
+
+        A float32 store without TF32 is compared with a recompute like its own, within 1e-4
+        (1e-10 for float64): other block orders round differently. Stores computed with
+        `precision="tf32x3"` or `"tf32"` are compared with a float64 recompute (a float64 copy
+        of the model and inputs; another dtype is reported as a problem), within the mode's
+        promise: `PRECISION_RTOL`.
         """
         tiles = self.tiles()
         recs = self.records()
@@ -354,15 +375,24 @@ class KernelStore:
             elif t.diagonal and not np.array_equal(data, mirror_tile(data), equal_nan=True):
                 rep.problems.append(f"diagonal tile {t.key} is not symmetric")
         if recompute is not None and sample > 0:
+            reduced = self.precision in PRECISION_RTOL and self.dtype == np.float32
             if rtol is None:
-                rtol = 1e-4 if self.dtype == np.float32 else 1e-10
+                rtol = PRECISION_RTOL[self.precision] if reduced else 1e-4 if self.dtype == np.float32 else 1e-10
+            rep.reference = (f"float64 recompute, rtol {rtol:.0e}" if reduced
+                             else f"{self.dtype} recompute, rtol {rtol:.0e}")
             done = [t for t in tiles if t.key in recs]
             rng = np.random.default_rng(seed)
             picks = rng.choice(len(done), size=min(sample, len(done)), replace=False) if done else []
             worst = 0.0
             for k in picks:
                 t = done[int(k)]
-                fresh = np.asarray(recompute(t), dtype=np.float64)
+                fresh = np.asarray(recompute(t))
+                if reduced and fresh.dtype != np.float64:
+                    rep.problems.append(f"tile {t.key} was recomputed in {fresh.dtype}; a {self.precision} store "
+                                        "is checked against a float64 recompute (a float64 copy of the "
+                                        "model and inputs)")
+                    continue
+                fresh = fresh.astype(np.float64, copy=False)
                 stored = np.asarray(self.read_tile(t), dtype=np.float64)
                 scale = max(np.abs(fresh).max(), 1e-30)
                 diff = float(np.abs(fresh - stored).max() / scale)

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ntkit.engine.precision import cuda_tf32, gram_precision
 from ntkit.schedule import Tile
 
-PRECISIONS = ("float32", "tf32")
+PRECISIONS = ("float32", "tf32", "tf32x3")
 
 
 @dataclass
@@ -33,18 +34,17 @@ class TileJob:
 
 @contextlib.contextmanager
 def matmul_precision(device: torch.device, precision: str) -> Iterator[None]:
-    """TF32 stays off on CUDA unless `precision="tf32"` asks for it (10-bit mantissa products)."""
-    if device.type != "cuda":
+    """The float32 arithmetic of one tile.
+
+    "float32": TF32 off on CUDA (matmuls and cuDNN convolutions). "tf32": on for all of them
+    (10-bit mantissa products, ~1e-3). "tf32x3": off for everything but the Gram step, whose
+    products are split into three TF32 products summed in float64 chunks (float32-level
+    accuracy; on CPU an exact emulation, see `ntkit.engine.precision`).
+    """
+    gram = gram_precision("tf32x3" if precision == "tf32x3" else "default")
+    tf32 = cuda_tf32(precision == "tf32") if device.type == "cuda" else contextlib.nullcontext()
+    with tf32, gram:
         yield
-        return
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    allow = precision == "tf32"
-    torch.backends.cuda.matmul.allow_tf32 = allow
-    torch.backends.cudnn.allow_tf32 = allow
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
