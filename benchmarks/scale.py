@@ -10,6 +10,8 @@ scikit-learn's digits with noise, so any N is available):
   out-of-core  a 20,000 x 20,000 kernel (1.6 GB) with --memory 400MB: peak RSS vs the budget
   throughput   entries/s for mlp and cnn at N = 500, 1000, 2000, 4000 (flat per entry?)
   workers      the same 4,000-input job in one process vs --workers 2 (Dask LocalCluster)
+  features     Jacobian rows recomputed by every tile vs cached on disk (--features), against
+               structured derivatives and what auto picks, side by side on one job
 
     python benchmarks/scale.py                     # everything (~10 min on 2 cores)
     python benchmarks/scale.py --only throughput   # one experiment
@@ -145,6 +147,38 @@ def workers(work: Path, n: int, model: str) -> dict:
     return {"n": n, "model": model, **out}
 
 
+FEATURE_RUNS = (
+    ("jacobian, recompute", ["--method", "jacobian", "--features", "recompute"]),
+    ("jacobian, disk", ["--method", "jacobian", "--features", "disk"]),
+    ("structured", ["--method", "structured"]),
+    ("auto, auto", []),
+)
+
+
+def features(work: Path, n: int, model: str, output: str, memory: str) -> dict:
+    """One job by each strategy, in fresh processes, one after the other."""
+    data = work / f"synth{n}.npz"
+    if not data.exists():
+        synth_digits(n, data)
+    out: dict = {"n": n, "model": model, "output": output, "memory": memory, "runs": {}}
+    for label, extra in FEATURE_RUNS:
+        store = work / "f.zarr"
+        r = run_compute(["compute", f"npz:{data}", model, "-o", str(store), "--output", output, "--memory", memory,
+                         "--quiet", "--overwrite", *extra])
+        import ntkit
+
+        meta = ntkit.open(store).metadata
+        f = meta["plan"].get("features") or {}
+        out["runs"][label] = {"wall_s": r["wall_s"], **store_rate(store), "features": f.get("strategy"),
+                              "estimate_recompute_s": f.get("recompute_s"), "estimate_disk_s": f.get("disk_s"),
+                              "features_s": meta.get("timings", {}).get("features_s"),
+                              "features_bytes": meta.get("timings", {}).get("features_bytes"),
+                              "peak_over_baseline": r["peak"] - r["baseline"]}
+        shutil.rmtree(store)
+        print(label, json.dumps(out["runs"][label]), flush=True)
+    return out
+
+
 def markdown(res: dict) -> str:
     m = res["machine"]
     lines = [f"# Kernels bigger than memory ({m['cpu']}, {m['cores']} cores, torch {m['torch']})", "",
@@ -176,12 +210,24 @@ def markdown(res: dict) -> str:
         for k in ("1 process", "--workers 2"):
             lines.append(f"| {k} | {w[k]['wall_s']:.1f} s | {w[k]['entries_per_s']:,.0f} |")
         lines += ["", f"Speed-up of the wall time: {w['speedup_wall']:.2f}x", ""]
+    for f in res.get("features", []):
+        lines += [f"## Jacobian rows across tiles ({f['model']}, N = {f['n']:,}, output {f['output']}, "
+                  f"--memory {f['memory']})", "",
+                  "| run | wall | entries/s of tile compute | method | rows | estimated s (recompute / disk) | "
+                  "features on disk | peak RSS − baseline |", "|---|---|---|---|---|---|---|---|"]
+        for k, r in f["runs"].items():
+            est = ("" if r["estimate_recompute_s"] is None else
+                   f"{r['estimate_recompute_s']:.3g} / {r['estimate_disk_s']:.3g}")
+            disk = "" if not r.get("features_bytes") else f"{r['features_bytes'] / 1e6:.0f} MB"
+            lines.append(f"| {k} | {r['wall_s']:.1f} s | {r['entries_per_s']:,.0f} | {r['method']} | "
+                         f"{r['features']} | {est} | {disk} | {r['peak_over_baseline'] / 1e6:.0f} MB |")
+        lines.append("")
     return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["out-of-core", "throughput", "workers"], action="append")
+    ap.add_argument("--only", choices=["out-of-core", "throughput", "workers", "features"], action="append")
     ap.add_argument("--n-big", type=int, default=20_000)
     ap.add_argument("--memory", default="400MB")
     ap.add_argument("--big-model", default="mlp:depth=2,width=64")
@@ -189,13 +235,15 @@ def main() -> None:
     ap.add_argument("--models", default="mlp,cnn")
     ap.add_argument("--workers-n", type=int, default=4000)
     ap.add_argument("--workers-model", default="cnn")
+    ap.add_argument("--features-jobs", default="cnn:2000:logit:0:400MB,cnn:2000:trace:400MB",
+                    help="model:N:output:memory, comma-separated (output may be logit:K)")
     ap.add_argument("--out", default=str(RESULTS / "scale.json"))
     a = ap.parse_args()
     import torch
 
-    only = set(a.only or ["out-of-core", "throughput", "workers"])
+    only = set(a.only or ["out-of-core", "throughput", "workers", "features"])
     prev = json.loads(Path(a.out).read_text()) if Path(a.out).exists() else {}
-    res = {k: v for k, v in prev.items() if k in ("out_of_core", "throughput", "workers")}
+    res = {k: v for k, v in prev.items() if k in ("out_of_core", "throughput", "workers", "features")}
     res.update({"command": shlex.join(["python", "benchmarks/scale.py", *sys.argv[1:]]),
                 "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -207,6 +255,12 @@ def main() -> None:
         if "workers" in only:
             res["workers"] = workers(work, a.workers_n, a.workers_model)
             print(json.dumps(res["workers"]), flush=True)
+        if "features" in only:
+            res["features"] = []
+            for spec in a.features_jobs.split(","):
+                parts = spec.split(":")
+                model, n, memory, output = parts[0], int(parts[1]), parts[-1], ":".join(parts[2:-1])
+                res["features"].append(features(work, n, model, output, memory))
         if "out-of-core" in only:
             res["out_of_core"] = out_of_core(work, a.n_big, a.memory, a.big_model)
             print(json.dumps(res["out_of_core"]), flush=True)

@@ -237,3 +237,23 @@ def test_two_dask_workers_share_the_cache_and_equal_one_process(tmp_path):
     assert two.metadata["plan"]["features"]["strategy"] == "disk"
     assert np.array_equal(one.to_numpy(), two.to_numpy()) and two.verify().ok
     assert not (two.path / "features").exists()
+
+
+def test_cli_features_flag_explain_and_resume(tmp_path, capsys):
+    from ntkit.cli import main
+    from ntkit.data import load_data
+    from ntkit.models import build_model
+
+    path = tmp_path / "K.zarr"
+    args = ["compute", "digits[train:0:24]", "cnn:channels=4,depth=1", "-o", str(path), "--tile", "8",
+            "--dtype", "float64", "--method", "jacobian", "--features", "disk", "--explain", "--quiet"]
+    assert main(args) == 0
+    assert "Jacobian rows: disk" in capsys.readouterr().out
+    ds = load_data("digits[train:0:24]")
+    net = build_model("cnn:channels=4,depth=1", ds.input_shape, ds.num_classes, seed=0).double()
+    want = ntk_reference(net, ds.tensors()[0].double(), None, output="trace").numpy()
+    np.testing.assert_allclose(ntkit.open(path).to_numpy(), want, rtol=0, atol=1e-8 * np.abs(want).max())
+    assert main(["verify", str(path), "--sample", "2"]) == 0
+    assert main(args[:-4] + ["--features", "recompute", "--quiet"]) == 2
+    assert "features='disk'" in capsys.readouterr().err
+    assert main(["compute", "digits[0:4]", "mlp", "-o", str(tmp_path / "K.npy"), "--features", "disk"]) == 2

@@ -171,6 +171,9 @@ def compute(
     precision: str = typer.Option("float32", "--precision", help="float32 (TF32 off on CUDA) | tf32 (~1e-3) | "
                                   "tf32x3 (Gram step as three TF32 products, float32-level accuracy; "
                                   "not with --method ntk-vp)."),
+    features: str = typer.Option("auto", "--features", help="Store only: auto | recompute | disk: "
+                                 "Jacobian rows recomputed by every tile, or computed once into the "
+                                 "store and read back (auto: decided from measured rates)."),
 ) -> int:
     """Compute the empirical NTK of MODEL on DATA: K.npy (+ .json sidecar) or a tiled store K.zarr.
 
@@ -193,8 +196,9 @@ def compute(
     if output_path.suffix != ".npy" and not to_store:
         raise UserError(f"output {output_path} must end in .npy (computed in memory, metadata in a .json "
                         "sidecar) or .zarr (a tiled, resumable store for kernels of any size)")
-    if not to_store and (workers or scheduler or tile):
-        raise UserError("--workers, --scheduler and --tile need a store: write to K.zarr instead of .npy")
+    if not to_store and (workers or scheduler or tile or features != "auto"):
+        raise UserError("--workers, --scheduler, --tile and --features need a store: write to K.zarr "
+                        "instead of .npy")
     if workers and scheduler:
         raise UserError("give --workers N (a local cluster) or --scheduler ADDRESS, not both")
     if output_path.exists() and not overwrite and not to_store:
@@ -231,7 +235,8 @@ def compute(
             net=net, rows=rows, cols=col_ds, output_path=output_path, model_spec=str(parse_model_spec(model)),
             weights=weights, seed=seed, data_dir=data_dir, method=method, output=output, params=params,
             memory=memory, device=device, workers=workers, scheduler=scheduler, tile=tile,
-            precision=precision, overwrite=overwrite, quiet=quiet, explain=explain, timings=timings,
+            precision=precision, features=features, overwrite=overwrite, quiet=quiet, explain=explain,
+            timings=timings,
             command=shlex.join(["ntkit", *_ARGV]))
     kw = dict(output=output, params=params or None, batch_size=batch_size, memory=memory)
     plan = ntkit.plan(net, x1, x2, **kw)

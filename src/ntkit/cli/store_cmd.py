@@ -52,7 +52,7 @@ class _TileBar:
 def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weights, seed: int, data_dir,
                   method: str, output: str, params, memory, device, workers, scheduler, tile,
                   precision: str, overwrite: bool, quiet: bool, explain: bool, timings: dict[str, float],
-                  command: str) -> int:
+                  command: str, features: str = "auto") -> int:
     """The store branch of `ntkit compute` (called by it after data and model are built)."""
     import ntkit
     from ntkit.distributed import ComputeInterrupted
@@ -87,7 +87,7 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
         ks = ntkit.compute(net, rows, cols, store=output_path, method=method, output=output,
                            params=params or None, memory=memory, device=device, client=client,
                            workers=workers, tile=tile, overwrite=overwrite, precision=precision,
-                           progress=bar, metadata=metadata)
+                           features=features, progress=bar, metadata=metadata)
     except ComputeInterrupted as e:
         bar.close()
         err.print(f"[yellow]interrupted[/yellow]: {e}", highlight=False)
@@ -106,6 +106,12 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
                   f"{p['engine_memory'] / 2**20:.0f} MiB, planned peak {p['planned_peak'] / 2**20:.0f} MiB of "
                   f"{p['budget'] / 2**20:.0f} MiB, each input's Jacobian computed {p['jacobian_passes']}x; "
                   f"method {meta['method_used']} (asked: {meta['method_requested']})", highlight=False)
+        f = p.get("features") or {}
+        if f:
+            out.print(f"Jacobian rows: {f['strategy']}"
+                      + (f" ({f['disk_bytes'] / 1e9:.3g} GB of features, chunks of {f['chunk']} parameters)"
+                         if f["strategy"] == "disk" else "")
+                      + (f": {f['reason']}" if f.get("reason") else ""), highlight=False)
     if not quiet:
         rate = ks.throughput()
         out.print(f"wrote {output_path} {ks.shape} {ks.dtype} ({meta['method_used']}, {seconds:.2f} s this run"

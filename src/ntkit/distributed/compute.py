@@ -8,7 +8,10 @@ One call:
 3. picks the method once for the whole kernel (auto: the cost model on a full tile) and fixes the
    engine's budget, so every tile — this run's or a resumed run's — is computed the same way;
 4. creates the store, or reopens it and checks that model, data and options are the same;
-5. computes the tiles not yet recorded as done (upper triangle only for a symmetric kernel; each
+5. decides whether the tiles recompute their Jacobian rows or read them back from a cache of
+   each input's rows on disk, in the store, shared by Dask workers (`ntkit.schedule.features`:
+   the estimates are measured on this machine);
+6. computes the tiles not yet recorded as done (upper triangle only for a symmetric kernel; each
    off-diagonal tile also fills its mirror), writes each durably and records it.
 Ctrl-C stops at the next tile boundary (a second Ctrl-C stops at once); either way every tile
 recorded is complete and the same call resumes.
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import threading
 import time
@@ -31,8 +35,12 @@ import torch
 from torch import nn
 
 from ntkit.schedule import Tile, TilePlan, plan_tiles
+from ntkit.schedule.features import STRATEGIES as FEATURE_STRATEGIES
+from ntkit.schedule.features import FeaturePlan, plan_features
+from ntkit.store.features import DIR as FEATURES_DIR
+from ntkit.store.features import FeatureCache, FeatureSpec, tile_keys, unique_inputs
 from ntkit.store.kernel_store import KernelStore, StoreError, StoreMismatchError
-from ntkit.store.worker import PRECISIONS, TileJob, compute_tile, run_tile_to_store
+from ntkit.store.worker import PRECISIONS, TileJob, compute_tile, features_tile, run_tile_to_store
 
 __all__ = ["compute", "ComputeInterrupted", "DataSource"]
 
@@ -157,6 +165,7 @@ def compute(
     tile: int | None = None,
     overwrite: bool = False,
     precision: str = "float32",
+    features: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     metadata: dict[str, Any] | None = None,
 ) -> KernelStore | torch.Tensor:
@@ -183,6 +192,11 @@ def compute(
             `ntkit.engine.precision`). It splits the Gram products of Jacobian contraction and
             structured derivatives' per-sample-gradient terms; NTK-vector products have no
             Gram step and are refused with it (an "auto" choice of them runs plain float32).
+        features: "auto" | "recompute" | "disk": whether each tile recomputes the Jacobian rows
+            of its inputs, or every input's rows are computed once into the store's
+            `features/` directory and read back by the tiles (Jacobian contraction; removed when
+            the kernel is complete). "auto" decides from measured rates (see
+            `ntkit.schedule.features`); a resumed store keeps its first run's choice.
         progress: `callback(entries_done, entries_total)` after every tile.
         metadata: extra JSON-able facts to keep with the store (e.g. the data and model specs).
 
@@ -212,6 +226,14 @@ def compute(
         raise ValueError("distributed computation writes to a store: pass store=PATH with client/workers")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    if features not in FEATURE_STRATEGIES:
+        raise ValueError(f"unknown features strategy {features!r}; use one of {', '.join(FEATURE_STRATEGIES)}")
+    if features == "disk":
+        if store is None:
+            raise ValueError("features='disk' caches Jacobian rows inside the store: pass store=PATH")
+        if method not in ("auto", "jacobian"):
+            raise ValueError(f"features='disk' caches Jacobian rows, which method={method!r} does not "
+                             "use; use method='jacobian' (or 'auto') or features='recompute'")
     src_rows = DataSource(rows, "rows")
     src_cols = None if cols is None else DataSource(cols, "cols")
     param = next(iter(model.parameters()), None)
@@ -254,6 +276,12 @@ def compute(
         meta = ks.metadata
         tplan = _plan_from_meta(meta, n1, n2, symmetric, entry_bytes, input_bytes)
         used = meta["method_used"]
+        fplan = _features_from_meta(meta)
+        if features != "auto" and features != fplan.strategy:
+            raise StoreMismatchError(
+                f"cannot resume {ks.path}: it was computed with features={fplan.strategy!r}, not "
+                f"{features!r}; resume with --features {fplan.strategy} (or auto), or pass "
+                "overwrite=True (--overwrite) to start again")
     else:
         budget = parse_memory(memory, dev)
         n_out = spec.n_out(n_logits)
@@ -269,22 +297,36 @@ def compute(
                            budget=budget, fixed=fixed, min_engine=min_engine, tile=tile,
                            min_tiles=2 * n_workers if n_workers > 1 else 1, shared=shared)
         used = method
-        if method == "auto":
+        fplan = FeaturePlan("recompute", reason="in memory" if store is None else "asked for")
+        disk_candidate = store is not None and features != "recompute" and method in ("auto", "jacobian")
+        if method == "auto" or disk_candidate:
             t0 = next(iter(tplan.tiles()))
             xr = prep(src_rows.take(t0.r0, t0.r1)).to(dev)
             xc = None if t0.diagonal else prep((src_cols or src_rows).take(t0.c0, t0.c1)).to(dev)
-            used = _prepare(model, xr, xc, output, params, None, device, tplan.engine).choose()
+            tile_call = _prepare(model, xr, xc, output, params, None, device, tplan.engine)
+            if method == "auto":
+                used = tile_call.choose()
+            if disk_candidate:
+                fplan = _plan_features(model, tile_call, tplan, symmetric, features, used, Path(store),
+                                       output, params, device)
+                if fplan.strategy == "disk":
+                    used = "jacobian"
         if store is not None:
             ks = KernelStore.create(
                 store, shape=shape, dtype=str(dtype).replace("torch.", ""), tile_rows=tplan.tile_rows,
                 tile_cols=tplan.tile_cols, symmetric=symmetric, overwrite=overwrite,
                 metadata={"identity": identity, "store_id": uuid.uuid4().hex, "output": str(spec),
                           "n_logits": n_logits, "method_requested": method, "method_used": used,
-                          "plan": _plan_meta(tplan), **_versions(), **(metadata or {})})
+                          "plan": {**_plan_meta(tplan), "features": _features_meta(fplan)},
+                          **_versions(), **(metadata or {})})
 
+    fspec = None
+    if fplan.strategy == "disk":
+        fspec = FeatureSpec(chunk=fplan.chunk, n_params=fm.n_params, n_out=spec.n_out(n_logits),
+                            n_logits=n_logits, symmetric=symmetric, shared=tplan.shared)
     job = TileJob(model=model, method=used, output=output, params=tuple(params) if params else None,
                   engine_memory=tplan.engine, device=None if device is None else str(device),
-                  precision=precision)
+                  precision=precision, features=fspec)
     tiles = tplan.tiles()
     total_entries = n1 * n2
     t_start = time.perf_counter()
@@ -296,15 +338,24 @@ def compute(
     progress = _Reporter(progress, len(tiles), len(tiles) - len(todo)) if progress is not None else None
     if progress is not None:
         progress(entries_done, total_entries)
+    cache = None
+    if fspec is not None:
+        cache = FeatureCache(ks.path / FEATURES_DIR, n_params=fspec.n_params, n_out=fspec.n_out,
+                             chunk=fspec.chunk, dtype=dtype)
     if todo:
         runner = _run_dask if (client is not None or workers) else _run_local
         runner(job, ks, todo, src_rows, src_cols, prep, progress, entries_done, total_entries,
-               client=client, workers=workers)
+               client=client, workers=workers, cache=cache)
     elapsed = time.perf_counter() - t_start
     if ks.complete:
         meta = ks.metadata
         timings = meta.get("timings", {})
         timings["last_run_s"] = round(elapsed, 3)
+        if cache is not None:
+            # Features computed by Dask workers are counted in their tiles' times, not here.
+            timings["features_s"] = round(timings.get("features_s", 0.0) + cache.seconds, 3)
+            timings["features_bytes"] = int(timings.get("features_bytes", 0) + cache.bytes_written)
+            cache.remove()
         ks.update_metadata(complete=True, timings=timings,
                            entries_per_s=round(ks.throughput() or 0.0, 1))
     return KernelStore(ks.path, mode="r")
@@ -416,14 +467,18 @@ class _Reporter:
             self.callback(done, total)
 
 
-def _run_local(job, ks, todo, rows, cols, prep, progress, entries_done, total_entries, **_) -> None:
+def _run_local(job, ks, todo, rows, cols, prep, progress, entries_done, total_entries, *, cache=None,
+               **_) -> None:
     with _StopFlag() as flag:
         for t in todo:
             if flag.stop:
                 raise _interrupted(ks)
-            xr, xc = _tile_inputs(t, rows, cols, prep)
             t0 = time.perf_counter()
-            data = compute_tile(job, t, xr, xc)
+            if cache is None:
+                xr, xc = _tile_inputs(t, rows, cols, prep)
+                data = compute_tile(job, t, xr, xc)
+            else:
+                data = _features_tile(job, cache, t, rows, cols, prep)
             ks.write_tile(t, data, time.perf_counter() - t0, worker=f"local:{os.getpid()}")
             entries_done += t.n_entries
             if progress is not None:
@@ -432,7 +487,8 @@ def _run_local(job, ks, todo, rows, cols, prep, progress, entries_done, total_en
             raise _interrupted(ks)
 
 
-def _run_dask(job, ks, todo, rows, cols, prep, progress, entries_done, total_entries, *, client, workers) -> None:
+def _run_dask(job, ks, todo, rows, cols, prep, progress, entries_done, total_entries, *, client, workers,
+              **_) -> None:
     from distributed import Client, LocalCluster, as_completed
 
     own = None
@@ -470,6 +526,64 @@ def _run_dask(job, ks, todo, rows, cols, prep, progress, entries_done, total_ent
         if own is not None:
             client.close()
             own.close()
+
+
+def _features_tile(job: TileJob, cache: FeatureCache, t: Tile, rows: DataSource, cols: DataSource | None,
+                   prep) -> np.ndarray:
+    """A tile from the feature cache; the inputs of a block already cached are not even read."""
+    rk, ck = tile_keys(t, job.features.symmetric, job.features.shared)
+    if cache.done(rk) and cache.done(ck):
+        xr = xc = None
+    else:
+        xr, xc = _tile_inputs(t, rows, cols, prep)
+    empty = torch.empty(0)
+    return features_tile(job, t, empty if xr is None else xr, None if t.diagonal else (empty if xc is None else xc),
+                         cache.root, cache=cache)
+
+
+def _plan_features(model, tile_call, tplan: TilePlan, symmetric: bool, requested: str, used: str,
+                   store: Path, output, params, device) -> FeaturePlan:
+    """Measure this machine's rates and let `plan_features` choose (see `ntkit.schedule.features`)."""
+    from ntkit.engine.memory import make_plan
+    from ntkit.store.features import measure_rates
+
+    call = tile_call
+    cpu = call.cache_bytes is not None
+    eplan = make_plan(**call._plan_kw, split_passes=cpu) if cpu else call.plan
+    tiles = tplan.tiles()
+    row_bytes = call.spec.n_out(call.n_logits) * call.itemsize
+    group_sizes = [sum(call.fm.sizes[n] for n in g) for g in eplan.groups]
+    n_unique = unique_inputs(tiles, symmetric, tplan.shared)
+    root = store.parent if not store.exists() else store
+    rates = measure_rates(model, call.x1, output, params, device, tplan.engine, root)
+    est = call.estimates()
+    first = tiles[0]
+    scale = sum(t.n_entries for t in tiles) / max(1, first.n_entries)
+    gram_s = est["jacobian"].matmul_flops / rates.matmul_flops_per_s * scale
+    other_s = est[used].time / rates.matmul_flops_per_s * scale if used != "jacobian" else float("inf")
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        free = 0
+    return plan_features(tiles, n_unique=n_unique, n_params=call.fm.n_params, row_bytes=row_bytes,
+                         block=eplan.block, group_sizes=group_sizes, feature_groups=rates.feature_groups,
+                         engine=tplan.engine, t_eval=rates.t_eval, write_bps=rates.write_bps,
+                         read_bps=rates.read_bps, disk_free=free, requested=requested, gram_s=gram_s,
+                         other_s=other_s)
+
+
+def _features_meta(f: FeaturePlan) -> dict[str, Any]:
+    def num(v: float) -> float | None:
+        return None if v != v or v in (float("inf"), float("-inf")) else round(float(v), 4)
+
+    return {"strategy": f.strategy, "chunk": f.chunk, "disk_bytes": f.disk_bytes,
+            "recompute_s": num(f.recompute_s), "disk_s": num(f.disk_s), "reason": f.reason}
+
+
+def _features_from_meta(meta: dict[str, Any]) -> FeaturePlan:
+    f = meta.get("plan", {}).get("features") or {}
+    return FeaturePlan(f.get("strategy", "recompute"), int(f.get("chunk", 0)), int(f.get("disk_bytes", 0)),
+                       reason=f.get("reason", ""))
 
 
 def _compute_in_memory(job, tiles, rows, cols, prep, shape, dtype, progress, total_entries) -> torch.Tensor:

@@ -290,7 +290,7 @@ def measure_rates(model, x: torch.Tensor, output: str, params, device, engine: i
     fm, spec = call.fm, call.spec
     plan = make_plan(**call._plan_kw, split_passes=call.cache_bytes is not None)
     group = plan.groups[0]
-    k = int(min(x.shape[0], 8, plan.rows_batch or plan.block))
+    k = int(min(x.shape[0], 4, plan.rows_batch or plan.block))
     block_rows(fm, group, call.x1[:1], spec, plan)  # warm-up: vmap decision, allocator
     sync = torch.cuda.synchronize if fm.device.type == "cuda" else (lambda *a: None)
     sync()

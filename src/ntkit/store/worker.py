@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,6 +15,8 @@ from torch import nn
 
 from ntkit.engine.precision import cuda_tf32, gram_precision
 from ntkit.schedule import Tile
+from ntkit.store.features import DIR as FEATURES_DIR
+from ntkit.store.features import FeatureSpec, tile_from_features
 
 PRECISIONS = ("float32", "tf32", "tf32x3")
 
@@ -30,6 +33,7 @@ class TileJob:
     engine_memory: int
     device: str | None = None
     precision: str = "float32"
+    features: FeatureSpec | None = None  # tiles read Jacobian rows cached in the store's features/
 
 
 @contextlib.contextmanager
@@ -70,6 +74,22 @@ def compute_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.T
         call = _prepare(job.model, x1, x2, job.output, list(job.params) if job.params else None, None,
                         None if name is None else device, job.engine_memory)
         k = call.run(job.method)
+    return _host(k)
+
+
+def features_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.Tensor | None, root: Path,
+                  device: str | None = None, cache=None) -> np.ndarray:
+    """`compute_tile` from the Jacobian rows cached in `root` (`ntkit.store.features`): the
+    blocks the tile needs are computed and recorded first when missing."""
+    name = device or job.device
+    dev = next(iter(job.model.parameters())).device if name is None else torch.device(name)
+    with matmul_precision(dev, job.precision):
+        k = tile_from_features(job, tile, _to_device(x_rows, dev),
+                               None if x_cols is None else _to_device(x_cols, dev), root, dev, cache)
+    return _host(k)
+
+
+def _host(k: torch.Tensor) -> np.ndarray:
     if k.device.type == "cuda":
         host = torch.empty(k.shape, dtype=k.dtype, pin_memory=True)
         host.copy_(k, non_blocking=True)
@@ -84,7 +104,11 @@ def run_tile_to_store(job: TileJob, store_path: str, store_id: str, tile: Tile, 
     if threads:
         torch.set_num_threads(threads)
     t = time.perf_counter()
-    data = compute_tile(job, tile, x_rows, x_cols, device=_worker_device(job.device))
+    device = _worker_device(job.device)
+    if job.features is not None:
+        data = features_tile(job, tile, x_rows, x_cols, Path(store_path) / FEATURES_DIR, device)
+    else:
+        data = compute_tile(job, tile, x_rows, x_cols, device=device)
     seconds = time.perf_counter() - t
     store = _open_cached(store_path, store_id)
     return store.write_tile(tile, data, seconds, worker=f"{os.uname().nodename}:{os.getpid()}")
