@@ -18,8 +18,8 @@ from ntkit.engine.api import _prepare
 from ntkit.engine.memory import make_plan
 from ntkit.reference import ntk_reference
 from ntkit.schedule import Tile, iter_tiles
-from ntkit.schedule.features import (MIN_CHUNK, feature_chunk, gram_rows, plan_features,
-                                     tile_evaluations)
+from ntkit.schedule.features import (GRAM_WIDTH, MIN_CHUNK, MIN_SUB, feature_layout, plan_features,
+                                     tile_evaluations, tile_reads)
 from ntkit.store import StoreMismatchError
 from ntkit.store.features import BlockKey, FeatureCache, tile_keys, unique_inputs
 
@@ -67,7 +67,7 @@ def _tiles(n: int, side: int) -> list[Tile]:
 
 def _plan(**kw):
     base = dict(n_unique=1000, n_params=10_000, row_bytes=4, block=1000, group_sizes=[10_000],
-                feature_groups=1, engine=10**9, t_eval=1e-3, write_bps=1e9, read_bps=1e9, disk_free=10**12)
+                feature_groups=1, engine=10**9, acc_entry_bytes=4, t_eval=1e-3, write_bps=1e9, read_bps=1e9, disk_free=10**12)
     base.update(kw)
     return plan_features(_tiles(1000, 250), **base)
 
@@ -78,9 +78,6 @@ def test_disk_wins_when_rows_are_dear_to_compute_and_cheap_to_store():
     assert p.disk_bytes == 1000 * 4 * 10_000
     q = _plan(t_eval=1e-6, write_bps=1e8, read_bps=1e8)  # an MLP on a GPU with a slow disk
     assert q.strategy == "recompute" and q.disk_s > q.recompute_s and "recomputing" in q.reason
-    # The same rows against a faster other method (structured derivatives): recompute wins.
-    r = _plan(t_eval=1e-2, other_s=p.disk_s / 2)
-    assert r.strategy == "recompute"
 
 
 def test_recompute_when_the_disk_is_full_or_the_budget_too_small():
@@ -96,19 +93,56 @@ def test_recompute_when_the_disk_is_full_or_the_budget_too_small():
         _plan(requested="ssd")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.integers(1, 5000), st.integers(1, 5000), st.sampled_from([4, 8, 40, 80]), st.integers(1, 10**8),
        st.integers(10**4, 10**11), st.sampled_from([4, 8, 40, 400]))
 def test_a_tile_from_disk_never_plans_over_the_engine_budget(tr, tc, row_bytes, n_params, budget, acc):
-    chunk = feature_chunk(tr, tc, row_bytes, n_params, budget)
+    chunk, sub = feature_layout(tr, tc, row_bytes, n_params, budget, acc)
     if chunk == 0:
-        assert (tr + tc) * row_bytes * min(MIN_CHUNK, n_params) > budget * 5 // 8
+        assert sub == 0
         return
-    assert 1 <= chunk <= n_params
-    rows = gram_rows(tr, tc, acc, budget)
-    assert 1 <= rows <= tr
-    held = (tr + tc) * row_bytes * chunk + (rows * tc * acc if rows > 1 else 0)
-    assert held <= budget * 3 // 4
+    assert 1 <= chunk <= n_params and 1 <= sub <= max(tr, tc)
+    if sub < max(tr, tc):  # sub-blocks: 2·sub rows of one chunk
+        assert 2 * sub * row_bytes * chunk <= budget * 5 // 8
+    else:  # the whole tile at once
+        assert (tr + tc) * row_bytes * chunk <= budget * 5 // 8
+    assert sub * sub * acc <= budget // 8 or sub == 1
+    assert chunk >= min(MIN_CHUNK, n_params)
+    # Wide chunks first: narrower than GRAM_WIDTH only with sub-blocks of MIN_SUB (or smaller tiles).
+    assert chunk >= min(GRAM_WIDTH, n_params) or sub <= MIN_SUB or sub == max(tr, tc) or sub * sub * acc > budget // 16
+
+
+def test_tile_reads_counts_what_the_gram_step_reads(tmp_path, monkeypatch):
+    from ntkit.store import features as fmod
+
+    rows_read = [0]
+    orig = fmod.FeatureCache.read
+
+    def counting(self, key, k, rows=None):
+        out = orig(self, key, k, rows)
+        rows_read[0] += out.shape[0]
+        return out
+
+    monkeypatch.setattr(fmod.FeatureCache, "read", counting)
+    cache = FeatureCache(tmp_path, n_params=5, n_out=1, chunk=2, dtype=torch.float64)
+    feats = torch.randn(23, 1, 5, dtype=torch.float64)
+
+    def rows_fn(x):
+        yield slice(0, x.shape[0]), {"w": 0}, {"w": feats[x[:, 0].long()]}
+
+    a, b = BlockKey("r", 0, 13), BlockKey("c", 13, 23)
+    cache.ensure(a, torch.arange(13.0)[:, None], rows_fn)
+    cache.ensure(b, torch.arange(13.0, 23.0)[:, None], rows_fn)
+    spec = ntkit.engine.outputs.parse_output("trace").resolve(1)
+    for row, col, diagonal in ((a, b, False), (a, a, True)):
+        for sub in (1, 4, 5, 13):
+            rows_read[0] = 0
+            got = cache.gram(row, col, spec, 1, torch.device("cpu"), sub)
+            want = feats[row.start:row.stop, 0] @ feats[col.start:col.stop, 0].T
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+            assert rows_read[0] == 3 * tile_reads(row.n, col.n, diagonal, sub)  # 3 chunks of 2, 2, 1
+            if diagonal:
+                assert torch.equal(got, got.T)
 
 
 def test_feature_blocks_are_shared_between_rows_and_columns_of_the_same_inputs():
@@ -130,8 +164,9 @@ def test_disk_features_equal_the_float64_reference(tmp_path, monkeypatch, output
     """Several parameter chunks per block, symmetric and rectangular kernels, a CNN."""
     import ntkit.schedule.features as sf
 
-    # Chunks that split parameters (475 of them: conv 40, linear 435) across files.
-    monkeypatch.setattr(sf, "feature_chunk", lambda *a: 150)
+    # Chunks that split parameters (475 of them: conv 40, linear 435) across chunks, and Gram
+    # sub-blocks of 4 rows in tiles of 6.
+    monkeypatch.setattr(sf, "feature_layout", lambda *a: (150, 4))
     net = _cnn()
     x = torch.randn(19, 1, 8, 8, dtype=torch.float64)
     y = torch.randn(9, 1, 8, 8, dtype=torch.float64)
@@ -140,7 +175,7 @@ def test_disk_features_equal_the_float64_reference(tmp_path, monkeypatch, output
         ks = ntkit.compute(net, x, cols, store=tmp_path / f"K{cols is None}.zarr", output=output,
                            features="disk", tile=6)
         f = ks.metadata["plan"]["features"]
-        assert f["strategy"] == "disk" and f["chunk"] == 150
+        assert f["strategy"] == "disk" and f["chunk"] == 150 and f["sub"] == 4
         got = ks.to_numpy()
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-8 * np.abs(want).max())
         assert ks.verify().ok and not (ks.path / "features").exists()
@@ -224,9 +259,21 @@ def test_auto_records_its_estimates(tmp_path):
     f = ks.metadata["plan"]["features"]
     assert f["strategy"] in ("disk", "recompute") and f["reason"]
     assert math.isfinite(f["recompute_s"]) and math.isfinite(f["disk_s"])
-    # A structured-derivatives run never caches Jacobian rows.
-    ks = ntkit.compute(net, x, store=tmp_path / "S.zarr", output="trace", method="structured", tile=10)
-    assert ks.metadata["plan"]["features"]["strategy"] == "recompute"
+    # A structured-derivatives run never caches Jacobian rows, and does not measure for it.
+    import sys
+
+    cmod = sys.modules["ntkit.distributed.compute"]
+    calls = []
+    orig = cmod._plan_features
+    cmod._plan_features = lambda *a, **k: calls.append(1) or orig(*a, **k)
+    try:
+        ks = ntkit.compute(net, x, store=tmp_path / "S.zarr", output="trace", method="structured", tile=10)
+        # auto with features="disk" computes by Jacobian contraction
+        kd = ntkit.compute(net, x, store=tmp_path / "D.zarr", output="trace", features="disk", tile=10)
+    finally:
+        cmod._plan_features = orig
+    assert ks.metadata["plan"]["features"]["strategy"] == "recompute" and len(calls) == 1
+    assert kd.metadata["method_used"] == "jacobian" and kd.metadata["plan"]["features"]["strategy"] == "disk"
 
 
 def test_two_dask_workers_share_the_cache_and_equal_one_process(tmp_path):

@@ -298,19 +298,18 @@ def compute(
                            min_tiles=2 * n_workers if n_workers > 1 else 1, shared=shared)
         used = method
         fplan = FeaturePlan("recompute", reason="in memory" if store is None else "asked for")
-        disk_candidate = store is not None and features != "recompute" and method in ("auto", "jacobian")
-        if method == "auto" or disk_candidate:
+        if method == "auto" or (store is not None and features != "recompute" and method == "jacobian"):
             t0 = next(iter(tplan.tiles()))
             xr = prep(src_rows.take(t0.r0, t0.r1)).to(dev)
             xc = None if t0.diagonal else prep((src_cols or src_rows).take(t0.c0, t0.c1)).to(dev)
             tile_call = _prepare(model, xr, xc, output, params, None, device, tplan.engine)
             if method == "auto":
-                used = tile_call.choose()
-            if disk_candidate:
-                fplan = _plan_features(model, tile_call, tplan, symmetric, features, used, Path(store),
+                # features="disk" makes auto's method Jacobian contraction; "auto" only caches
+                # the rows of the method auto picks (structured derivatives have none to cache).
+                used = "jacobian" if features == "disk" else tile_call.choose()
+            if store is not None and features != "recompute" and used == "jacobian":
+                fplan = _plan_features(model, tile_call, tplan, symmetric, features, Path(store),
                                        output, params, device)
-                if fplan.strategy == "disk":
-                    used = "jacobian"
         if store is not None:
             ks = KernelStore.create(
                 store, shape=shape, dtype=str(dtype).replace("torch.", ""), tile_rows=tplan.tile_rows,
@@ -322,7 +321,8 @@ def compute(
 
     fspec = None
     if fplan.strategy == "disk":
-        fspec = FeatureSpec(chunk=fplan.chunk, n_params=fm.n_params, n_out=spec.n_out(n_logits),
+        fspec = FeatureSpec(chunk=fplan.chunk, sub=fplan.sub or max(tplan.tile_rows, tplan.tile_cols),
+                            n_params=fm.n_params, n_out=spec.n_out(n_logits),
                             n_logits=n_logits, symmetric=symmetric, shared=tplan.shared)
     job = TileJob(model=model, method=used, output=output, params=tuple(params) if params else None,
                   engine_memory=tplan.engine, device=None if device is None else str(device),
@@ -541,8 +541,8 @@ def _features_tile(job: TileJob, cache: FeatureCache, t: Tile, rows: DataSource,
                          cache.root, cache=cache)
 
 
-def _plan_features(model, tile_call, tplan: TilePlan, symmetric: bool, requested: str, used: str,
-                   store: Path, output, params, device) -> FeaturePlan:
+def _plan_features(model, tile_call, tplan: TilePlan, symmetric: bool, requested: str, store: Path,
+                   output, params, device) -> FeaturePlan:
     """Measure this machine's rates and let `plan_features` choose (see `ntkit.schedule.features`)."""
     from ntkit.engine.memory import make_plan
     from ntkit.store.features import measure_rates
@@ -554,36 +554,36 @@ def _plan_features(model, tile_call, tplan: TilePlan, symmetric: bool, requested
     row_bytes = call.spec.n_out(call.n_logits) * call.itemsize
     group_sizes = [sum(call.fm.sizes[n] for n in g) for g in eplan.groups]
     n_unique = unique_inputs(tiles, symmetric, tplan.shared)
+    acc_entry = call.itemsize * {"full": call.n_logits**2, "trace": call.n_logits,
+                                 "diagonal": call.n_logits}.get(call.spec.kind, 1)
     root = store.parent if not store.exists() else store
     rates = measure_rates(model, call.x1, output, params, device, tplan.engine, root)
     est = call.estimates()
     first = tiles[0]
     scale = sum(t.n_entries for t in tiles) / max(1, first.n_entries)
     gram_s = est["jacobian"].matmul_flops / rates.matmul_flops_per_s * scale
-    other_s = est[used].time / rates.matmul_flops_per_s * scale if used != "jacobian" else float("inf")
     try:
         free = shutil.disk_usage(root).free
     except OSError:
         free = 0
     return plan_features(tiles, n_unique=n_unique, n_params=call.fm.n_params, row_bytes=row_bytes,
                          block=eplan.block, group_sizes=group_sizes, feature_groups=rates.feature_groups,
-                         engine=tplan.engine, t_eval=rates.t_eval, write_bps=rates.write_bps,
-                         read_bps=rates.read_bps, disk_free=free, requested=requested, gram_s=gram_s,
-                         other_s=other_s)
+                         engine=tplan.engine, acc_entry_bytes=acc_entry, t_eval=rates.t_eval, write_bps=rates.write_bps,
+                         read_bps=rates.read_bps, disk_free=free, requested=requested, gram_s=gram_s)
 
 
 def _features_meta(f: FeaturePlan) -> dict[str, Any]:
     def num(v: float) -> float | None:
         return None if v != v or v in (float("inf"), float("-inf")) else round(float(v), 4)
 
-    return {"strategy": f.strategy, "chunk": f.chunk, "disk_bytes": f.disk_bytes,
+    return {"strategy": f.strategy, "chunk": f.chunk, "sub": f.sub, "disk_bytes": f.disk_bytes,
             "recompute_s": num(f.recompute_s), "disk_s": num(f.disk_s), "reason": f.reason}
 
 
 def _features_from_meta(meta: dict[str, Any]) -> FeaturePlan:
     f = meta.get("plan", {}).get("features") or {}
-    return FeaturePlan(f.get("strategy", "recompute"), int(f.get("chunk", 0)), int(f.get("disk_bytes", 0)),
-                       reason=f.get("reason", ""))
+    return FeaturePlan(f.get("strategy", "recompute"), int(f.get("chunk", 0)), int(f.get("sub", 0)),
+                       int(f.get("disk_bytes", 0)), reason=f.get("reason", ""))
 
 
 def _compute_in_memory(job, tiles, rows, cols, prep, shape, dtype, progress, total_entries) -> torch.Tensor:

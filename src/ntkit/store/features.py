@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ntkit.schedule.features import chunks, gram_rows
+from ntkit.schedule.features import chunks
 from ntkit.schedule.tiles import Tile
 from ntkit.store.kernel_store import _fsync_path, atomic_write_bytes
 
@@ -71,6 +71,7 @@ class FeatureSpec:
     """What a worker needs to use a store's feature cache (fixed for the whole store)."""
 
     chunk: int
+    sub: int  # rows and columns of a Gram sub-block (fixed: resumed tiles sum in the same order)
     n_params: int
     n_out: int  # O': rows per sample
     n_logits: int
@@ -151,8 +152,7 @@ class FeatureCache:
                             continue
                         mm = self._window(fh, key, k, sub)
                         mm[:, :, lo - a:hi - a] = flat[:, :, lo - off:hi - off]
-                        mm.flush()
-                        del mm
+                        del mm  # unmapped: dirty pages stay in the page cache until the fsync below
                 del rows
             fh.flush()
             os.fsync(fh.fileno())
@@ -165,42 +165,43 @@ class FeatureCache:
         self.bytes_written += self.block_bytes(key)
 
     # -- reading --------------------------------------------------------------------------------
-    def read(self, key: BlockKey, k: int) -> torch.Tensor:
-        """Chunk k of a recorded block: (n, O', b_k - a_k) on the host."""
+    def read(self, key: BlockKey, k: int, rows: slice | None = None) -> torch.Tensor:
+        """Chunk k of a recorded block, rows `rows` (default all): (n, O', b_k - a_k) on the host."""
         a, b = self.ranges[k]
-        count = key.n * self.n_out * (b - a)
-        arr = np.fromfile(self._bin(key), dtype=self.np_dtype, count=count,
-                          offset=key.n * self.n_out * a * self.np_dtype.itemsize)
+        r0, r1 = (0, key.n) if rows is None else (rows.start, rows.stop)
+        count = (r1 - r0) * self.n_out * (b - a)
+        offset = (key.n * self.n_out * a + r0 * self.n_out * (b - a)) * self.np_dtype.itemsize
+        arr = np.fromfile(self._bin(key), dtype=self.np_dtype, count=count, offset=offset)
         if arr.size != count:
             raise OSError(f"feature block {self._bin(key)} is truncated; delete {self._rec(key)} to "
                           "recompute it")
-        return torch.from_numpy(arr).view(key.n, self.n_out, b - a)
+        return torch.from_numpy(arr).view(r1 - r0, self.n_out, b - a)
 
     def gram(self, row: BlockKey, col: BlockKey, spec, n_logits: int, device: torch.device,
-             budget: int) -> torch.Tensor:
-        """Θ between two recorded blocks in the output layout, chunk by chunk (`row == col`: a
-        diagonal tile, upper chunk-triangle only and bitwise symmetric, as the engine does)."""
+             sub: int) -> torch.Tensor:
+        """Θ between two recorded blocks in the output layout, by sub-blocks of `sub` rows and
+        columns, chunk by chunk. `row == col` (a diagonal tile): the upper sub-blocks only, the
+        diagonal ones by their upper chunk-triangle, then mirrored bitwise symmetric, as the
+        engine does."""
         from ntkit.engine.jacobian_contraction import _contract_diagonal_block, contract_rows
         from ntkit.engine.symmetry import mirror
         from ntkit.store.worker import _to_device
 
         diagonal = row == col
         out = torch.zeros(spec.shape(row.n, col.n, n_logits), dtype=self.dtype, device=device)
-        acc_entry = self.np_dtype.itemsize * {"full": n_logits**2, "trace": n_logits,
-                                              "diagonal": n_logits}.get(spec.kind, 1)
-        step = gram_rows(row.n, col.n, acc_entry, budget)
-        for k in range(len(self.ranges)):
-            a = _to_device(self.read(row, k), device)
-            if diagonal:
-                _contract_diagonal_block({"f": a}, spec, out, slice(0, row.n), self.n_out)
-                continue
-            b = _to_device(self.read(col, k), device)
-            for s in range(0, row.n, step):
-                p = slice(s, min(s + step, row.n))
-                out[p] += contract_rows({"f": a[p]}, {"f": b}, spec)
-            del a, b
+        rs = [slice(s, min(s + sub, row.n)) for s in range(0, row.n, sub)]
+        cs = rs if diagonal else [slice(s, min(s + sub, col.n)) for s in range(0, col.n, sub)]
+        for i, p in enumerate(rs):
+            for q in (cs[i:] if diagonal else cs):
+                for k in range(len(self.ranges)):
+                    a = _to_device(self.read(row, k, p), device)
+                    if diagonal and q == p:
+                        _contract_diagonal_block({"f": a}, spec, out, p, self.n_out)
+                        continue
+                    b = _to_device(self.read(col, k, q), device)
+                    out[p, q] += contract_rows({"f": a}, {"f": b}, spec)
         if diagonal:
-            mirror(out, [slice(0, row.n)])
+            mirror(out, rs)
         return out
 
 
@@ -241,6 +242,7 @@ class Rates:
 
 _RATE_MEMO: dict[tuple, float] = {}
 PROBE_BYTES = 32 * 2**20
+PROBE_SECONDS = 0.1
 
 
 def _write_rate(root: Path) -> float:
@@ -290,15 +292,24 @@ def measure_rates(model, x: torch.Tensor, output: str, params, device, engine: i
     fm, spec = call.fm, call.spec
     plan = make_plan(**call._plan_kw, split_passes=call.cache_bytes is not None)
     group = plan.groups[0]
-    k = int(min(x.shape[0], 4, plan.rows_batch or plan.block))
     block_rows(fm, group, call.x1[:1], spec, plan)  # warm-up: vmap decision, allocator
     sync = torch.cuda.synchronize if fm.device.type == "cuda" else (lambda *a: None)
-    sync()
-    t = time.perf_counter()
-    rows = block_rows(fm, group, call.x1[:k], spec, plan)
-    sync()
-    t_eval = (time.perf_counter() - t) / k
-    del rows
+    # A vmapped pass has a fixed cost of milliseconds that the engine's passes of rows_batch (or
+    # a whole block of) samples amortize: time passes of growing size until one takes
+    # PROBE_SECONDS or reaches the engine's own pass size, and take the per-sample time of that.
+    most = int(min(x.shape[0], plan.rows_batch or plan.block))
+    k = min(4, most)
+    while True:
+        sync()
+        t = time.perf_counter()
+        rows = block_rows(fm, group, call.x1[:k], spec, plan)
+        sync()
+        seconds = time.perf_counter() - t
+        del rows
+        if seconds >= PROBE_SECONDS or k >= most:
+            break
+        k = min(most, 4 * k)
+    t_eval = seconds / k
     write = _write_rate(root)
     return Rates(t_eval=t_eval, feature_groups=plan.n_groups, write_bps=write, read_bps=write,
                  matmul_flops_per_s=_matmul_rate(fm.device, fm.dtype))
@@ -325,4 +336,4 @@ def tile_from_features(job, tile: Tile, x_rows: torch.Tensor, x_cols: torch.Tens
             if not cache.done(key):  # a diagonal tile lists its block twice
                 cache.ensure(key, x, rows_fn)
     spec = parse_output(job.output).resolve(f.n_logits)
-    return cache.gram(rk, ck, spec, f.n_logits, device, job.engine_memory)
+    return cache.gram(rk, ck, spec, f.n_logits, device, f.sub)
