@@ -85,9 +85,10 @@ def test_dataset_rows_stream_and_structured_tiles(tmp_path):
     assert ks.metadata["identity"]["rows"] == ds.fingerprint() and ks.metadata["method_used"] == "structured"
 
 
-def _start(path: Path, sleep: float) -> subprocess.Popen:
+def _start(path: Path, sleep: float, features: str = "recompute") -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "tests.store.job", str(path), "--sleep", str(sleep)],
+    return subprocess.Popen([sys.executable, "-m", "tests.store.job", str(path), "--sleep", str(sleep),
+                             "--features", features],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -102,13 +103,16 @@ def _wait_for_records(path: Path, proc: subprocess.Popen, at_least: int, timeout
     raise AssertionError("job made no progress")
 
 
-def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, reference_store):
+@pytest.mark.parametrize("features", ["recompute", "disk"])
+def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, reference_store, features):
     path = tmp_path / "K.zarr"
     rng = np.random.default_rng(7)
+    if features == "disk":  # the disk cache's tiles sum in another order: their own reference
+        reference_store = job.run(str(tmp_path / "ref.zarr"), features="disk")
     total = reference_store.progress[1]
     kills, seen = 0, []
     for _ in range(4):
-        proc = _start(path, sleep=0.01)
+        proc = _start(path, sleep=0.01, features=features)
         _wait_for_records(path, proc, at_least=1 + kills)
         time.sleep(float(rng.uniform(0.0, 0.15)))  # anywhere: inside a tile, a write, a record
         proc.send_signal(signal.SIGKILL)
@@ -118,8 +122,9 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path, referen
         if seen[-1] == total:
             break
     assert 1 <= seen[0] < total, seen  # the first kill at least landed mid-run
-    resumed = job.run(str(path))
+    resumed = job.run(str(path), features=features)
     assert resumed.complete and resumed.verify().ok
+    assert resumed.metadata["plan"]["features"]["strategy"] == features
     assert np.array_equal(resumed.to_numpy(), reference_store.to_numpy())
     assert _records(path) == _records(reference_store.path)
 

@@ -1,6 +1,7 @@
 """A small, deterministic store job shared by the crash tests and the subprocess they kill.
 
-`python -m tests.store.job PATH [--sleep S]` fills the store at PATH (float64, one thread).
+`python -m tests.store.job PATH [--sleep S] [--features auto|recompute|disk]` fills the store at
+PATH (float64, one thread).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ def build():
     return model, x
 
 
-def run(path: str, sleep: float = 0.0, output: str = "full", **kw):
+def run(path: str, sleep: float = 0.0, output: str = "full", features: str = "recompute", **kw):
     import ntkit
 
     torch.set_num_threads(1)
@@ -32,11 +33,12 @@ def run(path: str, sleep: float = 0.0, output: str = "full", **kw):
             time.sleep(sleep)
 
     return ntkit.compute(model, x, store=path, output=output, tile=TILE, memory="200MB", method="jacobian",
-                         progress=slow, **kw)
+                         features=features, progress=slow, **kw)
 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
     sleep = float(args[args.index("--sleep") + 1]) if "--sleep" in args else 0.0
-    run(args[0], sleep=sleep)
+    features = args[args.index("--features") + 1] if "--features" in args else "recompute"
+    run(args[0], sleep=sleep, features=features)
     print("done", flush=True)
