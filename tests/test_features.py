@@ -304,3 +304,18 @@ def test_cli_features_flag_explain_and_resume(tmp_path, capsys):
     assert main(args[:-4] + ["--features", "recompute", "--quiet"]) == 2
     assert "features='disk'" in capsys.readouterr().err
     assert main(["compute", "digits[0:4]", "mlp", "-o", str(tmp_path / "K.npy"), "--features", "disk"]) == 2
+
+
+def test_a_full_disk_is_an_error_that_names_the_fix_and_leaves_no_partial_block(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def full(fd, offset, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    cache = FeatureCache(tmp_path, n_params=10, n_out=1, chunk=4, dtype=torch.float64)
+    key = BlockKey("r", 0, 3)
+    with pytest.raises(OSError, match="no space left .* --features recompute"):
+        cache.ensure(key, torch.zeros(3, 1), lambda x: iter(()))
+    assert not cache.done(key) and list(tmp_path.iterdir()) == []

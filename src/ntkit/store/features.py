@@ -16,6 +16,7 @@ Which strategy runs is `ntkit.schedule.features.plan_features`'s choice.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -139,8 +140,37 @@ class FeatureCache:
         # Written under a private name and renamed when durable: Dask workers that need the same
         # block at once each write their own (identical) copy, and a reader sees a whole file.
         path = self.root / f".{key.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            self._write(path, key, x, rows_fn)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        os.replace(path, self._bin(key))
+        _fsync_path(self.root)
+        atomic_write_bytes(self._rec(key), json.dumps(
+            {"bytes": self.block_bytes(key), "chunk": self.chunk, "n": key.n,
+             "seconds": round(time.perf_counter() - t0, 4)}).encode())
+        self.seconds += time.perf_counter() - t0
+        self.bytes_written += self.block_bytes(key)
+
+    def _write(self, path: Path, key: BlockKey, x: torch.Tensor, rows_fn) -> None:
+        size = self.block_bytes(key)
         with open(path, "wb") as fh:
-            fh.truncate(self.block_bytes(key))
+            # Reserve the blocks now: a full disk is an error here, not a SIGBUS when a page of
+            # the memory map below is written back.
+            try:
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(fh.fileno(), 0, size)
+                else:
+                    fh.truncate(size)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise OSError(e.errno, f"no space left for {size / 1e9:.2f} GB of Jacobian rows in "
+                                  f"{self.root}: free disk space and run again to resume, or start again "
+                                  "with --overwrite --features recompute") from None
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                fh.truncate(size)  # a file system without fallocate
         with open(path, "r+b") as fh:
             for sub, offsets, rows in rows_fn(x):
                 for name, r in rows.items():
@@ -156,13 +186,6 @@ class FeatureCache:
                 del rows
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(path, self._bin(key))
-        _fsync_path(self.root)
-        atomic_write_bytes(self._rec(key), json.dumps(
-            {"bytes": self.block_bytes(key), "chunk": self.chunk, "n": key.n,
-             "seconds": round(time.perf_counter() - t0, 4)}).encode())
-        self.seconds += time.perf_counter() - t0
-        self.bytes_written += self.block_bytes(key)
 
     # -- reading --------------------------------------------------------------------------------
     def read(self, key: BlockKey, k: int, rows: slice | None = None) -> torch.Tensor:
