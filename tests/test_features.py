@@ -295,7 +295,8 @@ def test_cli_features_flag_explain_and_resume(tmp_path, capsys):
     args = ["compute", "digits[train:0:24]", "cnn:channels=4,depth=1", "-o", str(path), "--tile", "8",
             "--dtype", "float64", "--method", "jacobian", "--features", "disk", "--explain", "--quiet"]
     assert main(args) == 0
-    assert "Jacobian rows: disk" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "Jacobian rows: disk" in said and "computed once (cached on disk)" in said
     ds = load_data("digits[train:0:24]")
     net = build_model("cnn:channels=4,depth=1", ds.input_shape, ds.num_classes, seed=0).double()
     want = ntk_reference(net, ds.tensors()[0].double(), None, output="trace").numpy()

@@ -102,11 +102,13 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
     meta = ks.metadata
     if explain:
         p = meta["plan"]
+        f = p.get("features") or {}
+        # tiles met per input; with the disk cache each input's rows are computed once
+        passes = "once (cached on disk)" if f.get("strategy") == "disk" else f"{p['jacobian_passes']}x"
         out.print(f"plan: tiles {p['tile_rows']} x {p['tile_cols']} ({p['n_tiles']} to compute), engine memory "
                   f"{p['engine_memory'] / 2**20:.0f} MiB, planned peak {p['planned_peak'] / 2**20:.0f} MiB of "
-                  f"{p['budget'] / 2**20:.0f} MiB, each input's Jacobian computed {p['jacobian_passes']}x; "
+                  f"{p['budget'] / 2**20:.0f} MiB, each input's Jacobian computed {passes}; "
                   f"method {meta['method_used']} (asked: {meta['method_requested']})", highlight=False)
-        f = p.get("features") or {}
         if f:
             out.print(f"Jacobian rows: {f['strategy']}"
                       + (f" ({f['disk_bytes'] / 1e9:.3g} GB of features, chunks of {f['chunk']} parameters)"
