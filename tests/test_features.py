@@ -320,3 +320,46 @@ def test_a_full_disk_is_an_error_that_names_the_fix_and_leaves_no_partial_block(
     with pytest.raises(OSError, match="no space left .* --features recompute"):
         cache.ensure(key, torch.zeros(3, 1), lambda x: iter(()))
     assert not cache.done(key) and list(tmp_path.iterdir()) == []
+
+
+# -- auto's method for a tiled kernel -----------------------------------------------------------------
+@pytest.mark.parametrize("diagonal", [False, True])
+@pytest.mark.parametrize("budget", [200_000, 10**9])
+def test_structured_side_builds_are_counted_as_the_engine_loops(monkeypatch, diagonal, budget):
+    from ntkit.distributed.choice import measure_side
+    from ntkit.engine import structured as smod
+
+    net = _cnn()
+    x1 = torch.randn(40, 1, 8, 8, dtype=torch.float64)
+    x2 = None if diagonal else torch.randn(30, 1, 8, 8, dtype=torch.float64)
+    call = _prepare(net, x1, x2, "trace", None, None, None, budget)
+    side = measure_side(call)
+    assert side is not None and side.t_side > 0 and side.bytes_per_sample > 0
+    built = [0]
+    orig = smod._Side.__init__
+
+    def counting(self, fm, an, x, *a, **k):
+        built[0] += x.shape[0]
+        return orig(self, fm, an, x, *a, **k)
+
+    monkeypatch.setattr(smod._Side, "__init__", counting)
+    call = _prepare(net, x1, x2, "trace", None, None, None, budget)
+    call.run("structured")
+    want = tile_evaluations(40, 40 if diagonal else 30, diagonal, side.block, [1], side.bytes_per_sample, budget)
+    assert built[0] == want
+    if budget < 10**6:
+        assert side.block < 40 and want > (40 if diagonal else 70)  # the budget makes it recompute
+
+
+def test_auto_under_a_tight_budget_times_both_methods(tmp_path):
+    torch.manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 16, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(16 * 14 * 14, 3)).double()
+    x = torch.randn(60, 1, 16, 16, dtype=torch.float64)
+    ks = ntkit.compute(net, x, store=tmp_path / "K.zarr", output="logit:0", memory="6MB", tile=30)
+    seconds = ks.metadata["plan"]["auto_seconds"]
+    assert seconds["structured_s"] > 0 and seconds["jacobian_s"] > 0
+    assert ks.metadata["method_used"] == ("jacobian" if seconds["jacobian_s"] < seconds["structured_s"]
+                                          else "structured")
+    want = ntk_reference(net, x, None, output="logit:0").numpy()
+    np.testing.assert_allclose(ks.to_numpy(), want, rtol=0, atol=1e-8 * np.abs(want).max())

@@ -5,8 +5,10 @@ One call:
 1. probes the model on two inputs (logits, parameter sizes, activations per sample);
 2. plans tiles with `ntkit.schedule.plan_tiles` so that one worker's peak memory (model, engine
    working memory, tile buffers, inputs) stays under the budget;
-3. picks the method once for the whole kernel (auto: the cost model on a full tile) and fixes the
-   engine's budget, so every tile — this run's or a resumed run's — is computed the same way;
+3. picks the method once for the whole kernel and fixes the engine's budget, so every tile — this
+   run's or a resumed run's — is computed the same way. auto: the cost model on a full tile; when
+   the budget splits a tile into blocks, both methods' per-sample work is timed on the tile's
+   inputs and counted as the engine loops instead (`ntkit.distributed.choice`);
 4. creates the store, or reopens it and checks that model, data and options are the same;
 5. decides whether the tiles recompute their Jacobian rows or read them back from a cache of
    each input's rows on disk, in the store, shared by Dask workers (`ntkit.schedule.features`:
@@ -297,6 +299,7 @@ def compute(
                            budget=budget, fixed=fixed, min_engine=min_engine, tile=tile,
                            min_tiles=2 * n_workers if n_workers > 1 else 1, shared=shared)
         used = method
+        choice_meta: dict[str, Any] = {}
         fplan = FeaturePlan("recompute", reason="in memory" if store is None else "asked for")
         if method == "auto" or (store is not None and features != "recompute" and method == "jacobian"):
             t0 = next(iter(tplan.tiles()))
@@ -307,16 +310,28 @@ def compute(
                 # features="disk" makes auto's method Jacobian contraction; "auto" only caches
                 # the rows of the method auto picks (structured derivatives have none to cache).
                 used = "jacobian" if features == "disk" else tile_call.choose()
-            if store is not None and features != "recompute" and used == "jacobian":
+            if store is not None and method == "auto" and features != "disk" and _budget_bound(tile_call):
+                # The cost model does not see what the budget makes each method recompute: time
+                # both methods' per-sample work and count it as the engine loops.
+                fplan, rates, scale = _plan_features(model, tile_call, tplan, symmetric, features, Path(store),
+                                                     output, params, device)
+                used, struct_s = _auto_method(tile_call, tplan, fplan, rates, scale)
+                choice_meta = {"structured_s": None if struct_s == float("inf") else round(struct_s, 4),
+                               "jacobian_s": round(fplan.disk_s if fplan.strategy == "disk" else fplan.recompute_s, 4)}
+                if used != "jacobian":
+                    fplan = FeaturePlan("recompute", 0, 0, 0, fplan.recompute_s, fplan.disk_s,
+                                        "structured derivatives are estimated faster")
+            elif store is not None and features != "recompute" and used == "jacobian":
                 fplan = _plan_features(model, tile_call, tplan, symmetric, features, Path(store),
-                                       output, params, device)
+                                       output, params, device)[0]
         if store is not None:
             ks = KernelStore.create(
                 store, shape=shape, dtype=str(dtype).replace("torch.", ""), tile_rows=tplan.tile_rows,
                 tile_cols=tplan.tile_cols, symmetric=symmetric, overwrite=overwrite,
                 metadata={"identity": identity, "store_id": uuid.uuid4().hex, "output": str(spec),
                           "n_logits": n_logits, "method_requested": method, "method_used": used,
-                          "plan": {**_plan_meta(tplan), "features": _features_meta(fplan)},
+                          "plan": {**_plan_meta(tplan), "features": _features_meta(fplan),
+                                   **({"auto_seconds": choice_meta} if choice_meta else {})},
                           **_versions(), **(metadata or {})})
 
     fspec = None
@@ -542,8 +557,11 @@ def _features_tile(job: TileJob, cache: FeatureCache, t: Tile, rows: DataSource,
 
 
 def _plan_features(model, tile_call, tplan: TilePlan, symmetric: bool, requested: str, store: Path,
-                   output, params, device) -> FeaturePlan:
-    """Measure this machine's rates and let `plan_features` choose (see `ntkit.schedule.features`)."""
+                   output, params, device) -> tuple[FeaturePlan, Any, float]:
+    """Measure this machine's rates and let `plan_features` choose (see `ntkit.schedule.features`).
+
+    Returns the plan (with both estimates, even when `requested` is "recompute"), the measured
+    rates, and the factor from the first tile's entries to all the tiles'."""
     from ntkit.engine.memory import make_plan
     from ntkit.store.features import measure_rates
 
@@ -566,10 +584,46 @@ def _plan_features(model, tile_call, tplan: TilePlan, symmetric: bool, requested
         free = shutil.disk_usage(root).free
     except OSError:
         free = 0
-    return plan_features(tiles, n_unique=n_unique, n_params=call.fm.n_params, row_bytes=row_bytes,
-                         block=eplan.block, group_sizes=group_sizes, feature_groups=rates.feature_groups,
-                         engine=tplan.engine, acc_entry_bytes=acc_entry, t_eval=rates.t_eval, write_bps=rates.write_bps,
-                         read_bps=rates.read_bps, disk_free=free, requested=requested, gram_s=gram_s)
+    fplan = plan_features(tiles, n_unique=n_unique, n_params=call.fm.n_params, row_bytes=row_bytes,
+                          block=eplan.block, group_sizes=group_sizes, feature_groups=rates.feature_groups,
+                          engine=tplan.engine, acc_entry_bytes=acc_entry, t_eval=rates.t_eval,
+                          write_bps=rates.write_bps, read_bps=rates.read_bps, disk_free=free,
+                          requested="auto" if requested == "recompute" else requested, gram_s=gram_s)
+    if requested == "recompute":
+        fplan = FeaturePlan("recompute", 0, 0, 0, fplan.recompute_s, fplan.disk_s, "asked for")
+    return fplan, rates, scale
+
+
+def _auto_method(tile_call, tplan: TilePlan, fplan: FeaturePlan, rates, scale: float) -> tuple[str, float]:
+    """Jacobian contraction or structured derivatives for a tiled kernel, from measured
+    per-sample costs counted as the engine loops (see `ntkit.distributed.choice`); returns the
+    method and structured derivatives' estimated seconds (inf when they cover nothing)."""
+    from ntkit.distributed.choice import measure_side, structured_seconds
+
+    side = measure_side(tile_call)
+    if side is None:
+        return "jacobian", float("inf")
+    contraction_s = tile_call.estimates()["structured"].matmul_flops / rates.matmul_flops_per_s * scale
+    struct_s = structured_seconds(tplan.tiles(), side, tplan.engine, contraction_s)
+    jac_s = fplan.disk_s if fplan.strategy == "disk" else fplan.recompute_s
+    return ("jacobian" if jac_s < struct_s else "structured"), struct_s
+
+
+def _budget_bound(call) -> bool:
+    """The budget splits the tile into blocks for Jacobian contraction or structured derivatives."""
+    from ntkit.engine.memory import make_plan
+    from ntkit.engine.structured import structured_plan
+
+    side = max(call.n1, call.n2)
+    plan = make_plan(**call._plan_kw, split_passes=True) if call.cache_bytes is not None else call.plan
+    if plan.block < side or plan.n_groups > 1:
+        return True
+    try:
+        sp = structured_plan(call.fm, call.x1, call.n2, call.spec, call.symmetric, call.plan,
+                             call.profile.activations)
+    except Exception:  # noqa: BLE001 - no structured analysis: nothing to compare
+        return False
+    return sp.block < side
 
 
 def _features_meta(f: FeaturePlan) -> dict[str, Any]:

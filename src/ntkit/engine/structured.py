@@ -35,7 +35,7 @@ import torch
 
 from ntkit import scratch
 from ntkit.engine.functional import FunctionalModel
-from ntkit.engine.jacobian_contraction import TRIANGLE_ROWS, jacobian_contraction
+from ntkit.engine.jacobian_contraction import jacobian_contraction, triangle_part
 from ntkit.engine.memory import ACTIVATION_COPIES, Plan, group_parameters
 from ntkit.engine.outputs import OutputSpec
 from ntkit.engine.progress import Progress
@@ -487,7 +487,7 @@ def _structured(fm: FunctionalModel, x1: torch.Tensor, x2: torch.Tensor, spec: O
                 b = r1 - r0
                 # matmul rows per sample: O' for `full` ((n·O') x (m·O') blocks), else 1
                 per = n_out if kind == "full" else 1
-                size = max(1, TRIANGLE_ROWS // per) if b * per >= 2 * TRIANGLE_ROWS else b
+                size = triangle_part(b, per)
                 parts = chunks(0, b, size)
                 block = out[r, r]
                 for p in parts:
