@@ -260,6 +260,10 @@ def predict(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with CIFAR/MNIST files."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary."),
+    trust_code: Optional[list[str]] = typer.Option(None, "--trust-code", help="Let the saved model's spec run "
+                                                   "this code (repeatable): the PATH.py of a file:PATH.py:FACTORY "
+                                                   "model, or an exact spec. Without it, a saved model whose "
+                                                   "spec would run code is refused."),
 ) -> int:
     r"""Predict DATA with a saved kernel machine and write the labels (or scores) as .npy.
 
@@ -276,7 +280,7 @@ def predict(
         raise UserError(f"{output_path} exists; pass --overwrite to replace it")
     if not model_path.exists():
         raise UserError(f"no model at {model_path}: train one with `ntkit fit DATA -o {model_path}`")
-    model = load(model_path)
+    model = load(model_path, trust_code=trust_code or False)
     ds = load_data(data, data_dir)
     dtype = str(getattr(model, "_dtype", "float32")).removeprefix("torch.")
     X, y = _inputs(model.kernel_, ds, row_offset, dtype if dtype in ("float32", "float64") else "float32")

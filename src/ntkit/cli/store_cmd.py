@@ -141,13 +141,16 @@ def store_info(path: Path) -> int:
     return 0
 
 
-def _recompute_fn(ks) -> Any:
-    """A `tile -> array` recomputation from the store's metadata (data and model specs)."""
+def _recompute_fn(ks, trust_code: Any = False) -> Any:
+    """A `tile -> array` recomputation from the store's metadata (data and model specs).
+
+    The model spec is read from the store, so it runs no code unless `trust_code` names it
+    (`--trust-code`, see `ntkit.models.trust`)."""
     import torch
 
     from ntkit.data import resolve_kernel_data
     from ntkit.distributed.compute import DataSource, _tile_inputs
-    from ntkit.models import build_model, model_fingerprint
+    from ntkit.models import build_model, model_fingerprint, untrusted_source
     from ntkit.store.kernel_store import PRECISION_RTOL
     from ntkit.store.worker import TileJob, compute_tile
 
@@ -158,8 +161,9 @@ def _recompute_fn(ks) -> Any:
                         "tiles cannot be recomputed here; use --sample 0, or KernelStore.verify(recompute=...)")
     rows, cols = resolve_kernel_data(d["rows"], d.get("data_dir"), cols=d.get("cols"))
     dtype = getattr(torch, ident["dtype"])
-    net = build_model(m["spec"], rows.input_shape, rows.num_classes, seed=m.get("seed") or 0,
-                      weights=m.get("weights")).to(dtype)
+    with untrusted_source(f"the store {ks.path}", trust_code):
+        net = build_model(m["spec"], rows.input_shape, rows.num_classes, seed=m.get("seed") or 0,
+                          weights=m.get("weights")).to(dtype)
     if model_fingerprint(net) != ident["model"]:
         raise UserError("the model rebuilt from the store's metadata has other weights than the one that "
                         "computed it (changed --weights file or code?); use --sample 0")
@@ -193,6 +197,10 @@ def verify(
                                                               "1e-4 float32, 1e-10 float64; stores computed "
                                                               "with --precision tf32x3 / tf32 are recomputed "
                                                               "in float64 and compared within 1e-5 / 3e-3)."),
+    trust_code: Optional[list[str]] = typer.Option(None, "--trust-code", help="Let the store's model spec run "
+                                                   "this code (repeatable): the PATH.py of a file:PATH.py:FACTORY "
+                                                   "spec, or an exact spec. Without it, a spec from the store "
+                                                   "that would run code is refused."),
 ) -> int:
     """Check a kernel store: complete, every tile matches its checksum, finite, symmetric, and
     a sample of tiles recomputed equal to the stored ones. Exit status 1 when anything is wrong."""
@@ -202,7 +210,7 @@ def verify(
         ks = open_store(store)
     except StoreError as e:
         raise UserError(str(e)) from None
-    recompute = _recompute_fn(ks) if sample > 0 else None
+    recompute = _recompute_fn(ks, trust_code or False) if sample > 0 else None
     report = ks.verify(recompute=recompute, sample=sample, rtol=rtol)
     (out if report.ok else err).print(str(report), highlight=False)
     return 0 if report.ok else 1

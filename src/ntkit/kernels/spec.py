@@ -121,8 +121,22 @@ def kernel_config(kernel: Kernel) -> tuple[dict[str, Any], dict[str, np.ndarray]
     return kernel.to_config(), {}
 
 
-def kernel_from_config(config: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None) -> Kernel:
-    """The inverse of `kernel_config`."""
+def kernel_from_config(config: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None, *,
+                       trust_code: Any = False, source: str = "a saved kernel config") -> Kernel:
+    """The inverse of `kernel_config`.
+
+    The config comes from a file (a saved model), so the model spec inside it runs no code: a
+    `file:` spec (or torchvision pretrained weights) raises `ntkit.models.UntrustedModelError`
+    before anything is imported, unless `trust_code` names it (True, or the `.py` files / specs
+    trusted; see `ntkit.models.trust`). `source` names the file in that error.
+    """
+    from ntkit.models.trust import untrusted_source
+
+    with untrusted_source(source, trust_code):
+        return _kernel_from_config(config, arrays)
+
+
+def _kernel_from_config(config: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None) -> Kernel:
     if config.get("type") == "ntk":
         import torch
 

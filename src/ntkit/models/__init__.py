@@ -32,6 +32,7 @@ from ntkit.models.spec import (
     parse_model_spec,
     register_model,
 )
+from ntkit.models.trust import UntrustedModelError, untrusted_source
 
 __all__ = [
     "MODEL_GRAMMAR",
@@ -45,4 +46,6 @@ __all__ = [
     "parameter_count",
     "parse_model_spec",
     "register_model",
+    "UntrustedModelError",
+    "untrusted_source",
 ]

@@ -22,6 +22,7 @@ from typing import Any
 from torch import nn
 
 from ntkit.models.spec import ModelSpecError, did_you_mean, register_model
+from ntkit.models.trust import require_trust
 
 TORCHVISION_INSTALL = (
     "install the torchvision build that matches your torch "
@@ -62,6 +63,13 @@ def torchvision_model(
     input_shape: tuple[int, ...], num_classes: int, name: str, **options: Any
 ) -> nn.Module:
     """``torchvision.models.get_model(name, num_classes=num_classes, **options)``, no in-place ops."""
+    # Pretrained weights are fetched and unpickled (torch.hub, weights_only=False) from a cache
+    # file: from a spec read out of someone else's file that needs the user's say-so.
+    fetched = [k for k in options if "weights" in k.lower() or "pretrained" in k.lower()]
+    if fetched:
+        opts = ",".join(f"{k}={v}" for k, v in options.items())
+        require_trust(f"torchvision:{name}" + (f":{opts}" if opts else ""),
+                      f"downloads torchvision's pretrained weights ({', '.join(fetched)}) and unpickles them")
     tv = _import_torchvision()
     available = tv.models.list_models()
     if name not in available:
@@ -112,6 +120,9 @@ def file_model(
 ) -> nn.Module:
     """``FACTORY([input_shape=...], [num_classes=...])`` from the file at ``path``."""
     file = Path(path).expanduser().resolve()
+    # Before the file is even looked at: a spec read from a saved model or store runs nothing
+    # unless the user named this file (see ntkit.models.trust).
+    require_trust(f"file:{path}:{factory}", f"would import and run {file}", file=file)
     if not file.is_file():
         raise ModelSpecError(f"model file not found: '{path}' (resolved to {file})")
     module = _load_file(file)

@@ -255,8 +255,15 @@ def read_saved(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, 
     return meta, arrays
 
 
-def load(path: str | os.PathLike[str]) -> KernelMachine:
-    """A kernel machine saved with `.save(path)`, ready to predict (and, for EigenPro3, to go on training)."""
+def load(path: str | os.PathLike[str], *, trust_code: Any = False) -> KernelMachine:
+    """A kernel machine saved with `.save(path)`, ready to predict (and, for EigenPro3, to go on training).
+
+    Loading runs no code from the file: an eNTK kernel is rebuilt from its model spec, and a spec
+    that would run code (`file:PATH.py:FACTORY`, torchvision pretrained weights) raises
+    `ntkit.models.UntrustedModelError` before anything is imported, unless `trust_code` says the
+    file may: `trust_code=["nets/mine.py"]` (the `.py` files, or exact model specs, trusted) or
+    `True` (whatever the saved model names).
+    """
     from ntkit.solvers.eigenpro3 import EigenPro3, EigenPro3Classifier
     from ntkit.solvers.ridge import KernelRidge, KernelRidgeClassifier
 
@@ -266,7 +273,7 @@ def load(path: str | os.PathLike[str]) -> KernelMachine:
     if cls is None:
         raise ValueError(f"{path}: unknown model class {meta['class']!r}")
     kstate = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("kernel_state/")}
-    kernel = kernel_from_config(meta["kernel"], kstate)
+    kernel = kernel_from_config(meta["kernel"], kstate, trust_code=trust_code, source=f"the saved model {path}")
     valid = cls().get_params(deep=False)
     params = {k: v for k, v in meta["params"].items() if k in valid and k != "kernel" and v is not None}
     model = cls(kernel=kernel, **params)
