@@ -88,9 +88,10 @@ def targets(y: Any, num_classes: int | None = None) -> np.ndarray:
         labels = arr.astype(np.int64)
         if len(labels) and labels.min() < 0:
             raise ValueError(f"class labels must be >= 0, got {labels.min()}; pass float targets for regression")
-        c = int(num_classes) if num_classes is not None else (int(labels.max()) + 1 if len(labels) else 0)
-        if len(labels) and labels.max() >= c:
-            raise ValueError(f"label {labels.max()} is out of range for num_classes={c}")
+        from ntkit.data.labels import count_classes
+
+        # (n, c) float64: a stray huge label must be an error, not an allocation the OS kills
+        c = count_classes(labels, num_classes, name="y")
         out = np.zeros((len(labels), c), dtype=np.float64)
         out[np.arange(len(labels)), labels] = 1.0
         return out

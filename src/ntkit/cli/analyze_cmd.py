@@ -86,7 +86,8 @@ def _reduce_output(K, output: str) -> tuple[Any, str]:
     return K, output
 
 
-def _from_kernel_file(path: Path, labels: str | None, data_dir: Path | None) -> _Inputs:
+def _from_kernel_file(path: Path, labels: str | None, data_dir: Path | None,
+                      num_classes: int | None = None) -> _Inputs:
     """A `.npy` kernel with its JSON sidecar, or a kernel store directory."""
     import numpy as np
 
@@ -120,7 +121,8 @@ def _from_kernel_file(path: Path, labels: str | None, data_dir: Path | None) -> 
         raise UserError(f"{path} has no data spec in its metadata, so its labels are unknown: pass "
                         "--labels DATA (the data spec of the kernel's rows)")
     cols_spec = data_meta.get("cols") if labels is None else None
-    rows, cols = resolve_kernel_data(rows_spec, data_dir or data_meta.get("data_dir"), cols=cols_spec)
+    rows, cols = resolve_kernel_data(rows_spec, data_dir or data_meta.get("data_dir"), cols=cols_spec,
+                                     num_classes=num_classes)
     n1, n2 = int(K.shape[0]), int(K.shape[1])
     if len(rows) != n1:
         raise UserError(f"the kernel has {n1} rows but its data {rows.spec} has {len(rows)} samples")
@@ -154,17 +156,17 @@ def _check_sizes(sizes: str | None, has_test: bool, n: int) -> None:
 
 def _compute_inputs(data: str, model: str, test: str | None, output: str, method: str, weights, seed: int,
                     data_dir, batch_size, memory, device, quiet: bool,
-                    sizes: str | None = None) -> tuple[_Inputs, dict[str, float]]:
+                    sizes: str | None = None, num_classes: int | None = None) -> tuple[_Inputs, dict[str, float]]:
     """The eNTK of MODEL on DATA (train x train), and test x train when there is test data."""
     from ntkit.data import load_data, resolve_kernel_data
     from ntkit.models import build_model
 
     timings: dict[str, float] = {}
-    rows, cols = resolve_kernel_data(data, data_dir)
+    rows, cols = resolve_kernel_data(data, data_dir, num_classes=num_classes)
     if cols is not None:  # the empirical-ntks form: rows train + test, columns train
         if test is not None:
             raise UserError(f"{data!r} already names its test rows; do not pass --test with it")
-        train, test_ds = cols, load_data(rows.spec, data_dir)
+        train, test_ds = cols, load_data(rows.spec, data_dir, num_classes=num_classes)
         n = len(train)
         xtr, ytr = train.tensors()
         xall, yall = test_ds.tensors()
@@ -172,7 +174,7 @@ def _compute_inputs(data: str, model: str, test: str | None, output: str, method
     else:
         train = rows
         xtr, ytr = train.tensors()
-        test_ds = load_data(test, data_dir) if test is not None else None
+        test_ds = load_data(test, data_dir, num_classes=num_classes) if test is not None else None
         xte, yte = test_ds.tensors() if test_ds is not None else (None, None)
     if train.num_classes <= 0:
         raise UserError(f"data {train.spec} has no labels, so there is nothing to predict")
@@ -424,6 +426,7 @@ def analyze(
                                                                           "eigendecomposition."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="Number of classes (model outputs) when the labels do not say it, e.g. a subset of ImageNet-21k by class id (default: the data set's own, or max(y) + 1 of an npz file when that is under max(2 x distinct labels, 1024))."),
 ) -> int:
     """Analyze a kernel: spectrum and its power-law decay, alignment, GCV vs measured test risk.
 
@@ -447,7 +450,7 @@ def analyze(
                             "(compute it with the empirical-ntks layout, e.g. CIFAR-10_0_2500_0_1000)")
         _check_dir(output_dir, overwrite)
         t = time.perf_counter()
-        inp = _from_kernel_file(path, labels, data_dir)
+        inp = _from_kernel_file(path, labels, data_dir, num_classes)
         timings["load_s"] = time.perf_counter() - t
         _check_sizes(sizes, inp.Kt is not None, int(inp.K.shape[0]))
     else:
@@ -462,7 +465,7 @@ def analyze(
                             "pair of inputs: trace, logit:K or pntk")
         _check_dir(output_dir, overwrite)
         inp, tm = _compute_inputs(target, model, test, output, method, weights, seed, data_dir, batch_size,
-                                  memory, device, quiet, sizes)
+                                  memory, device, quiet, sizes, num_classes)
         timings.update(tm)
     report = _analyze(inp, output_dir, ridges=grid, sizes=sizes, k=k, center=center, layers=layers,
                       layer_samples=layer_samples, max_dense=max_dense, timings=timings)

@@ -174,6 +174,7 @@ def compute(
     features: str = typer.Option("auto", "--features", help="Store only: auto | recompute | disk: "
                                  "Jacobian rows recomputed by every tile, or computed once into the "
                                  "store and read back (auto: decided from measured rates)."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="Number of classes (model outputs) when the labels do not say it, e.g. a subset of ImageNet-21k by class id (default: the data set's own, or max(y) + 1 of an npz file when that is under max(2 x distinct labels, 1024))."),
 ) -> int:
     """Compute the empirical NTK of MODEL on DATA: K.npy (+ .json sidecar) or a tiled store K.zarr.
 
@@ -209,7 +210,7 @@ def compute(
     parse_output(output)
     torch_dtype = getattr(torch, DTYPES[dtype])
 
-    rows, col_ds = resolve_kernel_data(data, data_dir, cols=cols)
+    rows, col_ds = resolve_kernel_data(data, data_dir, cols=cols, num_classes=num_classes)
     # A store streams its inputs tile by tile; the in-memory path takes them all at once.
     x1 = rows[0:1][0] if to_store else rows.tensors()[0]
     x2 = None if col_ds is None else (col_ds[0:1][0] if to_store else col_ds.tensors()[0])

@@ -142,6 +142,7 @@ def fit(
                                                 "ntk:MODEL kernel's initial weights."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing model file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table or summary."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="Number of classes (model outputs) when the labels do not say it, e.g. a subset of ImageNet-21k by class id (default: the data set's own, or max(y) + 1 of an npz file when that is under max(2 x distinct labels, 1024))."),
 ) -> int:
     r"""Fit a kernel classifier on DATA (EigenPro3 or exact kernel ridge) and save it.
 
@@ -165,10 +166,10 @@ def fit(
         raise UserError(f"unknown --solver {solver!r}; use one of {', '.join(SOLVERS)}")
     if dtype not in ("float32", "float64"):
         raise UserError(f"unknown --dtype {dtype!r}; use float32 or float64")
-    ds = load_data(data, data_dir)
+    ds = load_data(data, data_dir, num_classes=num_classes)
     if ds.num_classes <= 0:
         raise UserError(f"data {ds.spec} has no labels: `ntkit fit` trains a classifier on labeled data")
-    test_ds = load_data(test, data_dir) if test else None
+    test_ds = load_data(test, data_dir, num_classes=num_classes) if test else None
     k = _kernel_for(kernel, ds, seed, dtype)
     X, y = _inputs(k, ds, 0, dtype)
     eval_set = None
@@ -296,7 +297,7 @@ def predict(
     _atomic_save_npy(output_path, s if (scores or labels is None) else labels)
     if not quiet:
         msg = f"wrote {output_path} ({len(ds)} predictions, {elapsed:.2f} s)"
-        if labels is not None and ds.num_classes > 0 and bool((y >= 0).all()):
+        if labels is not None and len(y) and bool((y >= 0).all()):
             msg += f"; accuracy on {ds.spec}: {(labels == y.numpy()).mean():.2%}"
         out.print(msg, highlight=False, markup=False)
     return 0

@@ -141,7 +141,26 @@ def store_info(path: Path) -> int:
     return 0
 
 
-def _recompute_fn(ks, trust_code: Any = False) -> Any:
+def _stored_num_classes(rows, stored: Any, num_classes: int | None) -> int:
+    """The model's outputs for `verify`: --num-classes, else the store's count when its labels
+    make it plausible (the metadata is read from a file: a count of 10**9 must not size a model)."""
+    from ntkit.data.labels import class_bound
+
+    if num_classes is not None:
+        return num_classes  # checked against the labels when the data was loaded
+    labels = rows.labels.numpy()
+    top = int(labels.max()) if len(labels) else -1
+    if isinstance(stored, int) and not isinstance(stored, bool) and stored > top:
+        bound = class_bound(labels)
+        if stored > bound:
+            raise UserError(f"the store's metadata says {stored:,} classes, more than ntkit infers from its "
+                            f"labels without being told (at most {bound:,}): if that is right, pass "
+                            f"--num-classes {stored} (or --sample 0 to skip recomputing tiles)")
+        return stored
+    return rows.num_classes
+
+
+def _recompute_fn(ks, trust_code: Any = False, num_classes: int | None = None) -> Any:
     """A `tile -> array` recomputation from the store's metadata (data and model specs).
 
     The model spec is read from the store, so it runs no code unless `trust_code` names it
@@ -159,10 +178,11 @@ def _recompute_fn(ks, trust_code: Any = False) -> Any:
     if not d.get("rows") or not m.get("spec"):
         raise UserError(f"{ks.path} was written by the Python API without data and model specs, so "
                         "tiles cannot be recomputed here; use --sample 0, or KernelStore.verify(recompute=...)")
-    rows, cols = resolve_kernel_data(d["rows"], d.get("data_dir"), cols=d.get("cols"))
+    rows, cols = resolve_kernel_data(d["rows"], d.get("data_dir"), cols=d.get("cols"), num_classes=num_classes)
+    n_classes = _stored_num_classes(rows, d.get("num_classes"), num_classes)
     dtype = getattr(torch, ident["dtype"])
     with untrusted_source(f"the store {ks.path}", trust_code):
-        net = build_model(m["spec"], rows.input_shape, rows.num_classes, seed=m.get("seed") or 0,
+        net = build_model(m["spec"], rows.input_shape, n_classes, seed=m.get("seed") or 0,
                           weights=m.get("weights")).to(dtype)
     if model_fingerprint(net) != ident["model"]:
         raise UserError("the model rebuilt from the store's metadata has other weights than the one that "
@@ -201,6 +221,10 @@ def verify(
                                                    "this code (repeatable): the PATH.py of a file:PATH.py:FACTORY "
                                                    "spec, or an exact spec. Without it, a spec from the store "
                                                    "that would run code is refused."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="The number of classes the "
+                                              "store was computed with, when its labels do not make it "
+                                              "plausible (needed for counts above max(2 x distinct labels, "
+                                              "1024))."),
 ) -> int:
     """Check a kernel store: complete, every tile matches its checksum, finite, symmetric, and
     a sample of tiles recomputed equal to the stored ones. Exit status 1 when anything is wrong."""
@@ -210,7 +234,7 @@ def verify(
         ks = open_store(store)
     except StoreError as e:
         raise UserError(str(e)) from None
-    recompute = _recompute_fn(ks, trust_code or False) if sample > 0 else None
+    recompute = _recompute_fn(ks, trust_code or False, num_classes) if sample > 0 else None
     report = ks.verify(recompute=recompute, sample=sample, rtol=rtol)
     (out if report.ok else err).print(str(report), highlight=False)
     return 0 if report.ok else 1

@@ -14,6 +14,7 @@ This package is a leaf: it imports nothing else from ntkit.
 
 from ntkit.data.datasets import ArrayDataset, Normalization
 from ntkit.data.formats import DataFormatError
+from ntkit.data.labels import LabelError, count_classes
 from ntkit.data.loaders import (
     DATA_ENV,
     DATASETS,
@@ -33,6 +34,8 @@ __all__ = [
     "DATA_GRAMMAR",
     "ArrayDataset",
     "DataFormatError",
+    "LabelError",
+    "count_classes",
     "DataNotFoundError",
     "DataSpec",
     "DataSpecError",

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ntkit.data.labels import LabelError, count_classes
 from ntkit.data.spec import PartSlice
 
 __all__ = ["ArrayDataset", "Normalization"]
@@ -106,16 +107,27 @@ class ArrayDataset(torch.utils.data.Dataset):
             if labels.dtype.kind not in "iu":
                 raise TypeError(f"y must hold integer class labels, got dtype {labels.dtype}")
             labels = labels.astype(np.int64)
-            if num_classes is None:
-                num_classes = int(labels.max()) + 1 if n else 0
         self._y = _owned(labels)
-        self._num_classes = int(num_classes)
         self._normalization = normalization
         self._name = name
         self._source = source
         self._parts = tuple(parts)
         self._spec = spec
         self._fingerprint: str | None = None
+        # An inferred count that fails the bound (one stray label of 10**9) is raised when the
+        # count is used to size something (`num_classes`), not here: data that only gets
+        # predicted loads whatever its labels. An explicit count is checked now.
+        self._classes_error: LabelError | None = None
+        if y is None:
+            self._num_classes = int(num_classes)
+        else:
+            try:
+                self._num_classes = count_classes(self._y, num_classes, name=f"labels of {self.spec}: y",
+                                                  allow_unlabeled=True)
+            except LabelError as e:
+                if num_classes is not None:
+                    raise
+                self._num_classes, self._classes_error = int(self._y.max()) + 1, e
 
     # -- what it is ---------------------------------------------------------------------------
     @property
@@ -147,7 +159,13 @@ class ArrayDataset(torch.utils.data.Dataset):
 
     @property
     def num_classes(self) -> int:
-        """Number of classes (0 for unlabeled data)."""
+        """Number of classes (0 for unlabeled data): ``max(y) + 1`` unless given.
+
+        Raises :class:`~ntkit.data.labels.LabelError` when that count was inferred from labels far
+        sparser than dense (see :func:`~ntkit.data.labels.count_classes`): pass ``num_classes``.
+        """
+        if self._classes_error is not None:
+            raise self._classes_error
         return self._num_classes
 
     @property
@@ -181,7 +199,7 @@ class ArrayDataset(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (
             f"ArrayDataset({self.spec!r}, n={len(self)}, input_shape={self.input_shape}, "
-            f"num_classes={self.num_classes}, dtype={self.dtype})"
+            f"num_classes={self._num_classes}, dtype={self.dtype})"
         )
 
     # -- samples ------------------------------------------------------------------------------
@@ -274,16 +292,19 @@ class ArrayDataset(torch.utils.data.Dataset):
         y = np.concatenate([d._y for d in datasets]) if len(datasets) > 1 else first._y
         same_source = all(d._source == first._source and d._parts for d in datasets) and first._source
         names = list(dict.fromkeys(d.name for d in datasets))
-        return cls(
+        widest = max(datasets, key=lambda d: d._num_classes)
+        joined = cls(
             x,
             y,
-            num_classes=max(d.num_classes for d in datasets),
+            num_classes=widest._num_classes,
             normalization=first._normalization,
             name=names[0] if len(names) == 1 else "+".join(names),
             source=first._source if same_source else None,
             parts=tuple(p for d in datasets for p in d._parts) if same_source else (),
             spec=None if same_source else " + ".join(d.spec for d in datasets),
         )
+        joined._classes_error = widest._classes_error
+        return joined
 
 
 def _as_numpy(a: np.ndarray | torch.Tensor | Sequence[int]) -> np.ndarray:

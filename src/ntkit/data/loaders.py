@@ -17,6 +17,7 @@ import numpy as np
 
 from ntkit.data.datasets import ArrayDataset, Normalization
 from ntkit.data.formats import DataFormatError, read_cifar_batch, read_idx
+from ntkit.data.labels import LabelError, count_classes
 from ntkit.data.spec import PARTS, DataSpec, DataSpecError, PartSlice, parse_spec
 
 __all__ = [
@@ -327,9 +328,16 @@ def _read_npz(
                 f"{path}: x of part '{part}' is {x.dtype} {x.shape}; expected real (N, *input)"
             )
         if y is not None and (y.shape != (len(x),) or y.dtype.kind not in "iu" or (len(y) and y.min() < 0)):
+            example = ""
+            if y.ndim == 1 and len(y) and (y.dtype.kind == "f" or y.dtype.kind in "iu" and y.min() < 0):
+                bad = (y < 0) | (y != np.round(y)) if y.dtype.kind == "f" else y < 0
+                if bad.any():
+                    i = int(np.flatnonzero(bad)[0])
+                    example = f", e.g. {'y' if part == 'train' else 'y_' + part}[{i}] = {y[i].item()!r}"
             raise DataFormatError(
                 f"{path}: labels of part '{part}' are {y.dtype} {y.shape}; expected ({len(x)},) "
-                "non-negative integers"
+                f"non-negative integers{example}: class labels are 0..C-1 (relabel with "
+                "np.unique(y, return_inverse=True)[1], then store them as integers)"
             )
     if "test" in parts:
         (x, _), (xt, _) = parts["train"], parts["test"]
@@ -344,7 +352,8 @@ def _read_npz(
 class _Assembler:
     """Loads each (data set, part) at most once per call, then cuts and joins selections."""
 
-    def __init__(self, data_dir: PathLike | None) -> None:
+    def __init__(self, data_dir: PathLike | None, num_classes: int | None = None) -> None:
+        self.num_classes = num_classes  # explicit (--num-classes), else inferred from the labels
         self.data_dir = resolve_data_dir(data_dir)
         self.origin = "from data_dir" if data_dir not in (None, "") else f"from ${DATA_ENV}"
         self._cache: dict[tuple[str, str], tuple[np.ndarray, np.ndarray | None]] = {}
@@ -382,10 +391,19 @@ class _Assembler:
             pieces_y.append(None if y is None else (y if whole else y[cut].copy()))
             resolved.append(r)
 
+        classes_error = None
         if spec.name == "npz":
             path, parts = self._load_npz(spec)
             labeled = all(y is not None for _, y in parts.values())
-            num_classes = max(int(y.max()) + 1 if len(y) else 0 for _, y in parts.values()) if labeled else 0
+            num_classes = 0
+            if labeled:  # counted over the whole file, so its train and test parts agree
+                named = {f"{path}: {'y' if p == 'train' else 'y_' + p}": y for p, (_, y) in parts.items()}
+                try:
+                    num_classes = count_classes(named, self.num_classes)
+                except LabelError as e:
+                    if self.num_classes is not None:
+                        raise
+                    num_classes, classes_error = max(int(y.max()) + 1 for y in named.values() if len(y)), e
             normalization, source = None, f"npz:{path}"
         else:
             info = DATASETS[spec.name]
@@ -396,7 +414,9 @@ class _Assembler:
         y = None
         if labeled:
             y = pieces_y[0] if len(pieces_y) == 1 else np.concatenate(pieces_y)  # type: ignore[arg-type]
-        return ArrayDataset(
+            if self.num_classes is not None and spec.name != "npz":
+                num_classes = count_classes(y, self.num_classes, name=f"labels of {spec.text}: y")
+        ds = ArrayDataset(
             x,
             y,
             num_classes=num_classes,
@@ -405,35 +425,44 @@ class _Assembler:
             source=source,
             parts=tuple(resolved),
         )
+        if classes_error is not None:  # raised when the count sizes something, not on loading
+            ds._classes_error = classes_error
+        return ds
 
 
 def _parsed(spec: str | DataSpec) -> DataSpec:
     return spec if isinstance(spec, DataSpec) else parse_spec(spec)
 
 
-def load_data(spec: str | DataSpec, data_dir: PathLike | None = None) -> ArrayDataset:
+def load_data(spec: str | DataSpec, data_dir: PathLike | None = None, *,
+              num_classes: int | None = None) -> ArrayDataset:
     """Load the samples a data spec names (see ``DATA_GRAMMAR``).
 
     Returns an :class:`ArrayDataset` with ``x: (N, *input)``; for the empirical-ntks form
     (``CIFAR-10_0_2500_0_1000``) these are the kernel's rows. ``data_dir`` (else ``$NTKIT_DATA``)
-    is where cifar10/cifar100/mnist/fashion-mnist files are looked for.
+    is where cifar10/cifar100/mnist/fashion-mnist files are looked for. ``num_classes``: the number
+    of classes (model outputs) when the labels do not say it, e.g. a few of ImageNet-21k's classes
+    by their ids; by default a data set's own, or ``max(y) + 1`` of an npz file within the bound
+    of :func:`ntkit.data.labels.count_classes`.
 
     >>> ds = load_data("digits[test]")
     >>> len(ds), ds.input_shape, ds.spec
     (539, (1, 8, 8), 'digits[test]')
     """
     parsed = _parsed(spec)
-    return _Assembler(data_dir).dataset(parsed, parsed.rows)
+    return _Assembler(data_dir, num_classes).dataset(parsed, parsed.rows)
 
 
 def resolve_kernel_data(
-    spec: str | DataSpec, data_dir: PathLike | None = None, *, cols: str | DataSpec | None = None
+    spec: str | DataSpec, data_dir: PathLike | None = None, *, cols: str | DataSpec | None = None,
+    num_classes: int | None = None,
 ) -> tuple[ArrayDataset, ArrayDataset | None]:
     """The row and column data of a kernel: ``(rows, cols)``, ``cols=None`` meaning cols = rows.
 
     ``CIFAR-10_0_2500_0_1000`` gives rows train[0:2500] + test[0:1000] and cols train[0:2500]
     (a 3500 x 2500 kernel); a plain spec gives ``(dataset, None)``, a symmetric kernel, unless a
     separate ``cols`` spec is passed. Files are read once even when rows and cols share them.
+    ``num_classes`` as in :func:`load_data`.
     """
     parsed = _parsed(spec)
     if cols is not None and parsed.cols is not None:
@@ -441,7 +470,7 @@ def resolve_kernel_data(
             f"{parsed.text!r} already fixes its columns ({','.join(p.text() for p in parsed.cols)}); "
             "do not pass a separate cols spec with it"
         )
-    assembler = _Assembler(data_dir)
+    assembler = _Assembler(data_dir, num_classes)
     rows = assembler.dataset(parsed, parsed.rows)
     if cols is not None:
         col_spec = _parsed(cols)
