@@ -140,6 +140,17 @@ def _kernel_from_config(config: Mapping[str, Any], arrays: Mapping[str, np.ndarr
     if config.get("type") == "ntk":
         import torch
 
+        # Read from a file: checked before a model is built from it. A readout has at least one
+        # saved number per class, so more classes than saved numbers is a corrupt (or hostile)
+        # file, not a request for 10**9 logits.
+        n_saved = sum(int(np.asarray(a).size) for a in (arrays or {}).values())
+        if arrays and not 1 <= int(config["num_classes"]) <= n_saved:
+            raise ValueError(f"the saved eNTK kernel says num_classes={config['num_classes']} but its model's "
+                             f"saved state holds {n_saved} numbers: the file is corrupt; save the model again")
+        if config.get("dtype") not in (None, "float16", "bfloat16", "float32", "float64"):
+            raise ValueError(f"the saved eNTK kernel has dtype {config.get('dtype')!r}, not a floating dtype: "
+                             "the file is corrupt; save the model again")
+
         k = EmpiricalNTK.from_spec(config["model"], tuple(config["input_shape"]), int(config["num_classes"]),
                                    seed=int(config["seed"] or 0), output=config["output"],
                                    method=config["method"], dtype=config.get("dtype"))
