@@ -46,8 +46,8 @@ def check_weights(fm: Any) -> None:
     if not tensors:
         return
     # One reduction per tensor and a single host sync for all of them (GPU models).
-    flags = torch.stack([(torch.isnan(t).any() if kind == "buffer" else ~torch.isfinite(t).all()).cpu()
-                         for kind, _, t in tensors])
+    flags = torch.stack([(torch.isnan(t).any() if kind == "buffer" else ~torch.isfinite(t).all()).to(fm.device)
+                         for kind, _, t in tensors]).cpu()
     if not bool(flags.any()):
         return
     parts = []
