@@ -52,13 +52,18 @@ def test_nan_weights_in_training_mode_are_named_not_a_runtime_error():
         ntkit.ntk(net, torch.randn(5, 4), output="trace")
 
 
-def test_inf_in_a_frozen_parameter_and_nan_in_a_batchnorm_buffer_are_named():
+def test_inf_weight_and_nan_frozen_parameter_and_batchnorm_buffer_are_named():
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2)).eval()
+    with torch.no_grad():
+        net[2].weight[0, 0] = float("-inf")
+    with pytest.raises(NonFiniteError, match=r"parameter 2\.weight \(1 inf of 16\)"):
+        ntkit.ntk(net, torch.randn(4, 4), output="trace")
     net[2].bias.requires_grad_(False)
     with torch.no_grad():
-        net[2].bias[0] = float("inf")
-    with pytest.raises(NonFiniteError, match=r"parameter 2\.bias \(1 inf of 2\)"):
+        net[2].weight[0, 0] = 0.0
+        net[2].bias[0] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"frozen parameter 2\.bias \(1 NaN of 2\)"):
         ntkit.ntk(net, torch.randn(4, 4), output="trace")
     with torch.no_grad():
         net[2].bias[0] = 0.0

@@ -149,7 +149,7 @@ def compute(
     params: Optional[list[str]] = typer.Option(None, "--params", help="Parameter names or globs to "
                                                                       "differentiate (repeatable), e.g. 'fc.*'."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Inputs per block (default: the "
-                                                                        "largest under --memory)."),
+                                                                        "largest under --memory); .npy only."),
     memory: Optional[str] = typer.Option(None, "--memory", help="Working-memory budget, e.g. 2GB "
                                                                 "(default: a quarter of free memory)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cpu)."),

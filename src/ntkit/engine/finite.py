@@ -32,21 +32,25 @@ class NonFiniteError(ValueError):
 def check_weights(fm: Any) -> None:
     """Raise NonFiniteError naming the non-finite parameters and buffers of a `FunctionalModel`.
 
-    Parameters (differentiated or frozen) must be finite. Buffers are checked for NaN only:
-    ±inf in a buffer is a common, valid idiom (additive attention masks of -inf), while a NaN
-    buffer (BatchNorm statistics of a diverged run) poisons every output.
+    The differentiated parameters must be finite. Frozen parameters and buffers are checked for
+    NaN only: ±inf there is a valid idiom (additive attention masks of -inf), while a NaN
+    (BatchNorm statistics of a diverged run) poisons every output; an inf that does reach the
+    outputs is caught by `check_kernel`.
     """
     tensors: list[tuple[str, str, torch.Tensor]] = []
-    for name, t in {**fm.theta, **fm.frozen}.items():
+    for name, t in fm.theta.items():
         if t.is_floating_point() or t.is_complex():
             tensors.append(("parameter", name, t))
+    for name, t in fm.frozen.items():
+        if t.is_floating_point() or t.is_complex():
+            tensors.append(("frozen parameter", name, t))
     for name, t in fm.buffers.items():
         if t.is_floating_point():
             tensors.append(("buffer", name, t))
     if not tensors:
         return
     # One reduction per tensor and a single host sync for all of them (GPU models).
-    flags = torch.stack([(torch.isnan(t).any() if kind == "buffer" else ~torch.isfinite(t).all()).to(fm.device)
+    flags = torch.stack([(~torch.isfinite(t).all() if kind == "parameter" else torch.isnan(t).any()).to(fm.device)
                          for kind, _, t in tensors]).cpu()
     if not bool(flags.any()):
         return
