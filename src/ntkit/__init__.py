@@ -13,9 +13,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "ntk", "ntk_fn", "ntk_vp", "plan", "METHODS", "OUTPUTS", "compute", "open"]
+__all__ = ["__version__", "ntk", "ntk_fn", "ntk_vp", "plan", "METHODS", "OUTPUTS", "compute", "open", "NonFiniteError"]
 
-_ENGINE_NAMES = {"ntk", "ntk_fn", "ntk_vp", "plan", "METHODS", "OUTPUTS"}
+_ENGINE_NAMES = {"ntk", "ntk_fn", "ntk_vp", "plan", "METHODS", "OUTPUTS", "NonFiniteError"}
 
 
 def __getattr__(name: str):  # lazy, so `import ntkit.data` stays light and cycle-free

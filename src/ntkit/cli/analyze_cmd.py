@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import typer
 
-from ntkit.cli.app import UserError, _atomic_write_text, _Bar, app, out, sidecar_path
+from ntkit.cli.app import UserError, _atomic_write_text, _Bar, app, err, out, sidecar_path
 
 # λ relative to the mean diagonal tr(K)/n, as in `ntkit.analysis.gcv`: 1e-6 … 1, half decades.
 DEFAULT_RIDGES = "1e-6:1:13"
@@ -217,7 +217,7 @@ class _Report:
 
 def _analyze(inp: _Inputs, out_dir: Path, *, ridges: list[float], sizes: str | None, k: int | None,
              center: bool, layers: bool, layer_samples: int, max_dense: int,
-             timings: dict[str, float]) -> _Report:
+             timings: dict[str, float], allow_indefinite: bool = False) -> _Report:
     import numpy as np
 
     from ntkit.analysis import alignment, layer_decomposition, plots, power_law_fit, predicted_vs_actual, spectrum
@@ -237,6 +237,22 @@ def _analyze(inp: _Inputs, out_dir: Path, *, ridges: list[float], sizes: str | N
     if k is None and stored:
         k = min(n, 200)
     sp = spectrum(inp.K, k=k)
+    psd = _psd_check(inp.K, sp, dense)
+    summary["psd"] = psd
+    if not psd["ok"]:
+        if not allow_indefinite:
+            try:
+                out_dir.rmdir()  # created above for this report, nothing in it yet
+            except OSError:
+                pass
+            raise UserError(f"the kernel is not positive semi-definite: {psd['message']}, so it is not a kernel "
+                            "matrix and its spectrum, alignment and GCV would be meaningless. Check that it is a "
+                            "train x train kernel of a PSD kernel (the same points as rows and columns), or pass "
+                            "--allow-indefinite to write the report anyway, marked as such")
+        err.print(f"[bold yellow]warning:[/bold yellow] the kernel is NOT positive semi-definite: {psd['message']}; "
+                  "the report is written as asked (--allow-indefinite) and marked as such", highlight=False)
+        md += [f"> **WARNING: this kernel is not positive semi-definite** — {psd['message']}. It is not a "
+               "kernel matrix: the spectrum, alignment and GCV below do not mean what they usually do.", ""]
     scale = sp.trace / n  # mean diagonal: the unit of the ridges
     try:
         fit = power_law_fit(sp)
@@ -285,6 +301,43 @@ def _analyze(inp: _Inputs, out_dir: Path, *, ridges: list[float], sizes: str | N
 
     md += _markdown(summary, figures)
     return _Report(summary=summary, figures=figures, markdown=md, result=result)
+
+
+def _psd_check(K: Any, sp: Any, dense: bool) -> dict[str, Any]:
+    """Whether K: (n, n) has significantly negative eigenvalues, relative to the largest.
+
+    Significant: below -rtol·λ_max with rtol = 1e-6 for a float64 kernel and 1e-4 otherwise
+    (or `psd_tolerance`, if larger, for very large n). Measured rounding of a PSD eNTK of rank
+    far below n (digits[0:600], last-layer trace kernel): λ_min = -3.6e-9·λ_max in float32 and
+    -3.4e-16·λ_max in float64, so the bounds leave margins of 10⁴ and more; an indefinite
+    matrix (another layout, a non-PSD similarity) is off by percents. Uses the full spectrum
+    when it was computed, else the smallest eigenvalue of the dense matrix when it is loaded
+    anyway for GCV (n <= --max-dense), else only the top k."""
+    import numpy as np
+    import scipy.linalg
+    import torch
+
+    from ntkit.solvers.nystrom import psd_tolerance
+
+    n = int(K.shape[0])
+    name = str(getattr(K, "dtype", "float64")).replace("torch.", "")
+    rtol = max(1e-6 if name == "float64" else 1e-4,
+               psd_tolerance(n, torch.float64 if name == "float64" else torch.float32))
+    vals = np.asarray(sp.eigenvalues, dtype=np.float64)
+    top = float(vals.max()) if vals.size else 0.0
+    lo, scope = float(vals.min()) if vals.size else 0.0, "all eigenvalues"
+    if sp.k < n:
+        if dense:
+            A = _as_dense(K).astype(np.float64)
+            lo = float(scipy.linalg.eigh((A + A.T) / 2, eigvals_only=True, subset_by_index=[0, 0])[0])
+        else:
+            scope = f"the top {sp.k} eigenvalues only (n > --max-dense)"
+    ok = not (top <= 0 or lo < -rtol * max(top, 0.0))
+    msg = (f"its most negative eigenvalue is {lo:.4g}, {abs(lo) / top:.3g} of the largest ({top:.4g}); rounding of "
+           f"a {name} PSD kernel stays above -{rtol:.0e} of it" if top > 0 else
+           f"its largest eigenvalue is {top:.4g} (not positive)")
+    return {"ok": ok, "min_eigenvalue": lo, "max_eigenvalue": top, "rtol": rtol, "checked": scope,
+            "message": msg}
 
 
 def _as_dense(K):
@@ -427,6 +480,9 @@ def analyze(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="Number of classes (model outputs) when the labels do not say it, e.g. a subset of ImageNet-21k by class id (default: the data set's own, or max(y) + 1 of an npz file when that is under max(2 x distinct labels, 1024))."),
+    allow_indefinite: bool = typer.Option(False, "--allow-indefinite", help="Write the report for a kernel "
+                                          "with significantly negative eigenvalues (refused by default), "
+                                          "with a warning at its top."),
 ) -> int:
     """Analyze a kernel: spectrum and its power-law decay, alignment, GCV vs measured test risk.
 
@@ -468,7 +524,8 @@ def analyze(
                                   memory, device, quiet, sizes, num_classes)
         timings.update(tm)
     report = _analyze(inp, output_dir, ridges=grid, sizes=sizes, k=k, center=center, layers=layers,
-                      layer_samples=layer_samples, max_dense=max_dense, timings=timings)
+                      layer_samples=layer_samples, max_dense=max_dense, timings=timings,
+                      allow_indefinite=allow_indefinite)
     report.summary["timings"] = {k_: round(v, 3) for k_, v in timings.items()}
     path_md = _write_outputs(output_dir, "ntkit analyze", [f"`ntkit analyze {target}"
                                                            f"{' ' + model if model else ''}`", ""], report)
@@ -486,6 +543,9 @@ def _print_analysis(report: _Report, path_md: Path, out_dir: Path) -> None:
     table.add_column("value", justify="right")
     sp = s["spectrum"]
     table.add_row("training points", str(s["n_train"]))
+    if s.get("psd") is not None:
+        table.add_row("positive semi-definite", "yes" if s["psd"]["ok"] else
+                      f"NO (λ_min {s['psd']['min_eigenvalue']:.3g})")
     table.add_row("effective rank", _fmt(sp["effective_rank"]))
     if sp["power_law"]:
         table.add_row("power-law α", f"{sp['power_law']['alpha']:.3f}")

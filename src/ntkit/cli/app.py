@@ -149,7 +149,7 @@ def compute(
     params: Optional[list[str]] = typer.Option(None, "--params", help="Parameter names or globs to "
                                                                       "differentiate (repeatable), e.g. 'fc.*'."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Inputs per block (default: the "
-                                                                        "largest under --memory)."),
+                                                                        "largest under --memory); .npy only."),
     memory: Optional[str] = typer.Option(None, "--memory", help="Working-memory budget, e.g. 2GB "
                                                                 "(default: a quarter of free memory)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1 (default: cpu)."),
@@ -207,6 +207,7 @@ def compute(
     if dtype not in DTYPES:
         raise UserError(f"unknown --dtype {dtype!r}; use float32 or float64")
     method = parse_method(method)
+    _check_compute_options(method, precision, batch_size, to_store)
     parse_output(output)
     torch_dtype = getattr(torch, DTYPES[dtype])
 
@@ -246,8 +247,12 @@ def compute(
         out.print(str(plan), highlight=False)
     bar = _Bar(f"eNTK {rows.spec} x {col_ds.spec if col_ds is not None else 'same'} [{chosen}]", enabled=not quiet)
     t = time.perf_counter()
+    from ntkit.store.worker import matmul_precision
+
     try:
-        K = ntkit.ntk(net, x1, x2, method=chosen, progress=bar, **kw)
+        # --precision is honoured here as by a store's tiles (see ntkit.store.worker).
+        with matmul_precision(next(net.parameters()).device, precision):
+            K = ntkit.ntk(net, x1, x2, method=chosen, progress=bar, **kw)
         if K.is_cuda:
             torch.cuda.synchronize()
     finally:
@@ -278,6 +283,7 @@ def compute(
         "method": {"requested": method, "used": chosen, "estimates": plan.estimates},
         "output": plan.output,
         "dtype": DTYPES[dtype],
+        "precision": precision,
         "device": str(K.device),
         "shape": list(K.shape),
         "symmetric": x2 is None,
@@ -288,11 +294,30 @@ def compute(
     if not quiet:
         n_entries = K.shape[0] * K.shape[1]
         out.print(
-            f"wrote {output_path} {tuple(K.shape)} {DTYPES[dtype]} ({chosen}, {timings['compute_s']:.2f} s, "
+            f"wrote {output_path} {tuple(K.shape)} {DTYPES[dtype]} ({chosen}, "
+            + ("" if precision == "float32" else f"precision {precision}, ")
+            + f"{timings['compute_s']:.2f} s, "
             f"{n_entries / max(timings['compute_s'], 1e-9):,.0f} entries/s) and {sidecar}",
             highlight=False,
         )
     return 0
+
+
+def _check_compute_options(method: str, precision: str, batch_size: int | None, to_store: bool) -> None:
+    """Options `ntkit compute` would otherwise ignore: refused here, each with the fix."""
+    from ntkit.store.worker import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown --precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "tf32x3" and method == "ntk-vp":
+        raise UserError("--precision tf32x3 splits the Gram step J1·J2ᵀ, which --method ntk-vp does not have; "
+                        "use --method jacobian or structured, or --precision float32")
+    if batch_size is not None and to_store:
+        raise UserError("--batch-size sets the blocks of an in-memory .npy kernel; a store plans its tiles and "
+                        "blocks under --memory and keeps them fixed (so a resume is bit-identical): drop "
+                        "--batch-size and use --memory (or --tile for the tile side)")
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size must be a positive number of inputs, got {batch_size}")
 
 
 @app.command()

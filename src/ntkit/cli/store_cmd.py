@@ -114,11 +114,24 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
                       + (f" ({f['disk_bytes'] / 1e9:.3g} GB of features, chunks of {f['chunk']} parameters)"
                          if f["strategy"] == "disk" else "")
                       + (f": {f['reason']}" if f.get("reason") else ""), highlight=False)
+    if before and not quiet and (memory is not None or tile is not None):
+        _print_kept_plan(meta, memory, tile)
     if not quiet:
         rate = ks.throughput()
         out.print(f"wrote {output_path} {ks.shape} {ks.dtype} ({meta['method_used']}, {seconds:.2f} s this run"
                   + (f", {rate:,.0f} entries/s" if rate else "") + ")", highlight=False)
     return 0
+
+
+def _print_kept_plan(meta: dict[str, Any], memory: str | None, tile: int | None) -> None:
+    """Say that a resume kept the store's plan under the --memory / --tile it was given (a plan
+    that did not fit, or another tile, was refused by ntkit.compute)."""
+    p = meta["plan"]
+    given = " and ".join(x for x in (f"--memory {memory}" if memory is not None else "",
+                                     f"--tile {tile}" if tile is not None else "") if x)
+    out.print(f"resumed with the store's own plan (fixed when it was created, so the result stays bit-identical): "
+              f"tiles {p['tile_rows']} x {p['tile_cols']}, engine memory {p['engine_memory'] / 2**20:.0f} MiB, "
+              f"planned peak {p['planned_peak'] / 2**20:.0f} MiB, which {given} allows", highlight=False)
 
 
 def store_info(path: Path) -> int:

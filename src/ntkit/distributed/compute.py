@@ -276,6 +276,7 @@ def compute(
             raise StoreError(f"{e}; pass overwrite=True (--overwrite) to replace it") from None
         _check_identity(ks, identity)
         meta = ks.metadata
+        _check_resume_plan(ks, meta, tile, memory, dev, n1, n2)
         tplan = _plan_from_meta(meta, n1, n2, symmetric, entry_bytes, input_bytes)
         used = meta["method_used"]
         fplan = _features_from_meta(meta)
@@ -413,6 +414,43 @@ def _plan_meta(p: TilePlan) -> dict[str, Any]:
     return {"tile_rows": p.tile_rows, "tile_cols": p.tile_cols, "engine_memory": p.engine, "shared": p.shared,
             "budget": p.budget, "fixed": p.fixed, "planned_peak": p.peak, "n_tiles": p.n_tiles,
             "jacobian_passes": round(p.jacobian_passes, 3)}
+
+
+def _check_resume_plan(ks: KernelStore, meta: dict[str, Any], tile: int | None, memory: int | str | None,
+                       dev: torch.device, n1: int, n2: int) -> None:
+    """Refuse a resume whose `tile` or `memory` the store's fixed plan cannot honour.
+
+    A store's tiles and engine budget are fixed when it is created: a tile's bits depend on the
+    engine's blocking (block sizes, parameter groups, summation order), so a resumed run keeps
+    them to stay bit-identical with the tiles already done. So a different `tile` is refused
+    (naming the store's), and so is a `memory` below the store's planned peak; a `memory` at or
+    above it is honoured as it is (the plan already fits under it).
+    """
+    from ntkit.engine.memory import parse_memory
+    from ntkit.schedule.tiles import DEFAULT_MAX_TILE
+
+    p = meta["plan"]
+    tr, tc = int(p["tile_rows"]), int(p["tile_cols"])
+    if tile is not None:
+        m = min(tile, DEFAULT_MAX_TILE)
+        same = {(min(m, n1), min(m, n2)), (min(m, n1, n2),) * 2}
+        if (tr, tc) not in same:
+            raise StoreMismatchError(
+                f"cannot resume {ks.path} with tile={tile} (--tile {tile}): its tiles are {tr} x {tc}, fixed "
+                f"when it was created; resume without --tile (or with --tile {tr}), or pass overwrite=True "
+                f"(--overwrite) to start again with tiles of {tile}")
+    if memory is not None:
+        budget = parse_memory(memory, dev)
+        peak = int(p.get("planned_peak", p["budget"]))
+        if budget < peak:
+            mib = 2**20
+            raise StoreMismatchError(
+                f"cannot resume {ks.path} under memory={memory!r} ({budget / mib:.0f} MiB): it was planned for "
+                f"{int(p['budget']) / mib:.0f} MiB (tiles {tr} x {tc}, engine memory "
+                f"{int(p['engine_memory']) / mib:.0f} MiB, planned peak {peak / mib:.0f} MiB), and a smaller plan "
+                "would not be bit-identical with the tiles already done; resume with --memory "
+                f"{-(-peak // 10**6)}MB or more (or without --memory), or pass "
+                "overwrite=True (--overwrite) to recompute under the new budget")
 
 
 def _plan_from_meta(meta: dict[str, Any], n1: int, n2: int, symmetric: bool, entry_bytes: int,

@@ -20,6 +20,7 @@ from torch.func import jvp, vjp
 
 from ntkit import _malloc
 from ntkit.engine.cost import StructuredCost, estimate
+from ntkit.engine.finite import NonFiniteError, check_kernel, check_weights
 from ntkit.engine.functional import FunctionalModel, ParamSelection
 from ntkit.engine.jacobian_contraction import jacobian_contraction
 from ntkit.engine.memory import CACHE_BYTES, Plan, make_plan, parse_memory
@@ -219,6 +220,10 @@ def ntk(
     Returns:
         A tensor in the model's dtype on `device`.
 
+    Raises:
+        NonFiniteError (a ValueError): non-finite weights (named, before any work), or a kernel
+            with NaN/inf entries (inputs of huge magnitude, a forward that overflows).
+
     >>> import torch, ntkit
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
     >>> ntkit.ntk(net, torch.randn(6, 4), torch.randn(2, 4)).shape
@@ -226,7 +231,9 @@ def ntk(
     """
     method = parse_method(method)
     call = _prepare(model, x1, x2, output, params, batch_size, device, memory)
-    return call.run(call.choose() if method == "auto" else method, progress)
+    K = call.run(call.choose() if method == "auto" else method, progress)
+    check_kernel(K, f"the kernel (rows 0:{call.n1}, cols 0:{call.n2})", (call.x1, call.x2), call.fm.dtype)
+    return K
 
 
 def _prepare(model, x1, x2, output, params, batch_size, device, memory) -> _Call:
@@ -234,6 +241,7 @@ def _prepare(model, x1, x2, output, params, batch_size, device, memory) -> _Call
         x2 = None  # the same tensor twice: exploit the symmetry
     spec = parse_output(output)
     fm = FunctionalModel(model, params, device)
+    check_weights(fm)  # before the probe forward: NaN weights must not pass for batch coupling
     if fm.device.type == "cpu":
         _malloc.tune()
     dev = fm.device if device is not None else None
@@ -365,6 +373,7 @@ def ntk_vp(
     """
     spec = parse_output(output)
     fm = FunctionalModel(model, params, device)
+    check_weights(fm)
     if fm.device.type == "cpu":
         _malloc.tune()
     dev = fm.device if device is not None else None
@@ -443,5 +452,5 @@ def _vjp_sum(f, theta, x, cot, bs):
     return total
 
 
-__all__ = ["METHODS", "OUTPUTS", "ForwardADFallbackWarning", "LayerCost", "NtkPlan", "StructuredFallbackWarning", "ntk",
+__all__ = ["METHODS", "OUTPUTS", "ForwardADFallbackWarning", "NonFiniteError", "LayerCost", "NtkPlan", "StructuredFallbackWarning", "ntk",
            "ntk_fn", "ntk_vp", "plan", "parse_method", "OutputSpec"]

@@ -294,7 +294,16 @@ def _check(fm: FunctionalModel, covered: Sequence[str], facs: dict[str, list[Fac
     r = torch.randn(o, k, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(fm.dtype).to(fm.device)
     y_k, true = _true_grads(fm, covered, xb[:k], spec, r)
     tol = CHECK_TOL.get(fm.dtype, 3e-2)
-    if not bool(((cap.outputs[:k] - y_k).abs().max() <= tol * y_k.abs().max().clamp_min(1.0)).item()):
+    # NaN/inf fails every comparison below, which would blame batch coupling or a parameter used
+    # outside its layer: non-finite gradients make the kernel non-finite, so say so; non-finite
+    # outputs alone tell nothing about the batch, so that comparison is skipped.
+    if not all(bool(torch.isfinite(true[n]).all()) for n in covered):
+        from ntkit.engine.finite import NonFiniteError, likely_cause
+
+        raise NonFiniteError(f"the model's gradients on its first {k} input(s) are not finite, so the kernel "
+                             f"would be NaN/inf although the weights are finite; {likely_cause([xb[:k]], fm.dtype)}")
+    outputs_finite = bool(torch.isfinite(y_k).all())
+    if outputs_finite and not bool(((cap.outputs[:k] - y_k).abs().max() <= tol * y_k.abs().max().clamp_min(1.0)).item()):
         # A batched capture is only valid when samples do not interact (batch statistics).
         for name in covered:
             reasons.setdefault(name, "outputs that depend on the other samples of a batch")

@@ -41,6 +41,25 @@ def _check_bandwidth(bandwidth: Any) -> float:
     return bw
 
 
+def _scaled_exp(d: torch.Tensor, factor: float) -> torch.Tensor:
+    """exp(-factor·d) in place for distances d >= 0 and factor > 0 (possibly inf).
+
+    A tiny bandwidth makes `factor` overflow d's dtype (1e-30 in float32: 5e59): -inf·0 would be
+    NaN on the diagonal, while the limit is exact, 1 where d = 0 and 0 elsewhere.
+    """
+    if not factor <= torch.finfo(d.dtype).max:
+        return (d == 0).to(d.dtype)
+    return d.mul_(-factor).exp_()
+
+
+def _inv(v: float) -> float:
+    """1/v for v > 0, inf when it overflows (a subnormal bandwidth)."""
+    try:
+        return 1.0 / v
+    except (ZeroDivisionError, OverflowError):
+        return math.inf
+
+
 class Laplacian(Kernel):
     """k(x, z) = exp(−‖x − z‖ / σ), σ = `bandwidth`; inputs (N, *input) are flattened.
 
@@ -55,7 +74,7 @@ class Laplacian(Kernel):
 
     def _block(self, x, z, same):
         d2 = squared_distances(x, z, same)
-        return d2.sqrt_().mul_(-1.0 / self.bandwidth).exp_()
+        return _scaled_exp(d2.sqrt_(), _inv(self.bandwidth))
 
     def _diag(self, x):
         return torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
@@ -74,7 +93,13 @@ class Gaussian(Kernel):
 
     def _block(self, x, z, same):
         d2 = squared_distances(x, z, same)
-        return d2.mul_(-0.5 / self.bandwidth**2).exp_()
+        try:
+            factor = 0.5 / self.bandwidth**2
+        except ZeroDivisionError:  # bandwidth² underflows: the factor is infinite
+            factor = math.inf
+        except OverflowError:  # bandwidth² overflows: the kernel is 1 everywhere
+            factor = 0.0
+        return _scaled_exp(d2, factor)
 
     def _diag(self, x):
         return torch.ones(x.shape[0], dtype=x.dtype, device=x.device)

@@ -12,10 +12,10 @@ points (Abedsoltan, Belkin & Pandit 2023), O(p) memory. `load(path)` reads a sav
 True
 """
 
-from ntkit.solvers.base import NotPSDError, SolverInputError, load
+from ntkit.solvers.base import NotPSDError, SavedModelError, SolverInputError, load
 from ntkit.solvers.eigenpro3 import DivergenceError, EigenPro3, EigenPro3Classifier
 from ntkit.solvers.nystrom import NystromAdaptedWarning
 from ntkit.solvers.ridge import KernelRidge, KernelRidgeClassifier, SingularKernelWarning
 
-__all__ = ["KernelRidge", "KernelRidgeClassifier", "EigenPro3", "EigenPro3Classifier", "load", "NotPSDError",
+__all__ = ["KernelRidge", "KernelRidgeClassifier", "EigenPro3", "EigenPro3Classifier", "load", "NotPSDError", "SavedModelError",
            "SolverInputError", "DivergenceError", "NystromAdaptedWarning", "SingularKernelWarning"]

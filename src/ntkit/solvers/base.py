@@ -21,7 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 from ntkit.kernels import Kernel, Precomputed, as_kernel, kernel_config, kernel_from_config, parse_kernel
 from ntkit.kernels.base import KernelInputError, as_tensor
 
-__all__ = ["SolverInputError", "NotPSDError", "KernelMachine", "load", "FORMAT"]
+__all__ = ["SolverInputError", "NotPSDError", "SavedModelError", "KernelMachine", "load", "FORMAT"]
 
 FORMAT = "ntkit.kernel_machine.v1"
 
@@ -252,7 +252,56 @@ def read_saved(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, 
     meta = json.loads(str(arrays.pop("__meta__")))
     if meta.get("format") != FORMAT:
         raise ValueError(f"{p} has format {meta.get('format')!r}; this ntkit reads {FORMAT!r}")
+    check_saved_arrays(p, meta, arrays)
     return meta, arrays
+
+
+class SavedModelError(ValueError):
+    """A saved kernel machine whose arrays are non-finite or do not fit together."""
+
+
+def check_saved_arrays(path: str | os.PathLike[str], meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    """Refuse a saved model whose arrays would predict silently wrong values: non-finite floats
+    (coefficients, centers, the preconditioner) or shapes that do not fit together
+    (coefficients vs centers, classes vs coefficient columns, the Nyström sample vs its
+    eigenvectors and the centers, the samples vs `input_shape`). Raises SavedModelError naming
+    the array and the file."""
+    fix = "the file is corrupted or was written by a failed fit: fit and save the model again"
+
+    def fail(what: str) -> None:
+        raise SavedModelError(f"{path}: {what}; {fix}")
+
+    for name, a in arrays.items():
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            n_nan, n_inf = int(np.isnan(a).sum()), int(np.isinf(a).sum())
+            fail(f"array {name!r} {tuple(a.shape)} has {n_nan} NaN and {n_inf} inf value(s)")
+    cls = str(meta.get("class", ""))
+    points = "centers" if "centers" in arrays else "X_fit"
+    need = [points, "dual_coef"] + (["rho", "nystrom_index", "eigvals", "eigvecs"] if cls.startswith("EigenPro3") else [])
+    for name in need:
+        if name not in arrays:
+            fail(f"array {name!r} is missing (a {cls or 'kernel machine'} needs {', '.join(need)})")
+    X, coef = arrays[points], arrays["dual_coef"]
+    if X.ndim < 1 or coef.ndim not in (1, 2) or coef.shape[0] != X.shape[0]:
+        fail(f"array 'dual_coef' {tuple(coef.shape)} does not match {points!r} {tuple(X.shape)} (one coefficient "
+             "row per point)")
+    shape = meta.get("input_shape")
+    if shape is not None and tuple(X.shape[1:]) != tuple(shape):
+        fail(f"array {points!r} {tuple(X.shape)} holds samples of shape {tuple(X.shape[1:])}, but the model says "
+             f"input_shape {tuple(shape)}")
+    n_out = coef.shape[1] if coef.ndim == 2 else 1
+    if "classes" in arrays and arrays["classes"].shape != (n_out,):
+        fail(f"array 'classes' {tuple(arrays['classes'].shape)} does not match the {n_out} coefficient column(s) "
+             "of 'dual_coef'")
+    if cls.startswith("EigenPro3"):
+        rho, idx, vals, vecs = arrays["rho"], arrays["nystrom_index"], arrays["eigvals"], arrays["eigvecs"]
+        if rho.shape != coef.shape:
+            fail(f"array 'rho' {tuple(rho.shape)} does not match 'dual_coef' {tuple(coef.shape)}")
+        if idx.ndim != 1 or vecs.ndim != 2 or vecs.shape[0] != idx.shape[0] or vals.shape != (vecs.shape[1],):
+            fail(f"the Nyström arrays do not fit together: 'nystrom_index' {tuple(idx.shape)}, 'eigvecs' "
+                 f"{tuple(vecs.shape)}, 'eigvals' {tuple(vals.shape)} (need (s,), (s, q), (q,))")
+        if idx.size and (idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() >= X.shape[0]):
+            fail(f"array 'nystrom_index' points outside the {X.shape[0]} centers")
 
 
 def load(path: str | os.PathLike[str], *, trust_code: Any = False) -> KernelMachine:

@@ -503,6 +503,16 @@ class _EigenPro3Base(KernelMachine, BaseEstimator):
         Xt = self._prepare_fit(X, Y)
         self._setup(Xt, Y, X)
         self._fit_loop(Xt, Y, int(self.epochs), eval_set, callback, self._center_of, progress)
+        self._check_finite_coef()
+
+    def _check_finite_coef(self) -> None:
+        """A fit never ends with NaN/inf coefficients (they would predict NaN or garbage)."""
+        bad = int((~torch.isfinite(self.dual_coef_)).sum())
+        if bad:
+            raise DivergenceError(
+                f"EigenPro3 ended with {bad} non-finite coefficient(s) of {self.dual_coef_.numel()}: the kernel "
+                "or the step size overflowed; check the kernel's scale (a precomputed matrix with huge entries?), "
+                "pass a smaller lr or a larger alpha")
 
     def _partial_impl(self, X: Any, Y: torch.Tensor, one_step: bool) -> None:
         if not self._initialized():
@@ -519,6 +529,7 @@ class _EigenPro3Base(KernelMachine, BaseEstimator):
             self._step(Xt, Y, center_of, self._lr_for(Xt.shape[0]))
         else:
             self._fit_loop(Xt, Y, 1, None, None, center_of)
+        self._check_finite_coef()
 
     # ------------------------------------------------------------------ save / load
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -81,6 +81,10 @@ def nystrom_eigensystem(K_ss: np.ndarray, q: int | str, *, kernel_dtype: torch.d
     s = K.shape[0]
     if K.ndim != 2 or K.shape != (s, s) or s == 0:
         raise ValueError(f"K_ss must be a non-empty square matrix, got shape {K.shape}")
+    if not np.isfinite(K).all():
+        from ntkit.solvers.ridge import check_kernel_matrix
+
+        check_kernel_matrix(torch.from_numpy(K), f"the kernel on {what}")
     tol = psd_tolerance(s, kernel_dtype)
     scale = float(np.abs(K).max())
     asym = float(np.abs(K - K.T).max())

@@ -15,10 +15,11 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
 from ntkit.kernels.base import as_tensor
-from ntkit.solvers.base import KernelMachine, NotPSDError, check_inputs, check_targets, class_targets
+from ntkit.solvers.base import (KernelMachine, NotPSDError, SolverInputError, check_inputs, check_targets,
+                                class_targets)
 from ntkit.solvers.nystrom import psd_tolerance
 
-__all__ = ["KernelRidge", "KernelRidgeClassifier", "cholesky_solve_psd"]
+__all__ = ["KernelRidge", "KernelRidgeClassifier", "cholesky_solve_psd", "check_kernel_matrix", "check_symmetric"]
 
 
 class SingularKernelWarning(UserWarning):
@@ -55,10 +56,16 @@ def cholesky_solve_psd(K: torch.Tensor, Y: torch.Tensor, alpha: float, *,
     lets the factorization through, with a SingularKernelWarning.
     """
     n = K.shape[0]
+    check_kernel_matrix(K)
     L = _cholesky(K, alpha)
     jitter = 0.0
     if L is None:
-        evals = torch.linalg.eigvalsh(K.to(torch.float64))
+        try:
+            evals = torch.linalg.eigvalsh(K.to(torch.float64))
+        except torch.linalg.LinAlgError as e:
+            raise NotPSDError(f"the kernel matrix (+ alpha={alpha:g}) has no Cholesky factor and its eigenvalues "
+                              f"did not converge ({str(e).splitlines()[0][:120]}): it is too ill-conditioned to "
+                              "solve; check the kernel (its bandwidth) or pass alpha > 0") from None
         lo, hi = float(evals[0]), float(evals[-1].abs().clamp_min(1e-300))
         tol = psd_tolerance(n, kernel_dtype or K.dtype)
         if lo + alpha < -tol * hi:
@@ -67,7 +74,14 @@ def cholesky_solve_psd(K: torch.Tensor, Y: torch.Tensor, alpha: float, *,
                 f"({abs(lo) / hi:.2%} of the largest, {hi:.3g}), beyond rounding ({tol:.1e} relative). Kernel "
                 "ridge needs a PSD kernel: check the kernel function, or for a precomputed matrix that it "
                 "is symmetric and computed by a PSD kernel")
-        scale = float(K.diagonal().abs().to(torch.float64).mean().clamp_min(1e-300))
+        scale = float(K.diagonal().abs().to(torch.float64).mean())
+        if not scale > 0:
+            # A PSD matrix with a zero diagonal is zero (|K_ij| <= sqrt(K_ii K_jj)): a jitter
+            # relative to it would be 0 (or, floored, 1e-312 and inf coefficients).
+            raise NotPSDError(
+                f"the kernel matrix is zero (max |K| = {float(K.abs().max()):.3g}), so with alpha={alpha:g} there "
+                "is nothing to solve: check the kernel (a bandwidth far too small or large for the data? a "
+                "kernel store or file of zeros?), or pass alpha > 0")
         for rel in (1e-12, 1e-10, 1e-8, 1e-6, 1e-4):
             L = _cholesky(K, alpha + rel * scale)
             if L is not None:
@@ -80,7 +94,57 @@ def cholesky_solve_psd(K: torch.Tensor, Y: torch.Tensor, alpha: float, *,
             f"the kernel matrix (+ alpha={alpha:g}) is singular to working precision (smallest eigenvalue "
             f"{lo:.3g}); added jitter {jitter:.3g} to its diagonal. Pass alpha > 0 to regularize explicitly",
             SingularKernelWarning, stacklevel=3)
-    return torch.cholesky_solve(Y.to(L.device, torch.float64), L), jitter
+    A = torch.cholesky_solve(Y.to(L.device, torch.float64), L)
+    bad = int((~torch.isfinite(A)).sum())
+    if bad:
+        mean_diag = float(K.diagonal().to(torch.float64).mean())
+        raise NotPSDError(
+            f"kernel ridge produced {bad} non-finite coefficient(s) of {A.numel()}: the kernel matrix (mean "
+            f"diagonal {mean_diag:.3g}) + alpha={alpha:g}{f' + jitter {jitter:.3g}' if jitter else ''} is too "
+            f"ill-conditioned to solve in float64; pass a larger alpha (e.g. {max(mean_diag, 1e-300) * 1e-6:.3g}, "
+            "1e-6 of the mean diagonal) or rescale the kernel")
+    return A, jitter
+
+
+def check_kernel_matrix(K: torch.Tensor, what: str = "the kernel matrix") -> None:
+    """Raise SolverInputError when a square kernel matrix K: (n, n) has NaN/inf entries, naming
+    the first one and the fix (a one-line error, not a LAPACK failure)."""
+    finite = torch.isfinite(K)
+    if bool(finite.all()):
+        return
+    bad = torch.nonzero(~finite)
+    i, j = (int(v) for v in bad[0])
+    diag = int((bad[:, 0] == bad[:, 1]).sum())
+    raise SolverInputError(
+        f"{what} has {len(bad)} non-finite entr{'y' if len(bad) == 1 else 'ies'} ({diag} on the diagonal; first "
+        f"K[{i}, {j}] = {float(K[i, j])}): a kernel must be finite. Check the kernel (its bandwidth, the inputs' "
+        "scale) or, for a precomputed matrix, that it is complete and finite (`ntkit verify` for a store)")
+
+
+def check_symmetric(K: torch.Tensor, what: str = "the training kernel matrix") -> None:
+    """Raise NotPSDError when a square kernel matrix K: (n, n) is not symmetric within rounding.
+
+    Tolerance relative to max |K|: 1e-6 for float64 and 1e-3 for float32 and narrower types.
+    ntkit's own kernels and stores are exactly symmetric (one triangle, mirrored); a matrix
+    assembled elsewhere from separately computed blocks (J1·J2ᵀ and J2·J1ᵀ) differs by the
+    rounding of its dot products, ~eps·√P relative (2e-16·√1e8 = 2e-12 in float64; 1.2e-7·√1e6 =
+    1.2e-4 in float32), so these bounds leave a margin of 10⁴ and 10 above that, while a real
+    asymmetry (another layout, test rows, a transposed block) is O(1). Cholesky reads only one
+    triangle, so without this check the other would be silently ignored.
+    """
+    if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] < 2:
+        return
+    rtol = 1e-6 if K.dtype == torch.float64 else 1e-3
+    diff = (K - K.T).abs()
+    asym = float(diff.max())
+    scale = float(K.abs().max())
+    if asym > rtol * scale:
+        i, j = divmod(int(diff.argmax()), K.shape[1])
+        raise NotPSDError(
+            f"{what} is not symmetric: max |K - K^T| = {asym:.3g} at K[{i}, {j}] ({asym / scale:.2g} of max |K| = "
+            f"{scale:.3g}; rounding stays below {rtol:g} for {str(K.dtype).removeprefix('torch.')}). A kernel machine "
+            "needs k(x_i, x_j) = k(x_j, x_i): check that the rows and columns are the same points in the same "
+            "order, or symmetrize it with K = (K + K.T) / 2")
 
 
 class _RidgeBase(KernelMachine, BaseEstimator):
@@ -92,6 +156,8 @@ class _RidgeBase(KernelMachine, BaseEstimator):
         if not isinstance(self.alpha, (int, float)) or not np.isfinite(self.alpha) or self.alpha < 0:
             raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
         K = self.kernel_(X)
+        check_kernel_matrix(K)
+        check_symmetric(K)
         Y2 = Y.reshape(Y.shape[0], -1)
         A, jitter = cholesky_solve_psd(K, Y2.to(K.device), float(self.alpha), kernel_dtype=K.dtype)
         self.X_fit_ = X

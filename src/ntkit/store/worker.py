@@ -74,6 +74,7 @@ def compute_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.T
         call = _prepare(job.model, x1, x2, job.output, list(job.params) if job.params else None, None,
                         None if name is None else device, job.engine_memory)
         k = call.run(job.method)
+    _check_tile(k, tile, x1, x2)
     return _host(k)
 
 
@@ -86,7 +87,16 @@ def features_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.
     with matmul_precision(dev, job.precision):
         k = tile_from_features(job, tile, _to_device(x_rows, dev),
                                None if x_cols is None else _to_device(x_cols, dev), root, dev, cache)
+    _check_tile(k, tile, x_rows, x_cols)
     return _host(k)
+
+
+def _check_tile(k: torch.Tensor, tile: Tile, x_rows: torch.Tensor, x_cols: torch.Tensor | None) -> None:
+    """NonFiniteError for a tile with NaN/inf entries, before it can be written or recorded."""
+    from ntkit.engine.finite import check_kernel
+
+    check_kernel(k, f"tile {tile.key} (rows {tile.r0}:{tile.r1}, cols {tile.c0}:{tile.c1})", (x_rows, x_cols),
+                 k.dtype, after="The tile was not written or recorded and the kernel is not marked complete")
 
 
 def _host(k: torch.Tensor) -> np.ndarray:
