@@ -292,7 +292,7 @@ def compute(
                 f"cannot resume {ks.path}: it was computed with features={fplan.strategy!r}, not "
                 f"{features!r}; resume with --features {fplan.strategy} (or auto), or pass "
                 "overwrite=True (--overwrite) to start again")
-        _repair_on_resume(ks)
+        _repair_on_resume(ks, tplan, src_rows, src_cols, prep)
     else:
         budget = parse_memory(memory, dev)
         n_out = spec.n_out(n_logits)
@@ -385,12 +385,19 @@ def compute(
     return KernelStore(ks.path, mode="r")
 
 
-def _repair_on_resume(ks: KernelStore) -> None:
+def _repair_on_resume(ks: KernelStore, tplan: TilePlan, rows: DataSource, cols: DataSource | None, prep) -> None:
     """Under the store's lock, before any tile: remove dead writers' temporaries, and un-record
     (so recompute) every recorded tile whose chunks are missing or differ from their checksums,
     saying which. One read of the store, one tile at a time."""
     import warnings
 
+    # The plan is read back from the metadata: damaged, it would write tiles of another shape,
+    # or mirror tiles whose rows are not the columns.
+    if ((tplan.tile_rows, tplan.tile_cols) != ks.tile_shape
+            or (cols is not None and tplan.shared and _shared_prefix(rows, cols, prep) != tplan.shared)):
+        raise StoreError(f"cannot resume {ks.path}: its metadata's plan (tiles {tplan.tile_rows} x "
+                         f"{tplan.tile_cols}, shared rows {tplan.shared}) does not fit the store or the data "
+                         "(damaged zarr.json?); pass overwrite=True (--overwrite) to compute it again")
     ks.clean_temporaries()
     bad = ks.check_tiles()
     if bad:
