@@ -101,10 +101,7 @@ def store_lock(store: str | os.PathLike[str], command: str | None = None) -> Ite
     if held is not None:  # another thread of this process
         raise StoreLockedError(f"{store} is being written by another thread of this process; wait for "
                                "that ntkit.compute call to finish")
-    fd = _acquire(path, store, command)
-    if fd is None:
-        yield
-        return
+    fd = _acquire(path, store, command)  # None: no lock here (warned); still held "by this thread"
     with _GUARD:
         _HELD[key] = [threading.get_ident(), 1, fd]
     try:
@@ -112,7 +109,8 @@ def store_lock(store: str | os.PathLike[str], command: str | None = None) -> Ite
     finally:
         with _GUARD:
             del _HELD[key]
-        _release(fd)
+        if fd is not None:
+            _release(fd)
 
 
 def _acquire(path: Path, store, command: str | None) -> int | None:
