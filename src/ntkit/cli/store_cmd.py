@@ -229,21 +229,28 @@ def _repair(ks, device: str | None) -> list[str]:
     from ntkit.store import StoreError
 
     meta = ks.metadata
-    d, m, ident = meta.get("data") or {}, meta.get("model") or {}, meta["identity"]
+    d, m, ident = meta.get("data") or {}, meta.get("model") or {}, meta.get("identity") or {}
+    if not isinstance(d, dict) or not isinstance(m, dict) or "dtype" not in ident or "method" not in ident:
+        raise UserError(f"{ks.path}'s metadata are damaged, so it cannot be repaired; compute it again with "
+                        "--overwrite")
     if not d.get("rows") or not m.get("spec"):
         raise UserError(f"{ks.path} was written by the Python API without data and model specs, so it cannot "
                         "be repaired here; call ntkit.compute again with the same model, data and options: "
                         "it recomputes the damaged tiles")
+    dtype = getattr(torch, str(ident["dtype"]), None)
+    if not isinstance(dtype, torch.dtype):
+        raise UserError(f"{ks.path}'s metadata are damaged (dtype {ident['dtype']!r}), so it cannot be repaired; "
+                        "compute it again with --overwrite")
     rows, cols = resolve_kernel_data(d["rows"], d.get("data_dir"), cols=d.get("cols"))
     net = build_model(m["spec"], rows.input_shape, rows.num_classes, seed=m.get("seed") or 0,
-                      weights=m.get("weights")).to(getattr(torch, ident["dtype"]))
+                      weights=m.get("weights")).to(dtype)
     if device is not None:
         net = net.to(device)
     seen: list[str] = []
     try:
         with _repair_notices(seen):
             ntkit.compute(net, rows, None if ks.symmetric else cols, store=ks.path, method=ident["method"],
-                          output=ident["output"], params=ident.get("params") or None, device=device,
+                          output=ident.get("output", "trace"), params=ident.get("params") or None, device=device,
                           precision=ident.get("precision", "float32"))
     except StoreError as e:
         raise UserError(f"cannot repair {ks.path}: {e}") from None
@@ -274,7 +281,11 @@ def verify(
         ks = open_store(store)
     except StoreError as e:
         raise UserError(str(e)) from None
-    recompute = _recompute_fn(ks) if sample > 0 else None
+    try:
+        recompute = _recompute_fn(ks) if sample > 0 else None
+    except (KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{store}'s metadata are damaged ({type(e).__name__}: {e}), so tiles cannot be recomputed; "
+                        "check its tiles with --sample 0, or compute it again with --overwrite") from None
     report = ks.verify(recompute=recompute, sample=sample, rtol=rtol)
     if repair and not report.ok:
         err.print(str(report), highlight=False)

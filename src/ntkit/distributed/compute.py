@@ -284,9 +284,13 @@ def compute(
             raise StoreError(f"{e}; pass overwrite=True (--overwrite) to replace it") from None
         _check_identity(ks, identity)
         meta = ks.metadata
-        tplan = _plan_from_meta(meta, n1, n2, symmetric, entry_bytes, input_bytes)
-        used = meta["method_used"]
-        fplan = _features_from_meta(meta)
+        try:
+            tplan = _plan_from_meta(meta, n1, n2, symmetric, entry_bytes, input_bytes)
+            used = str(meta["method_used"])
+            fplan = _features_from_meta(meta)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise StoreError(f"cannot resume {ks.path}: its metadata are damaged ({type(e).__name__}: {e}); "
+                             "pass overwrite=True (--overwrite) to compute it again") from None
         if features != "auto" and features != fplan.strategy:
             raise StoreMismatchError(
                 f"cannot resume {ks.path}: it was computed with features={fplan.strategy!r}, not "
