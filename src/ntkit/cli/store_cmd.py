@@ -117,11 +117,10 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
     bar = _TileBar(f"eNTK {rows.spec} x {cols.spec if cols is not None else 'same'}", enabled=not quiet)
     t = time.perf_counter()
     try:
-        with _repair_notices():
-            ks = ntkit.compute(net, rows, cols, store=output_path, method=method, output=output,
-                               params=params or None, memory=memory, device=device, client=client,
-                               workers=workers, tile=tile, overwrite=overwrite, precision=precision,
-                               features=features, progress=bar, metadata=metadata)
+        ks = ntkit.compute(net, rows, cols, store=output_path, method=method, output=output,
+                           params=params or None, memory=memory, device=device, client=client,
+                           workers=workers, tile=tile, overwrite=overwrite, precision=precision,
+                           features=features, progress=bar, metadata=metadata)
     except ComputeInterrupted as e:
         bar.close()
         err.print(f"[yellow]interrupted[/yellow]: {e}", highlight=False)
