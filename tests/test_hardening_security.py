@@ -192,3 +192,12 @@ def test_torchvision_pretrained_weights_from_a_file_need_the_opt_in():
                 build_model(spec, (3, 32, 32), 1000)
         with untrusted_source("m.npz"), pytest.raises(ImportError):
             build_model("torchvision:resnet18", (3, 32, 32), 10)  # no weights: nothing to trust
+
+
+def test_verify_repair_refuses_a_file_model_from_store_metadata(tampered_store, capsys):
+    store, evil, marker = tampered_store
+    (store / "tiles" / "0.1.json").unlink()  # a missing tile: --repair must rebuild the model
+    assert main(["verify", str(store), "--sample", "0", "--repair"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to run code" in err and "--trust-code" in err
+    assert not marker.exists()

@@ -247,7 +247,8 @@ def test_tf32x3_store_verifies_against_float64_and_catches_a_tampered_tile(tmp_p
     arr[tile.r0:tile.r1, tile.c0:tile.c1] = block
     record = path / "tiles" / "1.0.json"
     rec = json.loads(record.read_text())
-    rec["sha256"] = tile_checksum(KernelStore(path).read_tile(tile))
+    rec["sha256"] = tile_checksum(block)  # a consistently forged record: checksum and chunk size
+    rec["chunk_bytes"] = [(path / "c" / "1" / "0").stat().st_size]
     record.write_text(json.dumps(rec))
     assert KernelStore(path).verify().ok  # checksums, finiteness: all consistent
     rep = KernelStore(path).verify(recompute=fresh, sample=n_tiles)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -49,6 +52,29 @@ class _TileBar:
             self.progress.stop()
 
 
+@contextlib.contextmanager
+def _repair_notices(seen: list[str] | None = None):
+    """Print the store's repair and lock warnings as one line each when they happen (others as
+    usual); `seen` collects their messages."""
+    from ntkit.store import StoreLockWarning, StoreRepairWarning
+
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, (StoreRepairWarning, StoreLockWarning)):
+            if seen is not None:
+                seen.append(str(message))
+            err.print("[yellow]warning:[/yellow] ", end="")
+            err.print(str(message), markup=False, highlight=False, soft_wrap=True)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", StoreRepairWarning)
+        warnings.showwarning = showwarning
+        yield
+
+
 def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weights, seed: int, data_dir,
                   method: str, output: str, params, memory, device, workers, scheduler, tile,
                   precision: str, overwrite: bool, quiet: bool, explain: bool, timings: dict[str, float],
@@ -57,7 +83,14 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
     import ntkit
     from ntkit.distributed import ComputeInterrupted
     from ntkit.store import KernelStore, StoreError
+    from ntkit.store.lock import holds_lock, store_lock
 
+    if not holds_lock(output_path):
+        # Locked before the store is looked at: the loser of two simultaneous starts is told who
+        # is writing, not that a half-created store "exists".
+        args = dict(locals())
+        with _repair_notices(), store_lock(output_path, command=command):
+            return compute_store(**{k: args[k] for k in inspect.signature(compute_store).parameters})
     resuming = output_path.exists() and not overwrite
     if resuming and not (output_path / "zarr.json").exists():
         raise UserError(f"{output_path} exists and is not a kernel store; pass --overwrite or choose another path")
@@ -221,6 +254,49 @@ def _recompute_fn(ks, trust_code: Any = False, num_classes: int | None = None) -
     return recompute
 
 
+def _repair(ks, device: str | None, trust_code: Any = False, num_classes: int | None = None) -> list[str]:
+    """Recompute the store's damaged and missing tiles through `ntkit.compute` (resume: under
+    the store's lock, bad records dropped, the same method and plan); returns its notices.
+
+    The model spec is read from the store, so it runs no code unless `trust_code` names it."""
+    import torch
+
+    import ntkit
+    from ntkit.data import resolve_kernel_data
+    from ntkit.models import build_model, untrusted_source
+    from ntkit.store import StoreError
+
+    meta = ks.metadata
+    d, m, ident = meta.get("data") or {}, meta.get("model") or {}, meta.get("identity") or {}
+    if not isinstance(d, dict) or not isinstance(m, dict) or "dtype" not in ident or "method" not in ident:
+        raise UserError(f"{ks.path}'s metadata are damaged, so it cannot be repaired; compute it again with "
+                        "--overwrite")
+    if not d.get("rows") or not m.get("spec"):
+        raise UserError(f"{ks.path} was written by the Python API without data and model specs, so it cannot "
+                        "be repaired here; call ntkit.compute again with the same model, data and options: "
+                        "it recomputes the damaged tiles")
+    dtype = getattr(torch, str(ident["dtype"]), None)
+    if not isinstance(dtype, torch.dtype):
+        raise UserError(f"{ks.path}'s metadata are damaged (dtype {ident['dtype']!r}), so it cannot be repaired; "
+                        "compute it again with --overwrite")
+    rows, cols = resolve_kernel_data(d["rows"], d.get("data_dir"), cols=d.get("cols"), num_classes=num_classes)
+    n_classes = _stored_num_classes(rows, d.get("num_classes"), num_classes)
+    with untrusted_source(f"the store {ks.path}", trust_code):
+        net = build_model(m["spec"], rows.input_shape, n_classes, seed=m.get("seed") or 0,
+                          weights=m.get("weights")).to(dtype)
+    if device is not None:
+        net = net.to(device)
+    seen: list[str] = []
+    try:
+        with _repair_notices(seen):
+            ntkit.compute(net, rows, None if ks.symmetric else cols, store=ks.path, method=ident["method"],
+                          output=ident.get("output", "trace"), params=ident.get("params") or None, device=device,
+                          precision=ident.get("precision", "float32"))
+    except StoreError as e:
+        raise UserError(f"cannot repair {ks.path}: {e}") from None
+    return seen
+
+
 @app.command()
 def verify(
     store: Path = typer.Argument(..., help="A kernel store written by `ntkit compute ... -o K.zarr`."),
@@ -238,16 +314,37 @@ def verify(
                                               "store was computed with, when its labels do not make it "
                                               "plausible (needed for counts above max(2 x distinct labels, "
                                               "1024))."),
+    repair: bool = typer.Option(False, "--repair", help="Recompute the tiles whose data are missing or "
+                                "damaged (and any not computed yet) from the stored data and model specs, "
+                                "then check again."),
+    device: Optional[str] = typer.Option(None, "--device", help="With --repair: where tiles are recomputed "
+                                         "(default: cpu)."),
 ) -> int:
     """Check a kernel store: complete, every tile matches its checksum, finite, symmetric, and
-    a sample of tiles recomputed equal to the stored ones. Exit status 1 when anything is wrong."""
+    a sample of tiles recomputed equal to the stored ones. Exit status 1 when anything is wrong.
+    With --repair, damaged and missing tiles are recomputed first (status 0 once all is well)."""
     from ntkit.store import StoreError, open_store
 
     try:
         ks = open_store(store)
     except StoreError as e:
         raise UserError(str(e)) from None
-    recompute = _recompute_fn(ks, trust_code or False, num_classes) if sample > 0 else None
+    try:
+        recompute = _recompute_fn(ks, trust_code or False, num_classes) if sample > 0 else None
+    except (KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{store}'s metadata are damaged ({type(e).__name__}: {e}), so tiles cannot be recomputed; "
+                        "check its tiles with --sample 0, or compute it again with --overwrite") from None
     report = ks.verify(recompute=recompute, sample=sample, rtol=rtol)
+    if repair and not report.ok:
+        err.print(str(report), highlight=False)
+        before = {k: r.get("finished") for k, r in ks.records().items()}
+        notices = _repair(ks, device, trust_code or False, num_classes)
+        ks = open_store(store)
+        redone = sorted((k for k, r in ks.records().items() if before.get(k) != r.get("finished")),
+                        key=lambda k: tuple(int(v) for v in k.split(".")))
+        err.print(f"repaired {store}: {len(redone)} tile(s) computed again"
+                  + (f" ({', '.join(redone[:20])}{', ...' if len(redone) > 20 else ''})" if redone else "")
+                  + ("" if notices else "; no recorded tile was damaged"), highlight=False)
+        report = ks.verify(recompute=recompute, sample=sample, rtol=rtol)
     (out if report.ok else err).print(str(report), highlight=False)
     return 0 if report.ok else 1

@@ -22,6 +22,7 @@ recorded is complete and the same call resumes.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import shutil
 import signal
@@ -41,7 +42,8 @@ from ntkit.schedule.features import STRATEGIES as FEATURE_STRATEGIES
 from ntkit.schedule.features import FeaturePlan, plan_features
 from ntkit.store.features import DIR as FEATURES_DIR
 from ntkit.store.features import FeatureCache, FeatureSpec, tile_keys, unique_inputs
-from ntkit.store.kernel_store import KernelStore, StoreError, StoreMismatchError
+from ntkit.store.kernel_store import KernelStore, StoreError, StoreMismatchError, StoreRepairWarning
+from ntkit.store.lock import holds_lock, store_lock
 from ntkit.store.worker import PRECISIONS, TileJob, compute_tile, features_tile, run_tile_to_store
 
 __all__ = ["compute", "ComputeInterrupted", "DataSource"]
@@ -210,7 +212,13 @@ def compute(
         StoreMismatchError: resuming with another model, data or options.
         BudgetTooSmallError: the budget cannot hold the model plus one tile.
         ComputeInterrupted: Ctrl-C (the store keeps every finished tile; call again to resume).
+        StoreLockedError: another process is writing the store (named, with the fix).
     """
+    if store is not None and not holds_lock(store):
+        # One writer per store, for the whole call: resume, --overwrite and repair alike.
+        args = dict(locals())
+        with store_lock(store):
+            return compute(**{k: args[k] for k in inspect.signature(compute).parameters})
     from ntkit.engine.api import _prepare, parse_method
     from ntkit.engine.memory import parse_memory
     from ntkit.engine.outputs import parse_output
@@ -276,15 +284,20 @@ def compute(
             raise StoreError(f"{e}; pass overwrite=True (--overwrite) to replace it") from None
         _check_identity(ks, identity)
         meta = ks.metadata
+        try:
+            tplan = _plan_from_meta(meta, n1, n2, symmetric, entry_bytes, input_bytes)
+            used = str(meta["method_used"])
+            fplan = _features_from_meta(meta)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise StoreError(f"cannot resume {ks.path}: its metadata are damaged ({type(e).__name__}: {e}); "
+                             "pass overwrite=True (--overwrite) to compute it again") from None
         _check_resume_plan(ks, meta, tile, memory, dev, n1, n2)
-        tplan = _plan_from_meta(meta, n1, n2, symmetric, entry_bytes, input_bytes)
-        used = meta["method_used"]
-        fplan = _features_from_meta(meta)
         if features != "auto" and features != fplan.strategy:
             raise StoreMismatchError(
                 f"cannot resume {ks.path}: it was computed with features={fplan.strategy!r}, not "
                 f"{features!r}; resume with --features {fplan.strategy} (or auto), or pass "
                 "overwrite=True (--overwrite) to start again")
+        _repair_on_resume(ks, tplan, src_rows, src_cols, prep)
     else:
         budget = parse_memory(memory, dev)
         n_out = spec.n_out(n_logits)
@@ -375,6 +388,29 @@ def compute(
         ks.update_metadata(complete=True, timings=timings,
                            entries_per_s=round(ks.throughput() or 0.0, 1))
     return KernelStore(ks.path, mode="r")
+
+
+def _repair_on_resume(ks: KernelStore, tplan: TilePlan, rows: DataSource, cols: DataSource | None, prep) -> None:
+    """Under the store's lock, before any tile: remove dead writers' temporaries, and un-record
+    (so recompute) every recorded tile whose chunks are missing or differ from their checksums,
+    saying which. One read of the store, one tile at a time."""
+    import warnings
+
+    # The plan is read back from the metadata: damaged, it would write tiles of another shape,
+    # or mirror tiles whose rows are not the columns.
+    if ((tplan.tile_rows, tplan.tile_cols) != ks.tile_shape
+            or (cols is not None and tplan.shared and _shared_prefix(rows, cols, prep) != tplan.shared)):
+        raise StoreError(f"cannot resume {ks.path}: its metadata's plan (tiles {tplan.tile_rows} x "
+                         f"{tplan.tile_cols}, shared rows {tplan.shared}) does not fit the store or the data "
+                         "(damaged zarr.json?); pass overwrite=True (--overwrite) to compute it again")
+    ks.clean_temporaries()
+    bad = ks.check_tiles()
+    if bad:
+        ks.discard(t for t, _ in bad)
+        keys = ", ".join(t.key for t, _ in bad[:20]) + (", ..." if len(bad) > 20 else "")
+        warnings.warn(f"{ks.path}: {len(bad)} recorded tile(s) had missing or corrupt data and are "
+                      f"recomputed now: {keys} (first: {bad[0][1].split(';')[0]})", StoreRepairWarning,
+                      stacklevel=3)
 
 
 def _n_workers(client: Any) -> int:

@@ -1,7 +1,8 @@
 """The out-of-core kernel store: zarr tiles, metadata, a record of completed tiles, integrity."""
 
-from ntkit.store.kernel_store import (FORMAT, IncompleteStoreError, KernelStore, StoreError,
-                                      StoreMismatchError, VerifyReport, open_store)
+from ntkit.store.kernel_store import (FORMAT, CorruptTileError, IncompleteStoreError, KernelStore, StoreError,
+                                      StoreMismatchError, StoreRepairWarning, VerifyReport, open_store)
+from ntkit.store.lock import StoreLockedError, StoreLockWarning
 
-__all__ = ["FORMAT", "IncompleteStoreError", "KernelStore", "StoreError", "StoreMismatchError",
-           "VerifyReport", "open_store"]
+__all__ = ["FORMAT", "CorruptTileError", "IncompleteStoreError", "KernelStore", "StoreError", "StoreLockedError",
+           "StoreLockWarning", "StoreMismatchError", "StoreRepairWarning", "VerifyReport", "open_store"]

@@ -4,13 +4,22 @@ Layout of a store `K.zarr/` (a plain zarr v3 array, readable by zarr, dask and x
 
     K.zarr/zarr.json         array metadata; its attributes hold ntkit's metadata ("ntkit" key)
     K.zarr/c/i/j[/0/0]       one chunk per tile, zstd-compressed; missing tiles read as NaN
-    K.zarr/tiles/i.j.json    the record of a completed tile: sha256 of its bytes, time, entries
+    K.zarr/tiles/i.j.json    the record of a completed tile: sha256 of its bytes (and of its
+                             mirror's), chunk file sizes, time, entries
+    .K.zarr.lock             beside the store: the writer's lock (`ntkit.store.lock`)
 
 A tile's record is written (atomically: temp file, fsync, rename) only after its chunk files are
 fsync-ed, so a record always means durable data, and a crash at any point leaves at worst a tile
-without a record, which the next run recomputes. The checksum lets `verify` detect a chunk that
-was corrupted or truncated afterwards. Workers write distinct chunks and records, so several
-processes or machines can fill one store at once; only the driver writes the attributes.
+without a record, which the next run recomputes. Workers write distinct chunks and records, so
+several processes or machines can fill one store at once; only the driver writes the attributes.
+
+Integrity: every read (`store[...]`, `get`, `to_numpy`, `to_dask`, `read_tile`) reads whole
+tiles and checks each against its record's checksum (a mirrored chunk against its own checksum,
+or the transpose of its tile's for records written before it had one); a recorded tile whose
+chunk is missing, undecodable or changed raises `CorruptTileError` naming the tile and the fix,
+never NaN or other numbers. A tile without a (readable) record is not done: it reads as NaN and
+`to_numpy`/`to_dask` refuse the store as incomplete. Resuming (`ntkit.compute` on the store)
+checks every recorded tile the same way and recomputes the bad ones.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from ntkit.schedule import Tile, iter_tiles
 
 FORMAT = "ntkit.kernelstore.v1"
 _RECORDS = "tiles"
+_CHANGED = "does not match its checksum (the data changed after it was written)"
 # What `verify` allows between a float64 recompute and tiles computed with reduced-precision
 # products. tf32x3: the mode's promise (its split products and float64 chunk sums stay near
 # 3e-7 of float64 in tests/test_precision.py; the float32 Jacobian passes add ~1e-7). tf32: one
@@ -54,6 +64,14 @@ class IncompleteStoreError(StoreError):
     """Reading a whole kernel whose tiles are not all computed yet."""
 
 
+class CorruptTileError(StoreError):
+    """A computed tile's data on disk are missing, undecodable or differ from its checksum."""
+
+
+class StoreRepairWarning(UserWarning):
+    """Resuming found recorded tiles whose data were missing or corrupt: they are recomputed."""
+
+
 def _fsync_path(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -70,7 +88,8 @@ def _fsync_path(path: Path) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` so that a reader sees the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # The pid in the name: a resumed run removes the temporaries of processes that died.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -124,25 +143,65 @@ class KernelStore:
     Use :func:`open_store` (or `ntkit.open`) to read one and `ntkit.compute` to fill one.
     `store[i:j, k:l]` reads any region as numpy (tiles not yet computed read as NaN);
     `store.get(rows, cols)` picks arbitrary rows and columns; `to_numpy()` and `to_dask()`
-    refuse an incomplete store unless `allow_incomplete=True`.
+    refuse an incomplete store unless `allow_incomplete=True`. Every read checks the tiles it
+    touches against their checksums and raises `CorruptTileError` for a damaged one.
     """
 
     def __init__(self, path: str | os.PathLike[str], mode: str = "r") -> None:
         import zarr
 
         self.path = Path(path)
+        self._mode = mode
         if not (self.path / "zarr.json").exists():
+            if (self.path / _RECORDS).is_dir():
+                raise StoreError(f"{self.path} has tile records but no zarr.json (its metadata were deleted): "
+                                 "it cannot be read; compute it again with --overwrite (overwrite=True)")
             raise StoreError(f"{self.path} is not a kernel store (no zarr.json); create one with "
                              "`ntkit compute DATA MODEL -o STORE.zarr`")
         try:
             self._array = zarr.open_array(str(self.path), mode=mode)
         except Exception as e:  # noqa: BLE001
-            raise StoreError(f"cannot open {self.path} as a zarr array: {e}") from e
+            raise StoreError(f"cannot open {self.path} as a zarr array ({type(e).__name__}: {e}): its "
+                             "zarr.json is damaged; compute it again with --overwrite (overwrite=True)") from e
         meta = dict(self._array.attrs).get("ntkit")
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise StoreError(f"{self.path} is a zarr array but not an ntkit kernel store "
-                             f"(attribute 'ntkit.format' != {FORMAT!r})")
+                             f"(attribute 'ntkit.format' != {FORMAT!r}); if ntkit wrote it, its zarr.json is "
+                             "damaged: compute it again with --overwrite (overwrite=True)")
         self._meta = meta
+        self._check_layout()
+        if mode != "r":
+            # A tile whose entries all equal the fill value (NaN) must still get a chunk file:
+            # a recorded tile without one reads as missing.
+            self._array = self._array.with_config({"write_empty_chunks": True})
+        self._grid: dict[tuple[int, int], tuple[Tile, bool]] | None = None
+
+    def _check_layout(self) -> None:
+        """ntkit's metadata and zarr's must describe the same array: a zarr.json changed by hand
+        or by damage would otherwise map tiles onto the wrong chunks."""
+        m, a = self._meta, self._array
+        try:
+            enc = a.metadata.chunk_key_encoding
+            want = (list(a.shape), str(a.dtype), tuple(a.chunks),
+                    type(enc).__name__, getattr(enc, "separator", "/"))
+            tiles = (int(m["tile_rows"]), int(m["tile_cols"]), *a.shape[2:])
+            have = (list(m["shape"]), str(np.dtype(m["dtype"])), tiles, "DefaultChunkKeyEncoding", "/")
+            bool(m["symmetric"]), int(m.get("plan", {}).get("shared", 0))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise StoreError(f"{self.path}'s metadata are damaged ({type(e).__name__}: {e}); compute it "
+                             "again with --overwrite (overwrite=True)") from None
+        if want != have:
+            raise StoreError(f"{self.path}'s zarr.json is inconsistent (zarr: shape {want[0]}, {want[1]}, chunks "
+                             f"{want[2]}, {want[3]} '{want[4]}'; ntkit: shape {have[0]}, {have[1]}, tiles "
+                             f"{have[2]}): it was modified or damaged; compute it again with --overwrite "
+                             "(overwrite=True)")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled for Dask workers (to_dask): they reopen the store by path.
+        return {"path": str(self.path), "mode": "r"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], mode=state["mode"])
 
     # -- creation -------------------------------------------------------------------------------
     @classmethod
@@ -217,10 +276,9 @@ class KernelStore:
         if not d.is_dir():
             return out
         for f in d.glob("*.json"):
-            try:
-                out[f.stem] = json.loads(f.read_text())
-            except (OSError, ValueError):
-                continue  # an unreadable record means the tile is not done
+            rec = _load_record(f)
+            if rec is not None:  # an unreadable record means the tile is not done
+                out[f.stem] = rec
         return out
 
     def done(self) -> set[str]:
@@ -240,8 +298,8 @@ class KernelStore:
     def throughput(self) -> float | None:
         """Kernel entries per second of compute time over the completed tiles (None: none done)."""
         recs = self.records().values()
-        secs = sum(r.get("seconds", 0.0) for r in recs)
-        entries = sum(r.get("entries", 0) for r in recs)
+        secs = sum(r["seconds"] for r in recs if isinstance(r.get("seconds"), (int, float)))
+        entries = sum(r["entries"] for r in recs if isinstance(r.get("entries"), (int, float)))
         return entries / secs if secs > 0 else None
 
     def __repr__(self) -> str:
@@ -251,8 +309,33 @@ class KernelStore:
 
     # -- reading --------------------------------------------------------------------------------
     def __getitem__(self, key: Any) -> np.ndarray:
-        """Numpy-style basic indexing; tiles not yet computed read as NaN."""
-        return self._array[key]
+        """Numpy-style basic indexing (integers, slices, `...`); tiles not yet computed read as NaN.
+
+        The tiles touched are read whole and checked against their checksums.
+        """
+        if not isinstance(key, tuple):
+            key = (key,)
+        if any(k is Ellipsis for k in key):
+            at = next(i for i, k in enumerate(key) if k is Ellipsis)
+            key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1:]
+        if len(key) > self.ndim:
+            raise IndexError(f"too many indices for a kernel of shape {self.shape}")
+        key = key + (slice(None),) * (self.ndim - len(key))
+        picks, rest = [], []
+        for axis, k in enumerate(key[:2]):
+            n = self.shape[axis]
+            if isinstance(k, (int, np.integer)) and not isinstance(k, bool):
+                if not -n <= int(k) < n:
+                    raise IndexError(f"index {int(k)} is out of range for axis {axis} with size {n}")
+                picks.append(np.array([int(k) % n], dtype=np.int64))
+                rest.append(0)
+            elif isinstance(k, slice):
+                picks.append(np.arange(*k.indices(n), dtype=np.int64))
+                rest.append(slice(None))
+            else:
+                raise IndexError(f"a kernel store takes integers, slices and ... (got {type(k).__name__}); "
+                                 "use store.get(rows, cols) for integer arrays")
+        return self._read(picks[0], picks[1])[(*rest, *key[2:])]
 
     def __array__(self, dtype=None, copy=None):
         a = self.to_numpy()
@@ -267,7 +350,7 @@ class KernelStore:
                 raise IndexError(f"{name} index out of range for a kernel of shape {self.shape}")
         if r.size == 0 or c.size == 0:
             return np.empty((r.size, c.size, *self.shape[2:]), dtype=self.dtype)
-        return self._array.oindex[r % self.shape[0], c % self.shape[1]]
+        return self._read(r % self.shape[0], c % self.shape[1])
 
     def _require_complete(self, allow_incomplete: bool) -> None:
         if allow_incomplete:
@@ -280,19 +363,150 @@ class KernelStore:
                 "read it with NaN for the missing tiles")
 
     def to_numpy(self, allow_incomplete: bool = False) -> np.ndarray:
-        """The whole kernel in memory."""
+        """The whole kernel in memory (every tile checked against its checksum)."""
         self._require_complete(allow_incomplete)
-        return self._array[...]
+        return self._read(np.arange(self.shape[0]), np.arange(self.shape[1]))
 
     def to_dask(self, allow_incomplete: bool = False):
-        """A dask array over the tiles (chunks = tiles), read lazily."""
+        """A dask array over the tiles (chunks = tiles), read lazily; each chunk is checked
+        against its tile's checksum when it is read."""
+        import uuid
+
         import dask.array as da
 
         self._require_complete(allow_incomplete)
-        return da.from_zarr(self._array)
+        tr, tc = self.tile_shape
+        return da.from_array(self, chunks=(tr, tc, *self.shape[2:]), asarray=True, fancy=False,
+                             name=f"ntkit-store-{uuid.uuid4().hex}",
+                             meta=np.empty((0,) * self.ndim, dtype=self.dtype))
 
     def read_tile(self, tile: Tile) -> np.ndarray:
-        return self._array[tile.r0:tile.r1, tile.c0:tile.c1]
+        """The tile's data, checked against its record (NaN when it is not done)."""
+        return self._read_chunk(tile.i, tile.j)
+
+    # Each chunk is one tile, or the mirror (transposed copy) of one.
+    def _chunk_owner(self, ci: int, cj: int) -> tuple[Tile, bool] | None:
+        if self._grid is None:
+            grid: dict[tuple[int, int], tuple[Tile, bool]] = {}
+            for t in self.tiles():
+                grid[(t.i, t.j)] = (t, False)
+                if t.mirror:
+                    grid[(t.j, t.i)] = (t, True)
+            self._grid = grid
+        return self._grid.get((ci, cj))
+
+    def _read(self, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """K[r][:, c] (orthogonal) for non-negative index arrays, one checked tile at a time."""
+        tr, tc = self.tile_shape
+        out = np.empty((r.size, c.size, *self.shape[2:]), dtype=self.dtype)
+        rb, cb = r // tr, c // tc
+        col_groups = [(b, np.flatnonzero(cb == b)) for b in np.unique(cb)]
+        for a in np.unique(rb):
+            ri = np.flatnonzero(rb == a)
+            for b, ci in col_groups:
+                block = self._read_chunk(int(a), int(b))
+                lr, lc = r[ri] - a * tr, c[ci] - b * tc
+                spans = [_as_slice(v) for v in (ri, ci, lr, lc)]
+                if all(v is not None for v in spans):  # a plain region: no fancy-index copies
+                    out[spans[0], spans[1]] = block[spans[2], spans[3]]
+                else:
+                    out[np.ix_(ri, ci)] = block[np.ix_(lr, lc)]
+        return out
+
+    def _chunk_region(self, t: Tile, mirrored: bool) -> tuple[slice, slice]:
+        return (slice(t.c0, t.c1), slice(t.r0, t.r1)) if mirrored else (slice(t.r0, t.r1), slice(t.c0, t.c1))
+
+    def _read_chunk(self, ci: int, cj: int) -> np.ndarray:
+        """Chunk (ci, cj) checked against its tile's record; NaN when the tile is not done."""
+        owner = self._chunk_owner(ci, cj)
+        tr, tc = self.tile_shape
+        rs = slice(ci * tr, min((ci + 1) * tr, self.shape[0]))
+        cs = slice(cj * tc, min((cj + 1) * tc, self.shape[1]))
+        if owner is None:  # not a chunk any tile fills (never, for a store ntkit wrote)
+            return np.full((rs.stop - rs.start, cs.stop - cs.start, *self.shape[2:]), np.nan, self.dtype)
+        t, mirrored = owner
+        rec = _load_record(self.path / _RECORDS / f"{t.key}.json")
+        if rec is None:
+            return np.full((rs.stop - rs.start, cs.stop - cs.start, *self.shape[2:]), np.nan, self.dtype)
+        data, problem = self._checked_chunk(t, mirrored, rec)
+        if problem is not None:
+            raise CorruptTileError(self._corrupt_message(t, mirrored, problem))
+        return data
+
+    def _checked_chunk(self, t: Tile, mirrored: bool, rec: dict[str, Any]) -> tuple[np.ndarray | None, str | None]:
+        """(data, None) when the chunk matches the record, else (None, what is wrong)."""
+        if rec.get("rows") != [t.r0, t.r1] or rec.get("cols") != [t.c0, t.c1]:
+            return None, (f"has a record ({_RECORDS}/{t.key}.json) for rows {rec.get('rows')}, cols "
+                          f"{rec.get('cols')} instead")
+        chunk = self._chunk_path(*((t.j, t.i) if mirrored else (t.i, t.j)))
+        try:
+            size = chunk.stat().st_size
+        except OSError:
+            return None, f"has lost its chunk file {chunk.relative_to(self.path)}"
+        sizes = rec.get("chunk_bytes")
+        if isinstance(sizes, list) and len(sizes) == (2 if t.mirror else 1) and sizes[int(mirrored)] != size:
+            return None, (f"has a chunk file {chunk.relative_to(self.path)} of {size} bytes, written with "
+                          f"{sizes[int(mirrored)]} (truncated or replaced)")
+        try:
+            data = np.ascontiguousarray(self._array[self._chunk_region(t, mirrored)])
+        except Exception as e:  # noqa: BLE001 - a chunk the codec cannot decode: corrupted
+            return None, f"cannot be decoded ({type(e).__name__}: {e})"
+        if mirrored and isinstance(rec.get("mirror_sha256"), str):
+            ok = tile_checksum(data) == rec["mirror_sha256"]
+        else:  # stores written before mirror checksums: the transposed copy must be the tile
+            ok = tile_checksum(mirror_tile(data) if mirrored else data) == rec.get("sha256")
+        return (data, None) if ok else (None, _CHANGED)
+
+    def _corrupt_message(self, t: Tile, mirrored: bool, problem: str) -> str:
+        what = (f"the mirror (rows {t.c0}:{t.c1}, cols {t.r0}:{t.r1}) of tile {t.key}" if mirrored
+                else f"tile {t.key} (rows {t.r0}:{t.r1}, cols {t.c0}:{t.c1})")
+        return (f"{what} of {self.path} {problem}; recompute it with `ntkit verify {self.path} --repair` "
+                "or by running the same `ntkit compute` command (ntkit.compute call) again")
+
+    def check_tiles(self) -> list[tuple[Tile, str]]:
+        """Recorded tiles whose chunks (or mirrors) are missing, undecodable or differ from their
+        checksums, with what is wrong: each chunk is read once, one at a time."""
+        bad = []
+        for t in self.tiles():
+            rec = _load_record(self.path / _RECORDS / f"{t.key}.json")
+            if rec is None:
+                continue
+            for mirrored in ((False, True) if t.mirror else (False,)):
+                _, problem = self._checked_chunk(t, mirrored, rec)
+                if problem is not None:
+                    bad.append((t, self._corrupt_message(t, mirrored, problem)))
+                    break
+        return bad
+
+    def discard(self, tiles: Iterable[Tile]) -> None:
+        """Delete the records of `tiles` (writer only): they are not done, and the next run
+        recomputes them."""
+        for t in tiles:
+            (self.path / _RECORDS / f"{t.key}.json").unlink(missing_ok=True)
+        _fsync_path(self.path / _RECORDS)
+
+    def clean_temporaries(self) -> int:
+        """Remove the temporary files of writers that died (a killed run's feature block, zarr's
+        partial chunks, records not yet renamed); only under the store's lock. Returns bytes freed.
+
+        A temporary named with a pid that is alive on this machine is kept: it may be a worker's
+        still running (the others are from runs whose driver, the lock's holder, has gone)."""
+        freed = 0
+        candidates = [*self.path.glob(".ntkit-disk-probe-*"), *(self.path / _RECORDS).glob(".*.tmp"),
+                      *(self.path / "features").glob(".*.tmp"), *(self.path / "c").rglob("*.partial")]
+        for f in candidates:
+            parts = f.name.split(".")
+            pid = (f.name.rsplit("-", 1)[-1] if f.name.startswith(".ntkit-disk-probe-")
+                   else parts[-3] if f.suffix == ".tmp" and len(parts) >= 4 else "")
+            if pid.isdigit() and _pid_alive(int(pid)):
+                continue
+            try:
+                size = f.stat().st_size
+                f.unlink()
+                freed += size
+            except OSError:
+                continue
+        return freed
 
     # -- writing --------------------------------------------------------------------------------
     def write_tile(self, tile: Tile, data: np.ndarray, seconds: float, worker: str = "") -> dict[str, Any]:
@@ -306,11 +520,15 @@ class KernelStore:
         if tile.mirror:
             self._array[tile.c0:tile.c1, tile.r0:tile.r1] = mirror_tile(data)
             chunks.append((tile.j, tile.i))
+        sizes = []
         for ci, cj in chunks:
             _fsync_path(self._chunk_path(ci, cj))
+            sizes.append(self._chunk_path(ci, cj).stat().st_size)
         record = {"tile": tile.key, "rows": [tile.r0, tile.r1], "cols": [tile.c0, tile.c1],
                   "sha256": tile_checksum(data), "seconds": round(float(seconds), 6),
-                  "entries": tile.n_entries, "finished": time.time(), "worker": worker}
+                  "entries": tile.n_entries, "finished": time.time(), "worker": worker, "chunk_bytes": sizes}
+        if tile.mirror:
+            record["mirror_sha256"] = tile_checksum(mirror_tile(data))
         atomic_write_bytes(self.path / _RECORDS / f"{tile.key}.json", json.dumps(record).encode())
         return record
 
@@ -344,36 +562,27 @@ class KernelStore:
         tiles = self.tiles()
         recs = self.records()
         rep = VerifyReport(str(self.path), len(tiles), sum(t.key in recs for t in tiles))
+        fix = f"recompute it with `ntkit verify {self.path} --repair` or the same `ntkit compute` command"
         for t in tiles:
             if t.key not in recs:
                 continue
             rep.checked += 1
-            try:
-                data = self.read_tile(t)
-            except Exception as e:  # noqa: BLE001 - a chunk the codec cannot decode: corrupted
-                rep.problems.append(f"tile {t.key} (rows {t.r0}:{t.r1}, cols {t.c0}:{t.c1}) cannot be "
-                                    f"read ({type(e).__name__}: {e}); recompute it with --overwrite "
-                                    "or delete its record tiles/{t.key}.json and resume")
-                continue
-            if tile_checksum(data) != recs[t.key].get("sha256"):
-                rep.problems.append(f"tile {t.key} (rows {t.r0}:{t.r1}, cols {t.c0}:{t.c1}) does not match "
-                                    f"its checksum: the data changed after it was written; delete "
-                                    f"{self.path / _RECORDS / (t.key + '.json')} and run the compute "
-                                    "command again to recompute it")
+            data, problem = self._checked_chunk(t, False, recs[t.key])
+            if problem is not None:
+                rep.problems.append(self._corrupt_message(t, False, problem))
                 continue
             if not np.isfinite(data).all():
                 rep.problems.append(f"tile {t.key} has non-finite entries")
             if t.mirror:
-                try:
-                    low = self._array[t.c0:t.c1, t.r0:t.r1]
-                except Exception as e:  # noqa: BLE001
-                    rep.problems.append(f"mirror of tile {t.key} cannot be read ({e})")
-                    continue
-                if not np.array_equal(low, mirror_tile(data), equal_nan=True):
+                _, problem = self._checked_chunk(t, True, recs[t.key])
+                if problem == _CHANGED and not np.array_equal(  # decodable, but not what was written
+                        self._array[self._chunk_region(t, True)], mirror_tile(data), equal_nan=True):
                     rep.problems.append(f"tile {t.key}'s mirror (rows {t.c0}:{t.c1}, cols {t.r0}:{t.r1}) "
-                                        "is not its transpose: the store is not symmetric")
+                                        f"is not its transpose: the store is not symmetric; {fix}")
+                elif problem is not None:  # (a transpose whose recorded checksum is damaged: readers refuse it too)
+                    rep.problems.append(self._corrupt_message(t, True, problem))
             elif t.diagonal and not np.array_equal(data, mirror_tile(data), equal_nan=True):
-                rep.problems.append(f"diagonal tile {t.key} is not symmetric")
+                rep.problems.append(f"diagonal tile {t.key} is not symmetric; {fix}")
         if recompute is not None and sample > 0:
             reduced = self.precision in PRECISION_RTOL and self.dtype == np.float32
             if rtol is None:
@@ -393,7 +602,10 @@ class KernelStore:
                                         "model and inputs)")
                     continue
                 fresh = fresh.astype(np.float64, copy=False)
-                stored = np.asarray(self.read_tile(t), dtype=np.float64)
+                stored, problem = self._checked_chunk(t, False, recs[t.key])
+                if problem is not None:
+                    continue  # reported above
+                stored = stored.astype(np.float64)
                 scale = max(np.abs(fresh).max(), 1e-30)
                 diff = float(np.abs(fresh - stored).max() / scale)
                 worst = max(worst, diff)
@@ -403,6 +615,34 @@ class KernelStore:
                                         f"(relative, tolerance {rtol:.0e}): the model, data or code changed")
             rep.max_rel_diff = worst
         return rep
+
+
+def _load_record(path: Path) -> dict[str, Any] | None:
+    """A tile's record, or None when it is absent or unreadable (the tile is not done)."""
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def _as_slice(idx: np.ndarray) -> slice | None:
+    """`idx` as a slice when it is a run of consecutive increasing integers."""
+    if idx.size == 0 or int(idx[-1]) - int(idx[0]) + 1 != idx.size or (idx.size > 1 and not (np.diff(idx) == 1).all()):
+        return None
+    return slice(int(idx[0]), int(idx[-1]) + 1)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's process
+        return True
+    return True
 
 
 def mirror_tile(data: np.ndarray) -> np.ndarray:
