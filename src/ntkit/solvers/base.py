@@ -214,11 +214,15 @@ class KernelMachine:
         arrays["__meta__"] = np.array(json.dumps(meta))
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a failed save (full disk, Ctrl-C) leaves nothing behind
+            raise
         return path
 
 
@@ -245,8 +249,9 @@ def read_saved(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, 
         p = p.with_name(p.name + ".npz")
     if not p.exists():
         raise FileNotFoundError(f"no saved model at {path}: write one with model.save(path) or `ntkit fit -o PATH`")
-    with np.load(p, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+    from ntkit.data.formats import read_npz_arrays
+
+    arrays = read_npz_arrays(p, what="a model saved by ntkit", fix="Save one with `ntkit fit ... -o PATH` or model.save(PATH).")
     if "__meta__" not in arrays:
         raise ValueError(f"{p} is not a model saved by ntkit (no __meta__ entry)")
     meta = json.loads(str(arrays.pop("__meta__")))
