@@ -107,6 +107,8 @@ CASES = [
     ("kernel sidecar not json", ["info", "{in}/meta.json"], ["meta.json", "not the JSON metadata"]),
     ("info on a folder", ["info", "{in}/wdir"], ["wdir", "not a kernel store"]),
     ("info on an npz", ["info", "{in}/good.npz"], ["good.npz", "is not a kernel"]),
+    ("info on a missing store", ["info", "{in}/nope.zarr"], ["no kernel store at", "nope.zarr"]),
+    ("analyze a missing store", ["analyze", "{in}/nope.zarr", "-o", "{tmp}/rep"], ["no kernel store at", "nope.zarr"]),
     # weights
     ("weights pickled model", ["compute", "npz:{in}/good.npz", M, "-o", "{tmp}/K.npy", "--weights", "{in}/whole.pt"],
      ["whole.pt", "not a plain state dict", "torch.save(model.state_dict(), PATH)"]),

@@ -457,6 +457,8 @@ def analyze(
     if layers and layer_samples < 1:
         raise UserError(f"--layer-samples must be at least 1, got {layer_samples} (or pass --no-layers)")
     path = Path(target)
+    if path.suffix == ".zarr" and not path.exists():
+        raise UserError(f"no kernel store at {path}: compute one with `ntkit compute DATA MODEL -o {path}`")
     is_kernel = path.suffix in (".npy", ".json") or (path.is_dir() and (path / "zarr.json").exists())
     if is_kernel:
         if model is not None:

@@ -352,6 +352,8 @@ def info(
             from ntkit.cli.store_cmd import store_info
 
             return store_info(path)
+        if path.suffix == ".zarr" and not path.exists():
+            raise UserError(f"no kernel store at {path}: compute one with `ntkit compute DATA MODEL -o {path}`")
         if path.is_dir():
             raise UserError(f"{path} is a directory but not a kernel store (no zarr.json): give a K.npy, "
                             "its .json or a K.zarr written by `ntkit compute`")
