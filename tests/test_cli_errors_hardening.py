@@ -335,3 +335,9 @@ def test_subprocess_usage_error_and_emoji(tmp_path):
                        capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and ":a:.npz" in r.stderr, r.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_no_arguments_prints_the_help(capsys):
+    """`ntkit` alone raised typer's own NoArgsIsHelpError as a traceback."""
+    rc, text = _run([], capsys)
+    assert rc == 2 and "Usage" in text and "compute" in text and "Traceback" not in text

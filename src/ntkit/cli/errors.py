@@ -39,6 +39,10 @@ _OS_FIXES = {
 }
 
 
+class OutputWriteError(OSError):
+    """An output that cannot be written (no space, no permission); its message names the file and fix."""
+
+
 def _sizeof(n: float) -> str:
     for unit, f in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= f:
@@ -101,6 +105,8 @@ def os_error_message(e: OSError) -> str | None:
 
 def known_error_message(e: BaseException) -> str | None:
     """The `error:` line for an exception the user can fix; None for a bug (keep its traceback)."""
+    if isinstance(e, OutputWriteError):
+        return e.strerror or str(e)
     if isinstance(e, OSError):
         return os_error_message(e)
     if isinstance(e, zipfile.BadZipFile):
@@ -205,19 +211,20 @@ def check_free_space(path: Path, nbytes: int, what: str = "output") -> None:
     except OSError:
         return  # not knowable here: the write itself reports a full disk
     if nbytes > free:
-        raise OSError(errno.ENOSPC, f"not enough disk space for {what} {path}: it needs {_sizeof(nbytes)} but "
+        raise OutputWriteError(errno.ENOSPC, f"not enough disk space for {what} {path}: it needs {_sizeof(nbytes)} but "
                       f"only {_sizeof(free)} are free on the disk of {where}; free some space or choose "
                       "another output location")
 
 
-def write_failed(path: Path, nbytes: int, e: OSError, what: str = "output") -> OSError:
+def write_failed(path: Path, nbytes: int, e: OSError, what: str = "output") -> OutputWriteError:
     """The error to raise when writing `path` failed (its temporary file already removed)."""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         try:
             free = f", {_sizeof(shutil.disk_usage(_existing_ancestor(Path(path).parent)).free)} free"
         except OSError:
             free = ""
-        return OSError(e.errno, f"the disk is full: writing {what} {path} needs {_sizeof(nbytes)}{free}; "
+        needs = f"needs {_sizeof(nbytes)}{free}" if nbytes else f"failed{free}"
+        return OutputWriteError(e.errno, f"the disk is full: writing {what} {path} {needs}; "
                        "nothing was written. Free some space or choose another output location, and run again")
     fix = _OS_FIXES.get(e.errno, "choose another output location")
-    return OSError(e.errno, f"cannot write {what} {path} ({e.strerror or e}), nothing was written: {fix}")
+    return OutputWriteError(e.errno, f"cannot write {what} {path} ({e.strerror or e}), nothing was written: {fix}")
