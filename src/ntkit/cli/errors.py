@@ -152,7 +152,8 @@ def check_device(device: str | None, option: str = "--device") -> str | None:
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"{option} {device!r} is not a device name; use cpu, cuda, cuda:N or mps ({listing})") from None
+        raise ValueError(f"{option} {device!r} is not a device name; use cpu, cuda, cuda:N or mps "
+                         f"({listing})") from None
     if dev.type == "cpu":
         return device
     if dev.type == "cuda":
