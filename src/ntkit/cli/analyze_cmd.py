@@ -113,8 +113,18 @@ def _from_kernel_file(path: Path, labels: str | None, data_dir: Path | None,
         if not npy.exists():
             raise UserError(f"no kernel at {npy}: compute one with `ntkit compute DATA MODEL -o {npy}`")
         side = sidecar_path(npy)
-        meta = json.loads(side.read_text()) if side.exists() else {}
-        K, output = _reduce_output(np.load(npy, mmap_mode="r"), str(meta.get("output", "?")))
+        try:
+            meta = json.loads(side.read_text()) if side.exists() else {}
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"{side} is not the JSON metadata `ntkit compute` writes ({e}); move it away and "
+                            "pass --labels DATA, or compute the kernel again") from None
+        from ntkit.data.formats import open_npy
+
+        arr = open_npy(npy, what="a kernel (.npy)", fix=f"Compute one with `ntkit compute DATA MODEL -o {npy}`.")
+        if arr.ndim not in (2, 3, 4):
+            raise UserError(f"{npy} holds an array of shape {arr.shape}, not a kernel (N1, N2[, O[, O]]): "
+                            f"compute one with `ntkit compute DATA MODEL -o {npy}`")
+        K, output = _reduce_output(arr, str(meta.get("output", "?")))
     data_meta = meta.get("data") or {}
     rows_spec = labels or data_meta.get("rows")
     if rows_spec is None:
@@ -443,6 +453,9 @@ def _check_dir(out_dir: Path, overwrite: bool) -> None:
         raise UserError(f"{out_dir} exists and is not a directory")
     if (out_dir / "report.md").exists() and not overwrite:
         raise UserError(f"{out_dir} already holds a report; pass --overwrite to replace it")
+    from ntkit.cli.errors import check_writable
+
+    check_writable(out_dir, "report directory", directory=True)
 
 
 @app.command()
@@ -494,9 +507,17 @@ def analyze(
     from ntkit.engine.api import parse_method
     from ntkit.engine.outputs import parse_output
 
+    from ntkit.cli.errors import check_device, check_seed
+
     timings: dict[str, float] = {}
     grid = parse_ridges(ridges)
+    check_seed(seed)
+    check_device(device)
+    if layers and layer_samples < 1:
+        raise UserError(f"--layer-samples must be at least 1, got {layer_samples} (or pass --no-layers)")
     path = Path(target)
+    if path.suffix == ".zarr" and not path.exists():
+        raise UserError(f"no kernel store at {path}: compute one with `ntkit compute DATA MODEL -o {path}`")
     is_kernel = path.suffix in (".npy", ".json") or (path.is_dir() and (path / "zarr.json").exists())
     if is_kernel:
         if model is not None:
@@ -558,9 +579,9 @@ def _print_analysis(report: _Report, path_md: Path, out_dir: Path) -> None:
     elif isinstance(g, dict):
         table.add_row("GCV's λ (no test data)", f"{g['best_ridge']:.3g}")
     out.print(table)
-    out.print(f"report: {path_md}")
+    out.print(f"report: {path_md}", markup=False, highlight=False)
     for name in report.figures.values():
-        out.print(f"figure: {out_dir / name}")
+        out.print(f"figure: {out_dir / name}", markup=False, highlight=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -659,7 +680,10 @@ def demo(
     epochs = epochs if epochs is not None else (40 if quick else 20)
     if epochs < 0:
         raise UserError(f"--epochs must be >= 0, got {epochs}")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    from ntkit.cli.errors import check_seed, check_writable
+
+    check_seed(seed)
+    check_writable(output_dir, "report directory", directory=True)  # created when the report is written
     stages: list[_Stage] = []
     timings: dict[str, float] = {}
 
@@ -671,6 +695,14 @@ def demo(
 
     t = time.perf_counter()
     net = build_model(model, tuple(xtr.shape[1:]), 10, seed=seed)
+    try:  # a --model that cannot take the digits: one line now, not a traceback from training
+        with torch.no_grad():
+            probe = net(xtr[:2])
+        if probe.shape != (2, 10):
+            raise ValueError(f"it returned shape {tuple(probe.shape)} for 2 inputs, not (2, 10)")
+    except Exception as e:  # noqa: BLE001 - the user's model, not ntkit, failed
+        raise UserError(f"--model {model} does not fit the digits (inputs (N, {', '.join(map(str, xtr.shape[1:]))}), "
+                        f"10 classes): {type(e).__name__}: {e}") from None
     _train(net, xtr, ytr, epochs, seed, lr=1e-2 if quick else 3e-3)  # a few steps per epoch when quick
     with torch.no_grad():
         net_acc = float((net(xte).argmax(1) == yte).float().mean())
@@ -761,11 +793,13 @@ def demo(
         table.add_column("stage")
         table.add_column("result")
         table.add_column("s", justify="right")
-        for s in stages:
-            table.add_row(s.name, s.result, f"{s.seconds:.1f}")
+        from rich.markup import escape
+
+        for s in stages:  # the names hold the model spec: user text, shown literally
+            table.add_row(escape(s.name), escape(s.result), f"{s.seconds:.1f}")
         table.add_row("total", "", f"{sum(s.seconds for s in stages):.1f}")
         out.print(table)
-        out.print(f"report: {path_md}")
+        out.print(f"report: {path_md}", markup=False, highlight=False)
         for name in report.figures.values():
-            out.print(f"figure: {output_dir / name}")
+            out.print(f"figure: {output_dir / name}", markup=False, highlight=False)
     return 0

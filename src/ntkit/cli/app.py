@@ -28,8 +28,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-out = Console()
+# emoji=False: ':a:' in a user's path or spec is text, not an emoji; user text is also printed
+# with markup=False or escaped (rich.markup.escape), so '[bold]' in a path stays as typed.
+err = Console(stderr=True, emoji=False)
+out = Console(emoji=False)
 
 DTYPES = {"float32": "float32", "float64": "float64", "fp32": "float32", "fp64": "float64"}
 
@@ -62,27 +64,45 @@ def main(args: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001
         import click
 
+        from ntkit.cli.errors import abort_types, known_error_message, usage_error_types, usage_message
+
         if isinstance(e, click.exceptions.Exit):
             return e.exit_code
-        if isinstance(e, click.ClickException):
-            e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
+        if type(e).__name__ == "NoArgsIsHelpError":
+            e.show()  # type: ignore[attr-defined]  # the help text itself
+            return e.exit_code  # type: ignore[attr-defined]
+        if isinstance(e, usage_error_types()):
+            _print_error(usage_message(e))
+            return e.exit_code  # type: ignore[attr-defined]
+        if isinstance(e, abort_types()):
             err.print("[red]aborted[/red]")
             return 130
-        if isinstance(e, _user_errors()):
-            err.print("[bold red]error:[/bold red] ", end="")
-            err.print(str(e), markup=False, highlight=False, soft_wrap=True)
+        message = known_error_message(e)
+        if message is None and isinstance(e, _user_errors()):
+            message = str(e)
+        if message is not None:
+            _print_error(message)
             return 2
+        if hasattr(e, "add_note"):  # Python >= 3.11: printed under the traceback
+            e.add_note("This looks like a bug in ntkit: please report it with the command and this traceback.")
         raise
     return result if isinstance(result, int) else 0
+
+
+def _print_error(message: str) -> None:
+    """`error: MESSAGE` on stderr; the message is printed as is (no rich markup, no emoji codes)."""
+    err.print("[bold red]error:[/bold red] ", end="")
+    err.print(message, markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
 class _Bar:
     """A rich progress bar (rate, ETA) that only appears once the work has run for `delay` s."""
 
     def __init__(self, description: str, delay: float = 2.0, enabled: bool = True) -> None:
-        self.description, self.delay, self.enabled = description, delay, enabled
+        from rich.markup import escape
+
+        # rich renders a task's description as markup: user text (data specs) is escaped
+        self.description, self.delay, self.enabled = escape(description), delay, enabled
         self.t0 = time.perf_counter()
         self.progress = None
         self.task = None
@@ -118,8 +138,13 @@ def _atomic_save_npy(path: Path, array) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        from ntkit.cli.errors import write_failed
+
+        tmp.unlink(missing_ok=True)  # never a half-written file left behind
+        raise write_failed(path, int(getattr(array, "nbytes", 0)) + 128, e) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)  # a full or read-only disk leaves nothing behind
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -131,6 +156,11 @@ def _atomic_write_text(path: Path, text: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        from ntkit.cli.errors import write_failed
+
+        tmp.unlink(missing_ok=True)
+        raise write_failed(path, len(text.encode()), e) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -194,6 +224,7 @@ def compute(
     import torch
 
     import ntkit
+    from ntkit.cli.errors import check_device, check_free_space, check_seed, check_writable
     from ntkit.data import resolve_kernel_data
     from ntkit.engine.api import parse_method
     from ntkit.engine.outputs import parse_output
@@ -218,6 +249,9 @@ def compute(
     _check_compute_options(method, precision, batch_size, to_store)
     parse_output(output)
     torch_dtype = getattr(torch, DTYPES[dtype])
+    check_seed(seed)
+    check_device(device)
+    check_writable(output_path, "store" if to_store else "kernel", directory=to_store)
 
     rows, col_ds = resolve_kernel_data(data, data_dir, cols=cols, num_classes=num_classes)
     # A store streams its inputs tile by tile; the in-memory path takes them all at once.
@@ -252,7 +286,11 @@ def compute(
     plan = ntkit.plan(net, x1, x2, **kw)
     chosen = plan.method if method == "auto" else method
     if explain:
-        out.print(str(plan), highlight=False)
+        out.print(str(plan), highlight=False, markup=False)
+    # the whole kernel must fit on the disk: found out now, not after computing it
+    k_shape = parse_output(output).resolve(plan.n_logits).shape(plan.n1, plan.n2, plan.n_logits)
+    check_free_space(output_path, 128 + int(torch.empty((), dtype=torch_dtype).element_size())
+                     * int(torch.Size(k_shape).numel()), "kernel")
     bar = _Bar(f"eNTK {rows.spec} x {col_ds.spec if col_ds is not None else 'same'} [{chosen}]", enabled=not quiet)
     t = time.perf_counter()
     from ntkit.store.worker import matmul_precision
@@ -306,7 +344,7 @@ def compute(
             + ("" if precision == "float32" else f"precision {precision}, ")
             + f"{timings['compute_s']:.2f} s, "
             f"{n_entries / max(timings['compute_s'], 1e-9):,.0f} entries/s) and {sidecar}",
-            highlight=False,
+            highlight=False, markup=False,
         )
     return 0
 
@@ -340,10 +378,22 @@ def info(
             from ntkit.cli.store_cmd import store_info
 
             return store_info(path)
+        if path.suffix == ".zarr" and not path.exists():
+            raise UserError(f"no kernel store at {path}: compute one with `ntkit compute DATA MODEL -o {path}`")
+        if path.is_dir():
+            raise UserError(f"{path} is a directory but not a kernel store (no zarr.json): give a K.npy, "
+                            "its .json or a K.zarr written by `ntkit compute`")
+        if path.exists() and path.suffix not in (".npy", ".json"):
+            raise UserError(f"{path} is not a kernel: `ntkit info` reads a K.npy (with its .json sidecar) or "
+                            "a K.zarr store written by `ntkit compute`")
         sidecar = sidecar_path(path) if path.suffix == ".npy" else path
         if not sidecar.exists():
             raise UserError(f"no metadata at {sidecar}: is {path} a kernel written by `ntkit compute`?")
-        meta = json.loads(sidecar.read_text())
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise UserError(f"{sidecar} is not the JSON metadata `ntkit compute` writes ({e}); compute the "
+                            "kernel again") from None
         out.print_json(data=meta)
         return 0
     import torch

@@ -153,6 +153,7 @@ def fit(
     import torch
 
     import ntkit
+    from ntkit.cli.errors import check_device, check_seed, check_writable
     from ntkit.data import load_data
     from ntkit.solvers import DivergenceError, EigenPro3Classifier, KernelRidgeClassifier, NystromAdaptedWarning
 
@@ -166,6 +167,12 @@ def fit(
         raise UserError(f"unknown --solver {solver!r}; use one of {', '.join(SOLVERS)}")
     if dtype not in ("float32", "float64"):
         raise UserError(f"unknown --dtype {dtype!r}; use float32 or float64")
+    if solver_name == "eigenpro3" and epochs < 1:
+        raise UserError(f"--epochs must be at least 1, got {epochs}")
+    check_seed(seed)
+    for d in device or ():
+        check_device(d)
+    check_writable(output_path, "model")
     ds = load_data(data, data_dir, num_classes=num_classes)
     if ds.num_classes <= 0:
         raise UserError(f"data {ds.spec} has no labels: `ntkit fit` trains a classifier on labeled data")
@@ -222,6 +229,10 @@ def fit(
         model.save(output_path)
     except TypeError as e:
         raise UserError(str(e)) from None
+    except OSError as e:
+        from ntkit.cli.errors import write_failed
+
+        raise write_failed(output_path, 0, e, "model") from None
     meta: dict[str, Any] = {
         "format": "ntkit.fit.v1",
         "ntkit_version": ntkit.__version__,
@@ -272,6 +283,7 @@ def predict(
     """
     import numpy as np
 
+    from ntkit.cli.errors import check_writable
     from ntkit.data import load_data
     from ntkit.solvers import load
 
@@ -281,6 +293,7 @@ def predict(
         raise UserError(f"{output_path} exists; pass --overwrite to replace it")
     if not model_path.exists():
         raise UserError(f"no model at {model_path}: train one with `ntkit fit DATA -o {model_path}`")
+    check_writable(output_path, "predictions")
     model = load(model_path, trust_code=trust_code or False)
     ds = load_data(data, data_dir)
     dtype = str(getattr(model, "_dtype", "float32")).removeprefix("torch.")

@@ -18,7 +18,10 @@ class _TileBar:
     """Progress in kernel entries (so the rate is entries/s) with the tile count beside it."""
 
     def __init__(self, description: str, enabled: bool, delay: float = 2.0) -> None:
-        self.description, self.enabled, self.delay = description, enabled, delay
+        from rich.markup import escape
+
+        # rich renders a task's description as markup: user text (data specs) is escaped
+        self.description, self.enabled, self.delay = escape(description), enabled, delay
         self.t0 = time.perf_counter()
         self.first: int | None = None
         self.progress = None
@@ -113,7 +116,8 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
                             "`dask scheduler` or use --workers N for a local cluster") from None
     before = KernelStore(output_path).progress if resuming else None
     if before and not quiet:
-        out.print(f"resuming {output_path}: {before[0]}/{before[1]} tiles already done", highlight=False)
+        out.print(f"resuming {output_path}: {before[0]}/{before[1]} tiles already done", highlight=False,
+                  markup=False)
     bar = _TileBar(f"eNTK {rows.spec} x {cols.spec if cols is not None else 'same'}", enabled=not quiet)
     t = time.perf_counter()
     try:
@@ -123,7 +127,8 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
                            features=features, progress=bar, metadata=metadata)
     except ComputeInterrupted as e:
         bar.close()
-        err.print(f"[yellow]interrupted[/yellow]: {e}", highlight=False)
+        err.print("[yellow]interrupted[/yellow]: ", end="")
+        err.print(str(e), highlight=False, markup=False)
         return 130
     except StoreError as e:
         raise UserError(str(e)) from None
@@ -141,18 +146,19 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
         out.print(f"plan: tiles {p['tile_rows']} x {p['tile_cols']} ({p['n_tiles']} to compute), engine memory "
                   f"{p['engine_memory'] / 2**20:.0f} MiB, planned peak {p['planned_peak'] / 2**20:.0f} MiB of "
                   f"{p['budget'] / 2**20:.0f} MiB, each input's Jacobian computed {passes}; "
-                  f"method {meta['method_used']} (asked: {meta['method_requested']})", highlight=False)
+                  f"method {meta['method_used']} (asked: {meta['method_requested']})", highlight=False,
+                  markup=False)
         if f:
             out.print(f"Jacobian rows: {f['strategy']}"
                       + (f" ({f['disk_bytes'] / 1e9:.3g} GB of features, chunks of {f['chunk']} parameters)"
                          if f["strategy"] == "disk" else "")
-                      + (f": {f['reason']}" if f.get("reason") else ""), highlight=False)
+                      + (f": {f['reason']}" if f.get("reason") else ""), highlight=False, markup=False)
     if before and not quiet and (memory is not None or tile is not None):
         _print_kept_plan(meta, memory, tile)
     if not quiet:
         rate = ks.throughput()
         out.print(f"wrote {output_path} {ks.shape} {ks.dtype} ({meta['method_used']}, {seconds:.2f} s this run"
-                  + (f", {rate:,.0f} entries/s" if rate else "") + ")", highlight=False)
+                  + (f", {rate:,.0f} entries/s" if rate else "") + ")", highlight=False, markup=False)
     return 0
 
 
@@ -179,10 +185,11 @@ def store_info(path: Path) -> int:
     meta = ks.metadata
     rate = ks.throughput()
     out.print(f"{path}: kernel {ks.shape} {ks.dtype}, output {meta.get('output')}, "
-              f"{'symmetric' if ks.symmetric else 'rectangular'}", highlight=False)
+              f"{'symmetric' if ks.symmetric else 'rectangular'}", highlight=False, markup=False)
     out.print(f"progress: {done}/{total} tiles ({100 * done / max(total, 1):.1f}%)"
               + (f", {rate:,.0f} entries/s of compute" if rate else "")
-              + ("" if done == total else "; run the same compute command again to resume"), highlight=False)
+              + ("" if done == total else "; run the same compute command again to resume"), highlight=False,
+              markup=False)
     out.print_json(data=meta)
     return 0
 
@@ -336,7 +343,7 @@ def verify(
                         "check its tiles with --sample 0, or compute it again with --overwrite") from None
     report = ks.verify(recompute=recompute, sample=sample, rtol=rtol)
     if repair and not report.ok:
-        err.print(str(report), highlight=False)
+        err.print(str(report), highlight=False, markup=False)
         before = {k: r.get("finished") for k, r in ks.records().items()}
         notices = _repair(ks, device, trust_code or False, num_classes)
         ks = open_store(store)
@@ -346,5 +353,5 @@ def verify(
                   + (f" ({', '.join(redone[:20])}{', ...' if len(redone) > 20 else ''})" if redone else "")
                   + ("" if notices else "; no recorded tile was damaged"), highlight=False)
         report = ks.verify(recompute=recompute, sample=sample, rtol=rtol)
-    (out if report.ok else err).print(str(report), highlight=False)
+    (out if report.ok else err).print(str(report), highlight=False, markup=False)
     return 0 if report.ok else 1

@@ -9,13 +9,14 @@ from __future__ import annotations
 import gzip
 import importlib
 import pickle
+import zipfile
 import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DataFormatError", "open_maybe_gz", "read_cifar_batch", "read_idx"]
+__all__ = ["DataFormatError", "open_maybe_gz", "open_npy", "read_cifar_batch", "read_idx", "read_npz_arrays"]
 
 # IDX type codes (third magic byte) -> numpy dtype; data is big-endian. See LeCun's MNIST page.
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -23,6 +24,81 @@ _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 
 
 class DataFormatError(ValueError):
     """A data file exists but is not what its name promises (bad magic, truncated, wrong shape)."""
+
+
+_ZIP_MAGIC = b"PK\x03\x04"
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def open_npy(path: Path, what: str = "a .npy array", fix: str = "", mmap_mode: str | None = "r") -> np.ndarray:
+    """The array in the ``.npy`` at ``path`` (memory-mapped by default), never unpickled.
+
+    Raises :class:`DataFormatError` naming the file for a directory, an ``.npz`` or other file
+    under a ``.npy`` name, a truncated file, or object arrays (which need unpickling).
+    """
+    path = Path(path)
+    hint = f" {fix}" if fix else ""
+    if path.is_dir():
+        raise DataFormatError(f"{path} is a directory, not {what}.{hint}")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(_ZIP_MAGIC):
+        raise DataFormatError(f"{path} is a .npz archive (several named arrays), not {what}.{hint}")
+    if not head.startswith(_NPY_MAGIC):
+        raise DataFormatError(f"{path} is not {what}: it has no .npy header (a pickle, a text file or "
+                              f"truncated at the start?).{hint}")
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except ValueError as err:
+        if "pickle" in str(err) or "Python objects" in str(err):
+            raise DataFormatError(
+                f"{path}: holds an object array (pickled Python objects), which ntkit never loads "
+                f"(allow_pickle=False: unpickling a file can run code); store numbers only.{hint}") from None
+        if "mmap length" in str(err):
+            raise DataFormatError(f"{path}: truncated (shorter than its header says); write or download it "
+                                  f"again.{hint}") from None
+        raise DataFormatError(f"{path}: truncated, damaged or not {what} ({err}).{hint}") from None
+    except (EOFError, OSError) as err:
+        raise DataFormatError(f"{path}: truncated or damaged ({type(err).__name__}: {err}); write or download "
+                              f"it again.{hint}") from None
+
+
+def read_npz_arrays(path: Path, what: str = "a .npz of plain arrays", fix: str = "") -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` at ``path``, read in full with ``allow_pickle=False``.
+
+    Anything else raises :class:`DataFormatError` naming the file and what is wrong: not a zip
+    archive (a ``.npy``, a pickle, garbage), truncated or damaged (bad CRC, short member), or
+    holding object arrays, which would need unpickling and are never loaded. ``what`` says
+    what the file should be; ``fix`` (a sentence) says how to make one.
+    """
+    path = Path(path)
+    hint = f" {fix}" if fix else ""
+    if path.is_dir():
+        raise DataFormatError(f"{path} is a directory, not {what}.{hint}")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(_NPY_MAGIC):
+        raise DataFormatError(f"{path} is a single-array .npy file, not {what} (a zip of named arrays).{hint}")
+    if not head.startswith(_ZIP_MAGIC) and head != b"PK\x05\x06":  # the latter: an empty zip
+        raise DataFormatError(f"{path} is not {what}: it is not a zip archive (a pickle, a text file or "
+                              f"truncated at the start?).{hint}")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except ValueError as err:
+        if "allow_pickle" in str(err) or "pickled" in str(err):
+            raise DataFormatError(
+                f"{path}: holds object arrays (pickled Python objects), which ntkit never loads "
+                f"(allow_pickle=False: unpickling a file can run code); store numbers only.{hint}") from None
+        raise DataFormatError(f"{path}: truncated, damaged or not {what} ({err}).{hint}") from None
+    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as err:
+        raise DataFormatError(f"{path}: truncated or damaged ({type(err).__name__}: {err}); "
+                              f"write or download it again.{hint}") from None
+    # np.load hands back the raw bytes of a member that is not a .npy
+    odd = sorted(k for k, v in arrays.items() if not isinstance(v, np.ndarray))
+    if odd:
+        raise DataFormatError(f"{path}: member(s) {', '.join(odd)} are not .npy arrays; not {what}.{hint}")
+    return arrays
 
 
 def open_maybe_gz(path: Path) -> bytes:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ntkit.data.datasets import ArrayDataset, Normalization
-from ntkit.data.formats import DataFormatError, read_cifar_batch, read_idx
+from ntkit.data.formats import DataFormatError, read_cifar_batch, read_idx, read_npz_arrays
 from ntkit.data.labels import LabelError, count_classes
 from ntkit.data.spec import PARTS, DataSpec, DataSpecError, PartSlice, parse_spec
 
@@ -308,11 +308,7 @@ def _read_npz(
                 else ""
             )
         )
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (ValueError, OSError, EOFError) as err:
-        raise DataFormatError(f"{path}: not a readable .npz of plain arrays ({err})") from err
+    arrays = read_npz_arrays(path, fix="Write one with numpy.savez(PATH, x=..., y=...).")
     if "x" not in arrays:
         raise DataFormatError(f"{path}: has no array 'x' (found {sorted(arrays)})")
     if "y_test" in arrays and "x_test" not in arrays:

@@ -250,6 +250,11 @@ def compute(
     if param is None:
         raise ValueError(f"{type(model).__name__} has no parameters: its eNTK is empty")
     dtype = param.dtype
+    if dtype == torch.bfloat16:
+        # refused before anything is created: tiles go through numpy, and numpy and zarr have no bfloat16
+        raise ValueError("the model is bfloat16, which ntkit.compute cannot hold (its tiles and stores are numpy "
+                         "and zarr arrays, which have no bfloat16): convert it first with model.float() "
+                         "(--dtype float32 on the command line), or use ntkit.ntk, which returns bfloat16 kernels")
     dev = torch.device(device) if device is not None else param.device
 
     def prep(x: torch.Tensor) -> torch.Tensor:

@@ -243,6 +243,12 @@ class FunctionalModel:
             )
         if not out.is_floating_point():
             raise ValueError(f"the model's output has dtype {out.dtype}; it must be floating")
+        if n_logits == 0:
+            raise ValueError(
+                f"the model has no outputs: its output for {len(probe)} inputs has shape "
+                f"{tuple(out.shape)} (O = 0), so its eNTK is empty. Give its last layer at least one "
+                "output (e.g. num_classes >= 1)"
+            )
         self.n_logits = n_logits
         if training:
             self._check_samples_independent(probe, out)

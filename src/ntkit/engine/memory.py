@@ -60,7 +60,7 @@ def parse_memory(memory: int | float | str | None, device: torch.device) -> int:
     if memory is None:
         return default_budget(device)
     if isinstance(memory, (int, float)):
-        if memory <= 0:
+        if not memory > 0 or memory == float("inf"):  # NaN fails `> 0`; inf has no int
             raise ValueError(f"memory budget must be positive, got {memory}")
         return int(memory)
     text = str(memory).strip().upper().replace(" ", "")
@@ -72,7 +72,7 @@ def parse_memory(memory: int | float | str | None, device: torch.device) -> int:
                 value = float(text[: -len(unit)])
             except ValueError:
                 break
-            if value <= 0:
+            if not 0 < value < float("inf"):
                 break
             return int(value * factor)
     try:

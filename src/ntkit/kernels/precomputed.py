@@ -59,7 +59,9 @@ class Precomputed(Kernel):
         if p.endswith(".npy"):
             if not os.path.exists(p):
                 raise FileNotFoundError(f"no kernel file at {p}: compute one with `ntkit compute ... -o {p}`")
-            return cls(np.load(p, mmap_mode="r"), path=p, **kw)
+            from ntkit.data.formats import open_npy
+
+            return cls(open_npy(p, what="a kernel matrix (.npy)"), path=p, **kw)
         try:
             from ntkit.store import open_store  # the out-of-core store (optional until it lands)
         except ImportError:

@@ -10,13 +10,17 @@ from __future__ import annotations
 import hashlib
 import operator
 import os
+import pickle
+import re
+import warnings
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from ntkit.models.spec import ModelSpec, get_family, parse_model_spec
+from ntkit.models.spec import ModelSpec, ModelSpecError, get_family, parse_model_spec
 
 __all__ = [
     "ModelWeightsError",
@@ -78,7 +82,15 @@ def build_model(
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     family = get_family(parsed.name)
     with _seeded(operator.index(seed)):
-        model = family.build(shape, num_classes, *parsed.args, **parsed.options)
+        try:
+            model = family.build(shape, num_classes, *parsed.args, **parsed.options)
+        except (MemoryError, RuntimeError) as e:
+            if not isinstance(e, MemoryError) and "allocate" not in str(e):
+                raise
+            raise ModelSpecError(
+                f"model {parsed} does not fit in memory ({str(e).splitlines()[0][:200] if str(e) else 'MemoryError'}): "
+                "choose a smaller width or depth"
+            ) from None
     model = model.to(device="cpu", dtype=torch.float32)
     if weights is not None:
         load_weights(model, weights)
@@ -90,6 +102,41 @@ def _listing(items: Sequence[str], limit: int = 10) -> str:
     return shown + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
+_SAVE_HINT = "save the weights alone with torch.save(model.state_dict(), PATH)"
+
+
+def _read_state(path: str | os.PathLike[str]) -> object:
+    """``torch.load(path, weights_only=True)``, its failures as one-line errors with the fix.
+
+    torch's own messages suggest ``weights_only=False``, which would run the file's code; ours
+    never do.
+    """
+    name = os.fspath(path)
+    if not os.path.exists(name):
+        raise FileNotFoundError(f"no weights file at {name}: {_SAVE_HINT}")
+    if os.path.isdir(name):
+        raise ModelWeightsError(f"{name} is a directory, not a weights file: {_SAVE_HINT}")
+    try:
+        with warnings.catch_warnings():
+            # a pickle of another protocol: refused below in our words, not a warning in torch's
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(name, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        what = f", it references {found.group(1)}" if found else ""
+        raise ModelWeightsError(
+            f"{name} is not a plain state dict (a safe load refused it{what}): it holds pickled Python "
+            f"objects, e.g. a whole model saved with torch.save(model), or is damaged; ntkit never "
+            f"unpickles code: {_SAVE_HINT}"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
+        first = re.split(r"\. |\n", str(e).strip())[0] if str(e).strip() else type(e).__name__
+        raise ModelWeightsError(
+            f"{name} is not a readable PyTorch weights file (truncated, damaged or another format: "
+            f"{first[:200]}); {_SAVE_HINT}"
+        ) from None
+
+
 def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     """Load the state dict saved at ``path`` into ``model`` (strictly) and return ``model``.
 
@@ -97,7 +144,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     hold tensors and plain containers only, never code. Missing keys, unexpected keys and shape
     mismatches are all listed in one :class:`ModelWeightsError`.
     """
-    state = torch.load(path, weights_only=True, map_location="cpu")
+    state = _read_state(path)
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):

@@ -96,6 +96,17 @@ def _split_file(rest: str) -> tuple[tuple[str, ...], str]:
     return (path, factory), ""
 
 
+class ModelFileError(ModelSpecError):
+    """A ``file:`` model whose code fails (syntax error, exception on import or in the factory).
+
+    The spec itself is fine, so the message names the file and line, without the spec grammar.
+    """
+
+    def __init__(self, message: str) -> None:
+        ValueError.__init__(self, message)
+        self.reason = message
+
+
 def _load_file(file: Path) -> ModuleType:
     # A unique module name per file: registered in sys.modules while it runs, so that
     # dataclasses, pickling and relative lookups inside the file work as in a normal import.
@@ -108,10 +119,32 @@ def _load_file(file: Path) -> ModuleType:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except SyntaxError as e:
+        sys.modules.pop(name, None)
+        raise ModelFileError(
+            f"cannot load model file {file}: {type(e).__name__} at line {e.lineno}: {e.msg}"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - the user's code failed, not ntkit: one line naming where
+        sys.modules.pop(name, None)
+        raise ModelFileError(
+            f"cannot load model file {file}: {_raised_at(e, file)}; run `python {file}` to see the traceback"
+        ) from e
     except BaseException:
         sys.modules.pop(name, None)
         raise
     return module
+
+
+def _raised_at(e: BaseException, file: Path) -> str:
+    """``"RuntimeError at line 3: boom"``: the exception and the last line of ``file`` it passed."""
+    line = None
+    tb = e.__traceback__
+    while tb is not None:
+        if Path(tb.tb_frame.f_code.co_filename) == file:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    where = f" at line {line}" if line is not None else ""
+    return f"{type(e).__name__}{where}: {e}"
 
 
 @register_model("file", split=_split_file)
@@ -146,7 +179,13 @@ def file_model(
         for k, v in offered.items()
         if takes_any or (k in params and params[k].kind is not inspect.Parameter.POSITIONAL_ONLY)
     }
-    model = fn(**kwargs)
+    try:
+        model = fn(**kwargs)
+    except Exception as e:  # noqa: BLE001 - the user's factory failed: one line naming where
+        raise ModelFileError(
+            f"file:{path}:{factory}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) raised "
+            f"{_raised_at(e, file)}"
+        ) from e
     if not isinstance(model, nn.Module):
         raise TypeError(
             f"file:{path}:{factory} returned a {type(model).__name__}; it must return a "

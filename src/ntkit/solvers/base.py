@@ -249,8 +249,10 @@ def read_saved(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, 
         p = p.with_name(p.name + ".npz")
     if not p.exists():
         raise FileNotFoundError(f"no saved model at {path}: write one with model.save(path) or `ntkit fit -o PATH`")
-    with np.load(p, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+    from ntkit.data.formats import read_npz_arrays
+
+    arrays = read_npz_arrays(p, what="a model saved by ntkit",
+                             fix="Save one with `ntkit fit ... -o PATH` or model.save(PATH).")
     if "__meta__" not in arrays:
         raise ValueError(f"{p} is not a model saved by ntkit (no __meta__ entry)")
     meta = json.loads(str(arrays.pop("__meta__")))
