@@ -156,12 +156,17 @@ def test_readers_need_no_lock_and_see_a_store_being_written_as_incomplete(tmp_pa
         holder.wait()
 
 
-def test_lock_file_sits_beside_the_store_and_overwrite_keeps_it(tmp_path):
-    from ntkit.store.lock import lock_path
+def test_lock_file_sits_beside_the_store_while_held_and_is_removed_after(tmp_path):
+    from ntkit.store.lock import lock_path, store_lock
 
     path = tmp_path / "K.zarr"
     model, x = job.build()
-    ntkit.compute(model, x[:8], store=path, output="trace", tile=4)
+    with store_lock(path):
+        assert lock_path(path) == tmp_path / ".K.zarr.lock" and lock_path(path).exists()
+        ntkit.compute(model, x[:8], store=path, output="trace", tile=4)  # re-entrant in this thread
+    assert not lock_path(path).exists()
+    # a killed run's lock file (flock released by the kernel) is reused, then removed
+    lock_path(path).write_text('{"pid": 1, "host": "elsewhere", "started": 0}')
     ntkit.compute(model, x[:8], store=path, output="pntk", tile=4, overwrite=True)
-    assert lock_path(path) == tmp_path / ".K.zarr.lock" and lock_path(path).exists()
+    assert not lock_path(path).exists() and sorted(p.name for p in tmp_path.iterdir()) == ["K.zarr"]
     assert KernelStore(path).metadata["output"] == "pntk"

@@ -2,9 +2,12 @@
 
 The lock is `fcntl.flock` on a small file beside the store, `.K.zarr.lock` next to `K.zarr`
 (beside, not inside: `--overwrite` deletes the store directory while holding it). The kernel
-releases a flock when its process dies, so a crashed or killed run never leaves a stale lock;
-the file itself stays (deleting a lock file races with a process that has it open) and holds
-the last holder's pid, host, command and start time, which a refused writer is told.
+releases a flock when its process dies, so a crashed or killed run never leaves a stale lock.
+The file holds the holder's pid, host, command and start time, which a refused writer is told.
+The holder deletes it before unlocking, and a process that locks a file then checks that the
+path still names that file (else it opens the new one): the usual way to remove a lock file
+without racing a process that opened it just before. Only a killed run leaves it behind, and
+the next writer reuses it.
 
 Who takes it: `ntkit.compute` with a store (create, overwrite and resume alike), hence also
 `ntkit compute -o K.zarr` and `ntkit verify --repair`. Dask workers write tiles into a store
@@ -110,7 +113,7 @@ def store_lock(store: str | os.PathLike[str], command: str | None = None) -> Ite
         with _GUARD:
             del _HELD[key]
         if fd is not None:
-            _release(fd)
+            _release(fd, path)
 
 
 def _acquire(path: Path, store, command: str | None) -> int | None:
@@ -121,25 +124,33 @@ def _acquire(path: Path, store, command: str | None) -> int | None:
         warnings.warn(f"cannot lock {store} on this platform: make sure no other run writes to it at "
                       "the same time", StoreLockWarning, stacklevel=4)
         return None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        warnings.warn(f"cannot create the lock file {path} ({e.strerror}): {store} is written without a "
-                      "lock; make sure no other run writes to it at the same time", StoreLockWarning,
-                      stacklevel=4)
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            who, fix = _holder(path)
-            raise StoreLockedError(f"{store} is being written by {who}; wait for it to finish, or {fix} "
-                                   "and run again (a killed run's tiles are kept)") from None
-        warnings.warn(f"cannot lock {store} ({e.strerror}; a file system without flock?): make sure no "
-                      "other run writes to it at the same time", StoreLockWarning, stacklevel=4)
-        return None
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            warnings.warn(f"cannot create the lock file {path} ({e.strerror}): {store} is written without a "
+                          "lock; make sure no other run writes to it at the same time", StoreLockWarning,
+                          stacklevel=4)
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                who, fix = _holder(path)
+                raise StoreLockedError(f"{store} is being written by {who}; wait for it to finish, or {fix} "
+                                       "and run again (a killed run's tiles are kept)") from None
+            warnings.warn(f"cannot lock {store} ({e.strerror}; a file system without flock?): make sure no "
+                          "other run writes to it at the same time", StoreLockWarning, stacklevel=4)
+            return None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder deleted this file after we opened it: lock the new one
     info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
             "command": command or (" ".join(sys.argv) if sys.argv and sys.argv[0] else "python")}
     try:
@@ -150,9 +161,13 @@ def _acquire(path: Path, store, command: str | None) -> int | None:
     return fd
 
 
-def _release(fd: int) -> None:
+def _release(fd: int, path: Path) -> None:
     import fcntl
 
+    try:
+        path.unlink(missing_ok=True)  # while still locked: see the module docstring
+    except OSError:
+        pass  # a read-only directory: the file stays and the next writer reuses it
     try:
         # Explicitly: a forked child that inherited the descriptor must not keep the lock.
         fcntl.flock(fd, fcntl.LOCK_UN)
