@@ -30,18 +30,23 @@ _ZIP_MAGIC = b"PK\x03\x04"
 _NPY_MAGIC = b"\x93NUMPY"
 
 
+def _head(path: Path, what: str, fix: str) -> tuple[Path, str, bytes]:
+    """(path, the fix as a sentence to append, the file's first 6 bytes); a directory is refused."""
+    path = Path(path)
+    hint = f" {fix}" if fix else ""
+    if path.is_dir():
+        raise DataFormatError(f"{path} is a directory, not {what}.{hint}")
+    with open(path, "rb") as f:
+        return path, hint, f.read(6)
+
+
 def open_npy(path: Path, what: str = "a .npy array", fix: str = "", mmap_mode: str | None = "r") -> np.ndarray:
     """The array in the ``.npy`` at ``path`` (memory-mapped by default), never unpickled.
 
     Raises :class:`DataFormatError` naming the file for a directory, an ``.npz`` or other file
     under a ``.npy`` name, a truncated file, or object arrays (which need unpickling).
     """
-    path = Path(path)
-    hint = f" {fix}" if fix else ""
-    if path.is_dir():
-        raise DataFormatError(f"{path} is a directory, not {what}.{hint}")
-    with open(path, "rb") as f:
-        head = f.read(6)
+    path, hint, head = _head(path, what, fix)
     if head.startswith(_ZIP_MAGIC):
         raise DataFormatError(f"{path} is a .npz archive (several named arrays), not {what}.{hint}")
     if not head.startswith(_NPY_MAGIC):
@@ -71,12 +76,7 @@ def read_npz_arrays(path: Path, what: str = "a .npz of plain arrays", fix: str =
     holding object arrays, which would need unpickling and are never loaded. ``what`` says
     what the file should be; ``fix`` (a sentence) says how to make one.
     """
-    path = Path(path)
-    hint = f" {fix}" if fix else ""
-    if path.is_dir():
-        raise DataFormatError(f"{path} is a directory, not {what}.{hint}")
-    with open(path, "rb") as f:
-        head = f.read(6)
+    path, hint, head = _head(path, what, fix)
     if head.startswith(_NPY_MAGIC):
         raise DataFormatError(f"{path} is a single-array .npy file, not {what} (a zip of named arrays).{hint}")
     if not head.startswith(_ZIP_MAGIC) and head != b"PK\x05\x06":  # the latter: an empty zip
