@@ -501,7 +501,7 @@ def test_jacobian_blocks_bounded_by_rows_not_by_activations_when_passes_are_spli
     shared = make_plan(**kw)
     jac = make_plan(**kw, split_passes=True)
     assert shared.block * 40 * 200_000 * ACTIVATION_COPIES <= (500 << 20) // 4 < (shared.block + 1) * 40 * 200_000 * 4
-    assert jac.block == min(400, ((500 << 20) // 2) // (40 * 10_000))  # the rows of the largest parameter
+    assert jac.block == min(400, ((500 << 20) // 4) // (40 * 10_000))  # a row and a column block of the largest parameter
     assert 1 <= jac.rows_batch < jac.block and jac.rows_batch * 40 * 32_768 <= 4 << 20
     # the passes' activations stay in a quarter of the budget (one sample at least)
     assert jac.rows_batch * 40 * 200_000 * ACTIVATION_COPIES <= (500 << 20) // 4
