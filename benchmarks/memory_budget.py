@@ -20,6 +20,10 @@ The command-line cases call `ntkit.cli.main(args)`, which is what the `ntkit` sc
     python benchmarks/memory_budget.py                   # every case (~10 min on 2 cores)
     python benchmarks/memory_budget.py --only mlp64,ntk  # cases whose name contains one of these
     python benchmarks/memory_budget.py --label before    # kept apart in the JSON (before/after a fix)
+    python benchmarks/memory_budget.py --label before --src /tmp/orig/src   # another ntkit tree
+
+A case refused with BudgetTooSmallError is run again at the budget its error names
+(`NAME@least`): that budget must hold.
 
 Writes benchmarks/results/memory_budget.json (every label's runs, this command line, the machine)
 and memory_budget.md (a table per label). Peak memory does not depend on what else the machine
@@ -33,6 +37,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -135,6 +140,18 @@ def make_data(work: Path) -> dict[str, Path]:
     np.savez(p, x=x, y=d.target[idx].astype(np.int64))
     paths["digits2000"] = p
     return paths
+
+
+def at_budget(case: dict, memory: str) -> dict:
+    """The same case under another budget (named `NAME@least`)."""
+    c = {**case, "name": case["name"] + "@least", "memory": memory}
+    if c["kind"] == "cli":
+        args = list(c["args"])
+        args[args.index("--memory") + 1] = memory
+        c["args"] = args
+    else:
+        c["call"] = re.sub(r"memory='[^']*'", f"memory='{memory}'", c["call"])
+    return c
 
 
 def parse_budget(memory: str) -> int:
@@ -260,10 +277,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ntkit-mem-") as tmp:
         work = Path(tmp)
         paths = make_data(work)
-        for c in cases:
+        todo = list(cases)
+        while todo:
+            c = todo.pop(0)
             r = run_case(c, paths, work)
             rows.append(r)
             save(Path(a.out), a.label, rows, git, dirty, torch.__version__)
+            least = re.search(r"--memory (\d+(?:MB|GB)) or more", r["error"] or "") if r["rc"] else None
+            if least and not c["name"].endswith("@least"):
+                todo.insert(0, at_budget(c, least.group(1)))  # the budget the refusal names must hold
             print(f"{r['name']:<42} {r['memory']:>6}  peak-baseline {r['peak_over_baseline'] / MB:7.1f} MB  "
                   f"ratio {r['ratio']:.2f}  {'refused' if r['held'] is None else 'held' if r['held'] else 'OVER'}  rc {r['rc']}"
                   + (f"  planned {r['planned_peak'] / MB:.0f} MB" if r.get("planned_peak") else "")

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 _local = threading.local()
 # The measured overhead is rounded up to this granule, so two fresh runs of the same command plan
 # the same tiles (RSS varies by a few hundred KB from run to run).
-GRANULE = 8 * 2**20
+GRANULE = 2**20
 
 
 def status() -> tuple[int, int] | None:

@@ -8,8 +8,9 @@ A plan fixes three sizes so that the working set stays under a byte budget M:
   `trace`/`diagonal`, 1 otherwise) fits in M/8;
 - `chunk`: basis samples per NTK-vector-product step (tangents plus vmapped JVP activations).
 The kernel that is returned is not part of the budget: it is the result the caller asked for.
-A budget below `engine_minimum` (one sample's rows and activations) raises BudgetTooSmallError
-naming the least budget; `ntkit.ntk` adds what the call itself already took (see `ntkit._rss`).
+`ntkit.ntk`, `ntkit.plan` and `ntkit.compute` refuse a budget below `engine_minimum` (one
+input's rows and activations) plus what the call itself already took (see `ntkit._rss`) with
+BudgetTooSmallError naming the least budget.
 
 On CPU a fourth size keeps the vmapped Jacobian passes in cache: `rows_batch` samples per pass,
 so that the largest activation of the pass (rows_batch·O' copies of the largest layer output)
@@ -29,8 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-
-from ntkit.schedule.tiles import BudgetTooSmallError, suggest_memory
 
 GiB = 1024**3
 # Backward and forward-mode passes keep a few copies of each activation alive at once.
@@ -175,21 +174,14 @@ def make_plan(
     `rows_batch` samples at a time: their activations, not the block's, must fit, so the block
     is bounded by the Jacobian rows only (NTK-vector products push a whole block at once).
     acc_entry: bytes per (row, column) pair of the contraction's accumulator (`acc_entry_bytes`).
-
-    Raises:
-        BudgetTooSmallError: `budget` is below `engine_minimum` (not even one input fits).
+    Below `engine_minimum` the plan computes one input and one parameter at a time (internal
+    callers and tests use that); the public entry points refuse such budgets first.
     """
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     p_total = sum(sizes[n] for n in names)
     p_max = max(sizes[n] for n in names)
     row_bytes = n_out * itemsize  # one (sample, parameter) entry of the Jacobian rows, all logits
-    least = engine_minimum(row_bytes, p_max, activations, acc_entry)
-    if budget < least:
-        raise BudgetTooSmallError(
-            f"memory budget {budget:,} bytes is too small: one input of this model needs at least "
-            f"{least:,} bytes of working memory (its Jacobian rows and activations); pass "
-            f"memory='{suggest_memory(least * 1.25)}' or more")
     if batch_size is not None:
         block = min(batch_size, n_max)
     else:
