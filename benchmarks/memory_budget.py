@@ -283,7 +283,7 @@ def main() -> None:
             r = run_case(c, paths, work)
             rows.append(r)
             save(Path(a.out), a.label, rows, git, dirty, torch.__version__)
-            least = re.search(r"--memory (\d+(?:MB|GB)) or more", r["error"] or "") if r["rc"] else None
+            least = re.search(r"--memory (\d+(?:MB|GB))\)? or more", r["error"] or "") if r["rc"] else None
             if least and not c["name"].endswith("@least"):
                 todo.insert(0, at_budget(c, least.group(1)))  # the budget the refusal names must hold
             print(f"{r['name']:<42} {r['memory']:>6}  peak-baseline {r['peak_over_baseline'] / MB:7.1f} MB  "
