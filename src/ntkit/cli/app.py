@@ -54,6 +54,11 @@ def main(args: list[str] | None = None) -> int:
     from ntkit import _rss
 
     _ARGV[:] = list(sys.argv[1:] if args is None else args)
+    if _ARGV[:1] == ["compute"]:
+        # --memory counts from the import baseline (numpy, torch, zarr loaded), not torch's import
+        import numpy  # noqa: F401
+        import torch  # noqa: F401
+        import zarr  # noqa: F401
     try:
         with _rss.origin():  # --memory counts from here: the data and model loaded count too
             result = app(args=args, standalone_mode=False, prog_name="ntkit")
