@@ -11,6 +11,12 @@ way (2 threads, medians of 9 calls).
 `tune()` (called by the engine on its first CPU kernel) therefore sets M_MMAP_THRESHOLD to
 32 MiB (what glibc's dynamic threshold grows to anyway) and M_TRIM_THRESHOLD to 256 MiB: up to
 256 MiB of freed heap stays in the process for the next call instead of returning to the OS.
+Under a memory budget those thresholds would keep more freed heap than a small budget allows
+(the heap's top is given back only once 256 MiB of it are free), so `limit(budget)` lowers them
+to budget/64 (mmap) and budget/16 (trim) when that is less: buffers of a tile, Jacobian rows and
+accumulators are then mmap-ed and returned to the OS when freed, and `trim()` (malloc_trim)
+gives back what fragmentation kept between tiles. The thresholds only ever go down.
+
 It does nothing when NTKIT_MALLOC_TUNING=0, when the user set MALLOC_MMAP_THRESHOLD_ or
 MALLOC_TRIM_THRESHOLD_ (or their GLIBC_TUNABLES equivalents) themselves, or off glibc (another
 allocator preloaded, musl, macOS, Windows).
@@ -28,8 +34,10 @@ TRIM_THRESHOLD = 256 << 20
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
 
+MIN_THRESHOLD = 128 << 10  # glibc's own default mmap threshold
 _lock = threading.Lock()
 _state: dict[str, bool] = {}
+_current = {"mmap": MMAP_THRESHOLD, "trim": TRIM_THRESHOLD}
 
 
 def _user_settings() -> bool:
@@ -56,9 +64,41 @@ def tune() -> bool:
             try:
                 libc = ctypes.CDLL(None)
                 if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt"):
-                    ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-                        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+                    ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, _current["mmap"])) and bool(
+                        libc.mallopt(_M_TRIM_THRESHOLD, _current["trim"]))
             except (OSError, AttributeError):
                 ok = False
         _state["tuned"] = ok
         return ok
+
+
+def limit(budget: int) -> None:
+    """Lower the thresholds so that freed memory kept by the allocator stays a small part of a
+    `budget` of bytes (see the module docstring); never raises them."""
+    mmap_t = max(MIN_THRESHOLD, min(MMAP_THRESHOLD, int(budget) // 64))
+    trim_t = max(2 * MIN_THRESHOLD, min(TRIM_THRESHOLD, int(budget) // 16))
+    with _lock:
+        if mmap_t >= _current["mmap"] and trim_t >= _current["trim"]:
+            return
+        _current["mmap"], _current["trim"] = min(mmap_t, _current["mmap"]), min(trim_t, _current["trim"])
+        tuned = _state.get("tuned")
+    if tuned is None:  # not tuned yet: tune() sets the lowered values
+        tune()
+    elif tuned:  # tuned before: lower them now (refused tuning stays refused)
+        try:
+            libc = ctypes.CDLL(None)
+            libc.mallopt(_M_MMAP_THRESHOLD, _current["mmap"])
+            libc.mallopt(_M_TRIM_THRESHOLD, _current["trim"])
+        except (OSError, AttributeError):
+            pass
+
+
+def trim() -> None:
+    """Give the heap's free pages back to the OS (glibc's malloc_trim); a no-op elsewhere or
+    where tuning is off."""
+    if not _state.get("tuned"):
+        return
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -53,9 +53,17 @@ _ARGV: list[str] = []
 
 def main(args: list[str] | None = None) -> int:
     """Run the CLI with `args` (default: sys.argv[1:]) and return the exit status."""
+    from ntkit import _rss
+
     _ARGV[:] = list(sys.argv[1:] if args is None else args)
+    if _ARGV[:1] == ["compute"]:
+        # --memory counts from the import baseline (numpy, torch, zarr loaded), not torch's import
+        import numpy  # noqa: F401
+        import torch  # noqa: F401
+        import zarr  # noqa: F401
     try:
-        result = app(args=args, standalone_mode=False, prog_name="ntkit")
+        with _rss.origin():  # --memory counts from here: the data and model loaded count too
+            result = app(args=args, standalone_mode=False, prog_name="ntkit")
     except typer.Exit as e:  # pragma: no cover - typer raises Exit for --help in some versions
         return e.exit_code
     except KeyboardInterrupt:

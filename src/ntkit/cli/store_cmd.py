@@ -145,7 +145,11 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
         passes = "once (cached on disk)" if f.get("strategy") == "disk" else f"{p['jacobian_passes']}x"
         out.print(f"plan: tiles {p['tile_rows']} x {p['tile_cols']} ({p['n_tiles']} to compute), engine memory "
                   f"{p['engine_memory'] / 2**20:.0f} MiB, planned peak {p['planned_peak'] / 2**20:.0f} MiB of "
-                  f"{p['budget'] / 2**20:.0f} MiB, each input's Jacobian computed {passes}; "
+                  f"{p['budget'] / 2**20:.0f} MiB over the process's start"
+                  + (f" (of which {p['process_held'] / 2**20:.0f} MiB already held: code loaded on first use, "
+                     f"data, model; {p['allocator_reserve'] / 2**20:.0f} MiB reserved for the allocator)"
+                     if p.get("process_held") is not None else "")
+                  + f", each input's Jacobian computed {passes}; "
                   f"method {meta['method_used']} (asked: {meta['method_requested']})", highlight=False,
                   markup=False)
         if f:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ntkit.engine.memory import ALLOCATOR_RESERVE, acc_entry_bytes, engine_minimum
 from ntkit.schedule import Tile, TilePlan, plan_tiles
 from ntkit.schedule.features import STRATEGIES as FEATURE_STRATEGIES
 from ntkit.schedule.features import FeaturePlan, plan_features
@@ -219,10 +220,12 @@ def compute(
         args = dict(locals())
         with store_lock(store):
             return compute(**{k: args[k] for k in inspect.signature(compute).parameters})
+    from ntkit import _rss
     from ntkit.engine.api import _prepare, parse_method
     from ntkit.engine.memory import parse_memory
     from ntkit.engine.outputs import parse_output
 
+    start = _rss.mark()  # the budget counts from here (the command line: from its start)
     method = parse_method(method)
     parse_output(output)
     if precision not in PRECISIONS:
@@ -305,13 +308,15 @@ def compute(
         _repair_on_resume(ks, tplan, src_rows, src_cols, prep)
     else:
         budget = parse_memory(memory, dev)
+        held, reserve = _host_overhead(budget, start) if dev.type == "cpu" else (0, 0)
+        fixed = held + reserve
         n_out = spec.n_out(n_logits)
         row_bytes = n_out * itemsize
         p_max = max(fm.sizes.values())
         acts = probe.profile.activations
-        min_engine = int(max(2 * row_bytes * p_max, 16 * row_bytes * acts) + ENGINE_SLACK)
+        min_engine = engine_minimum(row_bytes, p_max, acts, acc_entry_bytes(spec.kind, n_logits, itemsize))
         buffers = sum(b.numel() * b.element_size() for b in model.buffers())
-        fixed = MODEL_COPIES * fm.n_params * itemsize + buffers
+        fixed += MODEL_COPIES * fm.n_params * itemsize + buffers
         n_workers = workers or _n_workers(client)
         shared = 0 if symmetric else _shared_prefix(src_rows, src_cols, prep)
         tplan = plan_tiles(n1, n2, symmetric=symmetric, entry_bytes=entry_bytes, input_bytes=input_bytes,
@@ -343,6 +348,7 @@ def compute(
             elif store is not None and features != "recompute" and used == "jacobian":
                 fplan = _plan_features(model, tile_call, tplan, symmetric, features, Path(store),
                                        output, params, device)[0]
+        _release_between_tiles()  # what the timing probes above freed goes back before the tiles
         if store is not None:
             ks = KernelStore.create(
                 store, shape=shape, dtype=str(dtype).replace("torch.", ""), tile_rows=tplan.tile_rows,
@@ -350,6 +356,7 @@ def compute(
                 metadata={"identity": identity, "store_id": uuid.uuid4().hex, "output": str(spec),
                           "n_logits": n_logits, "method_requested": method, "method_used": used,
                           "plan": {**_plan_meta(tplan), "features": _features_meta(fplan),
+                                   "process_held": held, "allocator_reserve": reserve,
                                    **({"auto_seconds": choice_meta} if choice_meta else {})},
                           **_versions(), **(metadata or {})})
 
@@ -416,6 +423,24 @@ def _repair_on_resume(ks: KernelStore, tplan: TilePlan, rows: DataSource, cols: 
         warnings.warn(f"{ks.path}: {len(bad)} recorded tile(s) had missing or corrupt data and are "
                       f"recomputed now: {keys} (first: {bad[0][1].split(';')[0]})", StoreRepairWarning,
                       stacklevel=3)
+def _host_overhead(budget: int, start) -> tuple[int, int]:
+    """What a CPU budget must set aside before planning: what the process took since `start`
+    (the code torch and ntkit import on first use, the probe, and on the command line the data
+    set and model it loaded; `ntkit._rss`) and ALLOCATOR_RESERVE's share. The allocator's
+    thresholds are lowered to the budget (`ntkit._malloc.limit`). Returns (held, reserve)."""
+    from ntkit import _malloc, _rss
+
+    _malloc.limit(budget)
+    return _rss.used_since(start), budget // ALLOCATOR_RESERVE
+
+
+def _release_between_tiles() -> None:
+    """Give back what the last tile freed (pooled scratch buffers, the heap's free pages), so
+    the allocator does not keep one tile's memory while the next allocates its own."""
+    from ntkit import _malloc, scratch
+
+    scratch.release()
+    _malloc.trim()
 
 
 def _n_workers(client: Any) -> int:
@@ -574,6 +599,8 @@ def _run_local(job, ks, todo, rows, cols, prep, progress, entries_done, total_en
             else:
                 data = _features_tile(job, cache, t, rows, cols, prep)
             ks.write_tile(t, data, time.perf_counter() - t0, worker=f"local:{os.getpid()}")
+            del data
+            _release_between_tiles()
             entries_done += t.n_entries
             if progress is not None:
                 progress(entries_done, total_entries)
@@ -731,6 +758,8 @@ def _compute_in_memory(job, tiles, rows, cols, prep, shape, dtype, progress, tot
         out[t.r0:t.r1, t.c0:t.c1] = data
         if t.mirror:
             out[t.c0:t.c1, t.r0:t.r1] = mirror_tile(data)
+        del data
+        _release_between_tiles()
         done += t.n_entries
         if progress is not None:
             progress(done, total_entries)

@@ -18,12 +18,13 @@ import torch
 from torch import nn
 from torch.func import jvp, vjp
 
-from ntkit import _malloc
+from ntkit import _malloc, _rss
 from ntkit.engine.cost import StructuredCost, estimate
 from ntkit.engine.finite import NonFiniteError, check_kernel, check_weights
 from ntkit.engine.functional import FunctionalModel, ParamSelection
 from ntkit.engine.jacobian_contraction import jacobian_contraction
-from ntkit.engine.memory import CACHE_BYTES, Plan, make_plan, parse_memory
+from ntkit.engine.memory import (ALLOCATOR_RESERVE, CACHE_BYTES, Plan, acc_entry_bytes, engine_minimum, make_plan,
+                                 parse_memory)
 from ntkit.engine.ntk_vector_products import forward_ad_error, ntk_vector_products
 from ntkit.engine.outputs import OUTPUTS, OutputSpec, parse_output
 from ntkit.engine.progress import Progress, ProgressCallback
@@ -78,7 +79,7 @@ def _blocks(n: int, size: int) -> list[slice]:
 class _Call:
     """One validated kernel computation: model function, inputs, output mode, plan."""
 
-    def __init__(self, fm, x1, x2, spec, batch_size, memory):
+    def __init__(self, fm, x1, x2, spec, batch_size, memory, start=None):
         self.fm, self.x1, self.x2 = fm, x1, x2
         self.batch_size = batch_size
         self.symmetric = x2 is None
@@ -91,11 +92,16 @@ class _Call:
         itemsize = torch.empty((), dtype=fm.dtype).element_size()
         self.itemsize = itemsize
         self.cache_bytes = CACHE_BYTES if fm.device.type == "cpu" else None
+        acc_entry = acc_entry_bytes(self.spec.kind, n_logits, itemsize)
+        budget = parse_memory(memory, fm.device)
+        if start is not None and fm.device.type == "cpu":
+            budget = _working_budget(budget, start, engine_minimum(
+                self.spec.n_out(n_logits) * itemsize, max(fm.sizes.values()), self.profile.activations, acc_entry))
         self._plan_kw = dict(
             names=fm.names, sizes=fm.sizes, n_max=max(self.n1, self.n2),
             n_out=self.spec.n_out(n_logits), activations=self.profile.activations,
-            itemsize=itemsize, budget=parse_memory(memory, fm.device), batch_size=batch_size,
-            peak=self.profile.peak, cache_bytes=self.cache_bytes,
+            itemsize=itemsize, budget=budget, batch_size=batch_size,
+            peak=self.profile.peak, cache_bytes=self.cache_bytes, acc_entry=acc_entry,
         )
         self.plan: Plan = make_plan(**self._plan_kw)
 
@@ -229,14 +235,35 @@ def ntk(
     >>> ntkit.ntk(net, torch.randn(6, 4), torch.randn(2, 4)).shape
     torch.Size([6, 2, 3, 3])
     """
+    start = _rss.mark()
     method = parse_method(method)
-    call = _prepare(model, x1, x2, output, params, batch_size, device, memory)
+    call = _prepare(model, x1, x2, output, params, batch_size, device, memory, start=start)
     K = call.run(call.choose() if method == "auto" else method, progress)
     check_kernel(K, f"the kernel (rows 0:{call.n1}, cols 0:{call.n2})", (call.x1, call.x2), call.fm.dtype)
     return K
 
 
-def _prepare(model, x1, x2, output, params, batch_size, device, memory) -> _Call:
+def _working_budget(budget: int, start, minimum: int) -> int:
+    """The engine's share of a CPU `budget` for a call that began at `start` (`ntkit._rss`):
+    less what the call already took (the code torch and ntkit import on first use, the probe)
+    and ALLOCATOR_RESERVE's share for the allocator; the allocator's thresholds are lowered to
+    the budget. Raises BudgetTooSmallError, naming the least budget, when that leaves less than
+    `minimum` (`engine_minimum`)."""
+    from ntkit.schedule.tiles import BudgetTooSmallError, format_bytes, suggest_memory
+
+    held = _rss.used_since(start) + budget // ALLOCATOR_RESERVE
+    if budget - held < minimum:
+        least = (_rss.used_since(start) + minimum) * ALLOCATOR_RESERVE / (ALLOCATOR_RESERVE - 1)
+        raise BudgetTooSmallError(
+            f"memory budget {format_bytes(budget)} is too small: this call already took "
+            f"{format_bytes(_rss.used_since(start))} (code loaded on first use, the probe forward) and one "
+            f"input needs {format_bytes(minimum)} of working memory; pass memory='{suggest_memory(least * 1.1)}' "
+            f"(--memory {suggest_memory(least * 1.1)}) or more")
+    _malloc.limit(budget)
+    return budget - held
+
+
+def _prepare(model, x1, x2, output, params, batch_size, device, memory, start=None) -> _Call:
     if x2 is x1:
         x2 = None  # the same tensor twice: exploit the symmetry
     spec = parse_output(output)
@@ -245,7 +272,7 @@ def _prepare(model, x1, x2, output, params, batch_size, device, memory) -> _Call
     if fm.device.type == "cpu":
         _malloc.tune()
     dev = fm.device if device is not None else None
-    return _Call(fm, _as_tensor(x1, "x1", dev), _as_tensor(x2, "x2", dev), spec, batch_size, memory)
+    return _Call(fm, _as_tensor(x1, "x1", dev), _as_tensor(x2, "x2", dev), spec, batch_size, memory, start)
 
 
 @dataclass(frozen=True)
@@ -314,7 +341,7 @@ def plan(
     memory: int | str | None = None,
 ) -> NtkPlan:
     """The method `auto` picks for this call, the cost estimates behind it and the block plan."""
-    call = _prepare(model, x1, x2, output, params, batch_size, device, memory)
+    call = _prepare(model, x1, x2, output, params, batch_size, device, memory, start=_rss.mark())
     est = call.estimates()
     return NtkPlan(
         method=call.choose(), estimates={m: e.time for m, e in est.items()}, n1=call.n1, n2=call.n2,

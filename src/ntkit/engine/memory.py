@@ -2,9 +2,15 @@
 
 A plan fixes three sizes so that the working set stays under a byte budget M:
 - `block`: inputs per block along N1 and N2 (the user's `batch_size`, or the largest that fits);
-- `groups`: parameters split into groups whose per-block Jacobian rows fit in M/2;
+- `groups`: parameters split into groups whose per-block Jacobian rows fit in M/4 (Jacobian
+  contraction holds a row block and a column block of a group at once, and caches columns in
+  another M/4), and whose block-pair accumulator (block²·E entries: E = O² for `full`, O for
+  `trace`/`diagonal`, 1 otherwise) fits in M/8;
 - `chunk`: basis samples per NTK-vector-product step (tangents plus vmapped JVP activations).
 The kernel that is returned is not part of the budget: it is the result the caller asked for.
+`ntkit.ntk`, `ntkit.plan` and `ntkit.compute` refuse a budget below `engine_minimum` (one
+input's rows and activations) plus what the call itself already took (see `ntkit._rss`) with
+BudgetTooSmallError naming the least budget.
 
 On CPU a fourth size keeps the vmapped Jacobian passes in cache: `rows_batch` samples per pass,
 so that the largest activation of the pass (rows_batch·O' copies of the largest layer output)
@@ -18,6 +24,7 @@ on 16 x 16 images alike; a residual net whose 16 samples take 5 MB unchanged.)
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -83,6 +90,25 @@ def parse_memory(memory: int | float | str | None, device: torch.device) -> int:
         ) from None
 
 
+# Slack for a forward/backward pass on one input beyond the activations planned for.
+ENGINE_SLACK = 4 * 2**20
+# 1/ALLOCATOR_RESERVE of a CPU budget is held back for what no plan sees: the allocator's free
+# lists and fragmentation, torch's own temporaries, zarr's and zstd's buffers.
+ALLOCATOR_RESERVE = 8
+
+
+def engine_minimum(row_bytes: int, p_max: int, activations: int, acc_entry_bytes: int = 0) -> int:
+    """The least engine budget that computes one input at a time: two samples' Jacobian rows of
+    the largest parameter (a row and a column), one sample's vmapped pass over its O' outputs
+    (row_bytes = O'·itemsize per element), a 1x1 accumulator, and ENGINE_SLACK."""
+    return int(max(4 * row_bytes * p_max, 16 * row_bytes * activations) + 8 * acc_entry_bytes + ENGINE_SLACK)
+
+
+def acc_entry_bytes(kind: str, n_logits: int, itemsize: int) -> int:
+    """Bytes per (row, column) pair of a contraction's accumulator (float64 under tf32x3: 8)."""
+    return max(8, itemsize) * {"full": n_logits**2, "trace": n_logits, "diagonal": n_logits}.get(kind, 1)
+
+
 @dataclass(frozen=True)
 class Plan:
     """How one kernel is computed: block size, parameter groups, basis chunk for NTK-VP."""
@@ -136,6 +162,7 @@ def make_plan(
     peak: int = 0,
     cache_bytes: int | None = None,
     split_passes: bool = False,
+    acc_entry: int = 0,
 ) -> Plan:
     """Choose block, parameter groups, NTK-VP chunk and rows batch under `budget` bytes.
 
@@ -146,6 +173,9 @@ def make_plan(
     split_passes: the plan is for Jacobian contraction alone, whose vmapped passes run
     `rows_batch` samples at a time: their activations, not the block's, must fit, so the block
     is bounded by the Jacobian rows only (NTK-vector products push a whole block at once).
+    acc_entry: bytes per (row, column) pair of the contraction's accumulator (`acc_entry_bytes`).
+    Below `engine_minimum` the plan computes one input and one parameter at a time (internal
+    callers and tests use that); the public entry points refuse such budgets first.
     """
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -155,13 +185,15 @@ def make_plan(
     if batch_size is not None:
         block = min(batch_size, n_max)
     else:
-        # Jacobian rows of the largest parameter and the backward activations must both fit.
-        by_param = (budget // 2) // max(1, row_bytes * p_max)
+        # Jacobian rows of the largest parameter (a row block and a column block), the backward
+        # activations and the block pair's accumulator must all fit.
+        by_param = (budget // 4) // max(1, row_bytes * p_max)
         by_acts = (budget // 4) // max(1, row_bytes * activations * ACTIVATION_COPIES)
         if split_passes and cache_bytes is not None and peak > 0:
             by_acts = n_max  # a pass holds rows_batch samples (at least one) whatever the block
-        block = int(max(1, min(n_max, by_param, by_acts)))
-    capacity = max(p_max, (budget // 2) // max(1, row_bytes * block))
+        by_acc = math.isqrt((budget // 8) // max(1, acc_entry)) if acc_entry else n_max
+        block = int(max(1, min(n_max, by_param, by_acts, by_acc)))
+    capacity = max(p_max, (budget // 4) // max(1, row_bytes * block))
     groups = group_parameters(names, sizes, capacity)
     # NTK-VP: each basis sample carries O' tangents of P entries, and pushes them through a
     # block of inputs (O' * block * activations per basis sample).

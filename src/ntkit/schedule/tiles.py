@@ -197,9 +197,9 @@ def plan_tiles(
     least = peak_bytes(1, 1, entry_bytes, input_bytes, fixed, min_engine)
     if least > budget:
         raise BudgetTooSmallError(
-            f"memory budget {_fmt(budget)} is too small: the model takes {_fmt(fixed)} and the eNTK "
-            f"engine needs at least {_fmt(min_engine)} for one input; give at least "
-            f"{_fmt(int(least * 1.25))} (e.g. --memory {_suggest(least * 1.25)})"
+            f"memory budget {_fmt(budget)} is too small: the model and what the process already "
+            f"holds take {_fmt(fixed)} and the eNTK engine needs at least {_fmt(min_engine)} for one "
+            f"input; pass --memory {_suggest(least * 1.25)} or more (memory='{_suggest(least * 1.25)}')"
         )
     engine = max(min_engine, available // 2)
 
@@ -270,3 +270,13 @@ def _fmt(n: float) -> str:
 def _suggest(n: float) -> str:
     mb = math.ceil(n / 10**6)
     return f"{math.ceil(mb / 1000)}GB" if mb >= 1000 else f"{mb}MB"
+
+
+def format_bytes(n: float) -> str:
+    """n bytes as "12.3 MiB" (for messages)."""
+    return _fmt(n)
+
+
+def suggest_memory(n: float) -> str:
+    """A budget of at least n bytes as the user writes it: "300MB", "2GB" (rounded up)."""
+    return _suggest(n)

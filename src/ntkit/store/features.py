@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import time
@@ -265,6 +266,7 @@ class Rates:
 
 _RATE_MEMO: dict[tuple, float] = {}
 PROBE_BYTES = 32 * 2**20
+PROBE_CHUNK = 2**20
 PROBE_SECONDS = 0.1
 
 
@@ -273,11 +275,13 @@ def _write_rate(root: Path) -> float:
     if key not in _RATE_MEMO:
         root.mkdir(parents=True, exist_ok=True)
         path = root / f".ntkit-disk-probe-{os.getpid()}"
-        data = np.random.default_rng(0).integers(0, 255, PROBE_BYTES, dtype=np.uint8).tobytes()
+        # PROBE_BYTES written from one small random buffer: a budget of a few MB holds it
+        data = np.random.default_rng(0).integers(0, 255, PROBE_CHUNK, dtype=np.uint8).tobytes()
         try:
             t = time.perf_counter()
             with open(path, "wb") as fh:
-                fh.write(data)
+                for _ in range(PROBE_BYTES // PROBE_CHUNK):
+                    fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             _RATE_MEMO[key] = PROBE_BYTES / max(time.perf_counter() - t, 1e-6)
@@ -286,10 +290,13 @@ def _write_rate(root: Path) -> float:
     return _RATE_MEMO[key]
 
 
-def _matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
+def _matmul_rate(device: torch.device, dtype: torch.dtype, budget: int | None = None) -> float:
     key = ("matmul", str(device), str(dtype))
     if key not in _RATE_MEMO:
         n = 2048 if device.type == "cuda" else 1024
+        if budget is not None:  # two n x n matrices in at most a quarter of the engine's budget
+            itemsize = torch.empty((), dtype=dtype).element_size()
+            n = max(256, min(n, math.isqrt(budget // (8 * itemsize))))
         a = torch.randn(n, n, dtype=dtype, device=device)
         best = float("inf")
         for _ in range(3):
@@ -335,7 +342,7 @@ def measure_rates(model, x: torch.Tensor, output: str, params, device, engine: i
     t_eval = seconds / k
     write = _write_rate(root)
     return Rates(t_eval=t_eval, feature_groups=plan.n_groups, write_bps=write, read_bps=write,
-                 matmul_flops_per_s=_matmul_rate(fm.device, fm.dtype))
+                 matmul_flops_per_s=_matmul_rate(fm.device, fm.dtype, engine))
 
 
 def tile_from_features(job, tile: Tile, x_rows: torch.Tensor, x_cols: torch.Tensor | None, root: Path,

@@ -1,0 +1,177 @@
+"""The memory budget holds: peak RSS over the import baseline stays under `--memory`, or the run
+is refused up front with BudgetTooSmallError naming the least budget that works (issue 13, item 2).
+
+The RSS tests run `ntkit compute` in a fresh process the way benchmarks/memory_budget.py does:
+baseline = VmRSS after the imports the `ntkit` script does before its work, VmHWM reset there,
+peak = VmHWM when the command returns."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ntkit
+from ntkit.engine.memory import ACTIVATION_COPIES, make_plan
+from ntkit.schedule import BudgetTooSmallError
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+CHILD = r"""
+import json, sys
+def status(field):
+    for line in open('/proc/self/status'):
+        if line.startswith(field + ':'):
+            return int(line.split()[1]) * 1024
+import numpy, torch, zarr, ntkit, ntkit.cli
+base = status('VmRSS')
+open('/proc/self/clear_refs', 'w').write('5')
+from ntkit.cli import main
+rc = main(sys.argv[1:])
+print('@@MEM ' + json.dumps({'rc': rc, 'used': status('VmHWM') - base}))
+"""
+
+
+def _can_measure() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+needs_rss = pytest.mark.skipif(not sys.platform.startswith("linux") or not _can_measure(),
+                               reason="peak RSS is measured with /proc/self/clear_refs (Linux)")
+
+
+def _run_cli(args: list[str]) -> tuple[int, int, str]:
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    p = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, env=env, timeout=300)
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("@@MEM ")]
+    assert line, p.stderr[-2000:]
+    m = json.loads(line[-1][6:])
+    return m["rc"], m["used"], p.stderr
+
+
+@pytest.fixture(scope="module")
+def data2000(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("budget") / "x2000.npz"
+    np.savez(path, x=rng.standard_normal((2000, 16)).astype(np.float32), y=rng.integers(0, 10, 2000))
+    return path
+
+
+@needs_rss
+def test_cli_store_peak_rss_stays_under_a_tight_budget(data2000, tmp_path):
+    """2,000 x 16 inputs, mlp width 64, trace into a store under --memory 150MB: the peak over
+    the import baseline (code loaded on first use, the data, the probe, the rate measurements,
+    the tiles, zarr's buffers) stays under 150 MB. Before: ~1.5-2x (a 64 MB disk-probe buffer,
+    Jacobian blocks of half the budget each, 80 MB of lazily imported code not counted)."""
+    rc, used, err = _run_cli(["compute", f"npz:{data2000}", "mlp:depth=2,width=64", "-o", str(tmp_path / "K.zarr"),
+                              "--memory", "150MB", "--quiet", "--method", "jacobian"])
+    assert rc == 0, err
+    assert used <= 150 * 10**6, f"peak {used / 1e6:.1f} MB over the baseline under --memory 150MB"
+
+
+@needs_rss
+def test_cli_refuses_a_budget_it_cannot_hold_and_names_one_that_holds(data2000, tmp_path):
+    """--memory 64MB cannot hold the code torch loads on first use plus one tile: refused with
+    one line naming the least budget; that budget then runs and holds."""
+    out = tmp_path / "K.zarr"
+    rc, _, err = _run_cli(["compute", f"npz:{data2000}", "mlp:depth=2,width=64", "-o", str(out),
+                           "--memory", "64MB", "--quiet"])
+    assert rc == 2 and "Traceback" not in err, err
+    m = re.search(r"--memory (\d+)MB or more", err)
+    assert m and "error:" in err and "too small" in err, err
+    assert not out.exists()  # refused before the store is created
+    least = int(m.group(1))
+    rc, used, err = _run_cli(["compute", f"npz:{data2000}", "mlp:depth=2,width=64", "-o", str(out),
+                              "--memory", f"{least}MB", "--quiet"])
+    assert rc == 0, err
+    assert used <= least * 10**6, f"peak {used / 1e6:.1f} MB over the baseline under --memory {least}MB"
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("memory", [1, "1KB", 1000])
+def test_ntk_refuses_an_absurd_budget_naming_the_least(memory):
+    net, x = _net(), torch.randn(5, 4)
+    with pytest.raises(BudgetTooSmallError, match=r"too small.*memory='(\d+)(MB|GB)' .*or more") as e:
+        ntkit.ntk(net, x, memory=memory)
+    least = re.search(r"memory='(\d+(?:MB|GB))'", str(e.value)).group(1)
+    K = ntkit.ntk(net, x, memory=least, output="trace")  # the budget it names works
+    assert K.shape == (5, 5) and torch.isfinite(K).all()
+
+
+def test_compute_refuses_an_absurd_budget_before_creating_the_store(tmp_path):
+    with pytest.raises(BudgetTooSmallError, match=r"--memory \d+MB or more"):
+        ntkit.compute(_net(), torch.randn(6, 4), store=tmp_path / "K.zarr", memory=1000)
+    assert not (tmp_path / "K.zarr").exists()
+
+
+def _jacobian_peak(plan, sizes: dict[str, int], n1: int, n2: int, n_out: int, itemsize: int,
+                   activations: int, acc_entry: int) -> int:
+    """What Jacobian contraction holds at once under `plan` (mirrors its loop): a row block's
+    rows of one group, a column block's (or the group's cached columns, when they fit in a
+    quarter of the budget), one vmapped pass's activations, and a block pair's accumulator."""
+    worst = 0
+    b = plan.block
+    for g in plan.groups:
+        gsize = sum(sizes[n] for n in g)
+        rows = b * n_out * gsize * itemsize
+        cached = n2 * n_out * gsize * itemsize <= plan.budget // 4
+        cols = n2 * n_out * gsize * itemsize if cached else rows
+        passes = (plan.rows_batch or b) * n_out * activations * itemsize * ACTIVATION_COPIES
+        worst = max(worst, rows + cols + passes + b * b * acc_entry)
+    return worst
+
+
+def test_jacobian_plan_never_exceeds_its_budget():
+    """Property over random shapes: the plan's Jacobian rows (a row and a column block, or the
+    cached columns), pass activations and accumulator fit the budget. Before, each block's rows
+    alone could take half of it, and the O²·block² accumulator of `full` was not counted."""
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        n_par = int(rng.integers(1, 6))
+        sizes = {f"p{i}": int(rng.integers(1, 200_000)) for i in range(n_par)}
+        n = int(rng.integers(1, 5000))
+        logits = int(rng.integers(1, 20))
+        kind = str(rng.choice(["full", "trace", "diagonal", "logit"]))
+        n_out = 1 if kind == "logit" else logits
+        acts = int(rng.integers(1, 50_000))
+        acc = 8 * {"full": logits**2, "trace": logits, "diagonal": logits}.get(kind, 1)  # float64 at most
+        budget = int(rng.integers(1, 2000)) * 2**20
+        kw = dict(names=list(sizes), sizes=sizes, n_max=n, n_out=n_out, activations=acts, itemsize=4,
+                  budget=budget, acc_entry=acc)
+        try:
+            plan = make_plan(**kw)
+        except BudgetTooSmallError as e:
+            assert re.search(r"memory='\d+(MB|GB)' or more", str(e))
+            continue
+        if plan.block == 1:
+            continue  # one input at a time: the least the engine can do (engine_minimum holds it)
+        peak = _jacobian_peak(plan, sizes, n, n, n_out, 4, acts, acc)
+        assert peak <= budget, (kw, plan, peak)
+
+
+def test_used_since_counts_what_the_process_took():
+    from ntkit import _rss
+
+    if _rss.status() is None:
+        pytest.skip("no /proc/self/status")
+    start = _rss.mark()
+    assert _rss.used_since(start) <= 2 * _rss.GRANULE
+    block = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+    assert _rss.used_since(start) >= 60 * 2**20
+    del block
