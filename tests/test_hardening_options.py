@@ -110,3 +110,15 @@ def test_python_api_resume_refuses_tile_and_smaller_memory(tmp_path):
     with pytest.raises(StoreMismatchError, match="planned for"):
         ntkit.compute(net, x, store=path, memory="16MB")
     ntkit.compute(net, x, store=path, tile=4, memory="1GB")  # the store's plan fits: accepted
+
+
+def test_predict_row_offset_refused_for_a_kernel_of_samples(tmp_path, capsys):
+    model = tmp_path / "m.npz"
+    assert main(["fit", "digits[0:40]", "--kernel", "laplacian:bandwidth=10", "--solver", "ridge", "-o", str(model),
+                 "-q"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "p.npy"
+    rc = main(["predict", str(model), "digits[40:50]", "--row-offset", "40", "-o", str(out), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--row-offset 40" in err and "leave --row-offset out" in err and not out.exists()
+    assert main(["predict", str(model), "digits[40:50]", "-o", str(out), "-q"]) == 0

@@ -297,6 +297,11 @@ def predict(
     model = load(model_path, trust_code=trust_code or False)
     ds = load_data(data, data_dir)
     dtype = str(getattr(model, "_dtype", "float32")).removeprefix("torch.")
+    from ntkit.kernels import Precomputed
+
+    if row_offset and not isinstance(model.kernel_, Precomputed):
+        raise UserError(f"--row-offset {row_offset} picks rows of a precomputed kernel, but this model's kernel is "
+                        f"{type(model.kernel_).__name__}, computed from the samples themselves: leave --row-offset out")
     X, y = _inputs(model.kernel_, ds, row_offset, dtype if dtype in ("float32", "float64") else "float32")
     t = time.perf_counter()
     if hasattr(model, "decision_scores"):
