@@ -81,6 +81,37 @@ def test_cli_store_peak_rss_stays_under_a_tight_budget(data2000, tmp_path):
     assert used <= 150 * 10**6, f"peak {used / 1e6:.1f} MB over the baseline under --memory 150MB"
 
 
+NTK_CHILD = r"""
+import json, sys
+def status(field):
+    for line in open('/proc/self/status'):
+        if line.startswith(field + ':'):
+            return int(line.split()[1]) * 1024
+import numpy, torch, ntkit
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Linear(16, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(),
+                          torch.nn.Linear(64, 10))
+x = torch.randn(3000, 16)
+base = status('VmRSS')
+open('/proc/self/clear_refs', 'w').write('5')
+K = ntkit.ntk(net, x, output='trace', method='structured', memory='150MB')
+print('@@MEM ' + json.dumps({'used': status('VmHWM') - base, 'kernel': K.numel() * K.element_size()}))
+"""
+
+
+@needs_rss
+def test_ntk_peak_rss_over_its_returned_kernel_stays_under_the_budget():
+    """`ntkit.ntk(memory=)` bounds what the call holds beyond the kernel it returns (README): a
+    3,000 x 3,000 float32 kernel (36 MB) under 150MB. Before: the finiteness check of the result
+    made |K| and mask temporaries of ~1.75x the kernel (peak 1.3x the budget)."""
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    p = subprocess.run([sys.executable, "-c", NTK_CHILD], capture_output=True, text=True, env=env, timeout=300)
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("@@MEM ")]
+    assert line, p.stderr[-2000:]
+    m = json.loads(line[-1][6:])
+    assert m["used"] - m["kernel"] <= 150 * 10**6, f"peak {(m['used'] - m['kernel']) / 1e6:.1f} MB over the kernel"
+
+
 @needs_rss
 def test_cli_refuses_a_budget_it_cannot_hold_and_names_one_that_holds(data2000, tmp_path):
     """--memory 64MB cannot hold the code torch loads on first use plus one tile: refused with

@@ -179,3 +179,21 @@ def test_cli_huge_inputs_exit_2_with_one_line_and_nothing_complete(tmp_path, cap
     else:
         meta = json.loads((out / "zarr.json").read_text())["attributes"]["ntkit"]
         assert meta["complete"] is False
+
+
+@pytest.mark.parametrize("make", [torch.tensor, np.array])
+def test_finiteness_check_without_kernel_sized_temporaries_is_exact(make, monkeypatch):
+    """The check sums first (NaN and inf survive a sum) and only when the sum overflows checks
+    slice by slice: finite entries whose sum overflows pass, a NaN or inf in any slice fails."""
+    import ntkit.engine.finite as finite
+
+    monkeypatch.setattr(finite, "_CHECK_CHUNK", 3)
+    k = make([[3e38, 3e38, 1.0], [1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=torch.float32 if make is torch.tensor
+             else np.float32)
+    assert finite._all_finite(k)
+    finite.check_kernel(k, "the kernel")
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        k[2, 2] = bad  # in the last slice
+        assert not finite._all_finite(k)
+        with pytest.raises(NonFiniteError, match="non-finite"):
+            finite.check_kernel(k, "the kernel")

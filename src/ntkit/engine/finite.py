@@ -90,6 +90,28 @@ def likely_cause(inputs: Sequence[Any], dtype: Any) -> str:
             f"(exp, log, a division, huge weights?): check the model on these inputs{wider}")
 
 
+_CHECK_CHUNK = 2**20  # entries per slice of the exact check: a few MB of temporaries at most
+
+
+def _all_finite(k: torch.Tensor | np.ndarray) -> bool:
+    """No NaN or ±inf in `k`, without a temporary of `k`'s size (isfinite on the whole kernel
+    makes an |k| copy and masks, ~1.75x the kernel in float32, which a memory budget must not
+    pay for the result it returns). NaN and inf survive a sum, so a finite sum settles it; a sum
+    that overflows from finite entries falls back to an exact check a slice at a time."""
+    if isinstance(k, torch.Tensor):
+        k = k.detach()
+        if k.numel() == 0 or bool(torch.isfinite(k.sum())):
+            return True
+        flat = k.reshape(-1)
+        return all(bool(torch.isfinite(flat[i:i + _CHECK_CHUNK]).all())
+                   for i in range(0, flat.numel(), _CHECK_CHUNK))
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflowing sum is handled below
+        if k.size == 0 or bool(np.isfinite(k.sum())):
+            return True
+    flat = k.reshape(-1)
+    return all(bool(np.isfinite(flat[i:i + _CHECK_CHUNK]).all()) for i in range(0, flat.size, _CHECK_CHUNK))
+
+
 def check_kernel(k: torch.Tensor | np.ndarray, what: str, inputs: Sequence[Any] = (),
                  dtype: torch.dtype | np.dtype | str | None = None, after: str = "") -> None:
     """Raise NonFiniteError when the kernel (or tile) `k` has NaN or ±inf entries.
@@ -100,14 +122,14 @@ def check_kernel(k: torch.Tensor | np.ndarray, what: str, inputs: Sequence[Any] 
     a sentence appended (what happened to the result, e.g. that the tile was not recorded).
     """
     if isinstance(k, torch.Tensor):
-        if bool(torch.isfinite(k).all()):
+        if _all_finite(k):
             return
         kk = k.detach()
         n_nan, n_inf, total = int(torch.isnan(kk).sum()), int(torch.isinf(kk).sum()), kk.numel()
         dtype = dtype if dtype is not None else kk.dtype
     else:
         k = np.asarray(k)
-        if k.dtype.kind != "f" or bool(np.isfinite(k).all()):
+        if k.dtype.kind != "f" or _all_finite(k):
             return
         n_nan, n_inf, total = int(np.isnan(k).sum()), int(np.isinf(k).sum()), k.size
         dtype = dtype if dtype is not None else k.dtype
