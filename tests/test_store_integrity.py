@@ -193,6 +193,17 @@ def test_cli_fit_on_a_damaged_store_names_the_tile_and_the_repair(tmp_path, caps
     assert not (tmp_path / "m.npz").exists()
 
 
+def test_cli_analyze_on_a_damaged_store_names_the_tile_and_leaves_no_report(tmp_path, capsys):
+    path, _ = _digits_store(tmp_path)
+    _flip(_chunk(path, 0, 1))
+    capsys.readouterr()
+    report = tmp_path / "report"
+    rc = main(["analyze", str(path), "-o", str(report), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "tile 0.1" in err and "--repair" in err and "Traceback" not in err
+    assert not report.exists()
+
+
 def test_an_api_store_without_specs_cannot_be_repaired_by_the_cli_and_says_how(tmp_path, pristine, capsys):
     path = _copy(pristine[0], tmp_path / "K.zarr")
     _flip(_chunk(path, 0, 0))

@@ -544,12 +544,20 @@ def analyze(
         inp, tm = _compute_inputs(target, model, test, output, method, weights, seed, data_dir, batch_size,
                                   memory, device, quiet, sizes, num_classes)
         timings.update(tm)
-    report = _analyze(inp, output_dir, ridges=grid, sizes=sizes, k=k, center=center, layers=layers,
-                      layer_samples=layer_samples, max_dense=max_dense, timings=timings,
-                      allow_indefinite=allow_indefinite)
-    report.summary["timings"] = {k_: round(v, 3) for k_, v in timings.items()}
-    path_md = _write_outputs(output_dir, "ntkit analyze", [f"`ntkit analyze {target}"
-                                                           f"{' ' + model if model else ''}`", ""], report)
+    created = not output_dir.exists()
+    try:
+        report = _analyze(inp, output_dir, ridges=grid, sizes=sizes, k=k, center=center, layers=layers,
+                          layer_samples=layer_samples, max_dense=max_dense, timings=timings,
+                          allow_indefinite=allow_indefinite)
+        report.summary["timings"] = {k_: round(v, 3) for k_, v in timings.items()}
+        path_md = _write_outputs(output_dir, "ntkit analyze", [f"`ntkit analyze {target}"
+                                                               f"{' ' + model if model else ''}`", ""], report)
+    except BaseException:
+        if created:  # a failed analysis leaves no half-written report behind
+            import shutil
+
+            shutil.rmtree(output_dir, ignore_errors=True)
+        raise
     if not quiet:
         _print_analysis(report, path_md, output_dir)
     return 0
