@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ntkit.engine.memory import ALLOCATOR_RESERVE, acc_entry_bytes, engine_minimum
+from ntkit.engine.memory import acc_entry_bytes, engine_minimum, host_overhead
 from ntkit.schedule import Tile, TilePlan, plan_tiles
 from ntkit.schedule.features import STRATEGIES as FEATURE_STRATEGIES
 from ntkit.schedule.features import FeaturePlan, plan_features
@@ -308,7 +308,7 @@ def compute(
         _repair_on_resume(ks, tplan, src_rows, src_cols, prep)
     else:
         budget = parse_memory(memory, dev)
-        held, reserve = _host_overhead(budget, start) if dev.type == "cpu" else (0, 0)
+        held, reserve = host_overhead(budget, start) if dev.type == "cpu" else (0, 0)
         fixed = held + reserve
         n_out = spec.n_out(n_logits)
         row_bytes = n_out * itemsize
@@ -423,17 +423,6 @@ def _repair_on_resume(ks: KernelStore, tplan: TilePlan, rows: DataSource, cols: 
         warnings.warn(f"{ks.path}: {len(bad)} recorded tile(s) had missing or corrupt data and are "
                       f"recomputed now: {keys} (first: {bad[0][1].split(';')[0]})", StoreRepairWarning,
                       stacklevel=3)
-def _host_overhead(budget: int, start) -> tuple[int, int]:
-    """What a CPU budget must set aside before planning: what the process took since `start`
-    (the code torch and ntkit import on first use, the probe, and on the command line the data
-    set and model it loaded; `ntkit._rss`) and ALLOCATOR_RESERVE's share. The allocator's
-    thresholds are lowered to the budget (`ntkit._malloc.limit`). Returns (held, reserve)."""
-    from ntkit import _malloc, _rss
-
-    _malloc.limit(budget)
-    return _rss.used_since(start), budget // ALLOCATOR_RESERVE
-
-
 def _release_between_tiles() -> None:
     """Give back what the last tile freed (pooled scratch buffers, the heap's free pages), so
     the allocator does not keep one tile's memory while the next allocates its own."""

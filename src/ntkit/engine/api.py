@@ -23,8 +23,8 @@ from ntkit.engine.cost import StructuredCost, estimate
 from ntkit.engine.finite import NonFiniteError, check_kernel, check_weights
 from ntkit.engine.functional import FunctionalModel, ParamSelection
 from ntkit.engine.jacobian_contraction import jacobian_contraction
-from ntkit.engine.memory import (ALLOCATOR_RESERVE, CACHE_BYTES, Plan, acc_entry_bytes, engine_minimum, make_plan,
-                                 parse_memory)
+from ntkit.engine.memory import (ALLOCATOR_RESERVE, CACHE_BYTES, Plan, acc_entry_bytes, engine_minimum,
+                                 host_overhead, make_plan, parse_memory)
 from ntkit.engine.ntk_vector_products import forward_ad_error, ntk_vector_products
 from ntkit.engine.outputs import OUTPUTS, OutputSpec, parse_output
 from ntkit.engine.progress import Progress, ProgressCallback
@@ -245,22 +245,19 @@ def ntk(
 
 def _working_budget(budget: int, start, minimum: int) -> int:
     """The engine's share of a CPU `budget` for a call that began at `start` (`ntkit._rss`):
-    less what the call already took (the code torch and ntkit import on first use, the probe)
-    and ALLOCATOR_RESERVE's share for the allocator; the allocator's thresholds are lowered to
-    the budget. Raises BudgetTooSmallError, naming the least budget, when that leaves less than
-    `minimum` (`engine_minimum`)."""
+    less what `host_overhead` sets aside. Raises BudgetTooSmallError, naming the least budget,
+    when that leaves less than `minimum` (`engine_minimum`)."""
     from ntkit.schedule.tiles import BudgetTooSmallError, format_bytes, suggest_memory
 
-    held = _rss.used_since(start) + budget // ALLOCATOR_RESERVE
-    if budget - held < minimum:
-        least = (_rss.used_since(start) + minimum) * ALLOCATOR_RESERVE / (ALLOCATOR_RESERVE - 1)
+    held, reserve = host_overhead(budget, start)
+    if budget - held - reserve < minimum:
+        least = (held + minimum) * ALLOCATOR_RESERVE / (ALLOCATOR_RESERVE - 1)
         raise BudgetTooSmallError(
             f"memory budget {format_bytes(budget)} is too small: this call already took "
-            f"{format_bytes(_rss.used_since(start))} (code loaded on first use, the probe forward) and one "
+            f"{format_bytes(held)} (code loaded on first use, the probe forward) and one "
             f"input needs {format_bytes(minimum)} of working memory; pass memory='{suggest_memory(least * 1.1)}' "
             f"(--memory {suggest_memory(least * 1.1)}) or more")
-    _malloc.limit(budget)
-    return budget - held
+    return budget - held - reserve
 
 
 def _prepare(model, x1, x2, output, params, batch_size, device, memory, start=None) -> _Call:

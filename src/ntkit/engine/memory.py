@@ -97,6 +97,18 @@ ENGINE_SLACK = 4 * 2**20
 ALLOCATOR_RESERVE = 8
 
 
+def host_overhead(budget: int, start) -> tuple[int, int]:
+    """What a CPU budget sets aside before planning, for a call that began at `start`
+    (`ntkit._rss.mark()`): what the process took since then (the code torch and ntkit import on
+    first use, the probe; on the command line also the data set and model it loaded) and
+    1/ALLOCATOR_RESERVE of the budget for the allocator. Lowers the allocator's thresholds to the
+    budget (`ntkit._malloc.limit`). Returns (held, reserve) in bytes."""
+    from ntkit import _malloc, _rss
+
+    _malloc.limit(budget)
+    return _rss.used_since(start), budget // ALLOCATOR_RESERVE
+
+
 def engine_minimum(row_bytes: int, p_max: int, activations: int, acc_entry_bytes: int = 0) -> int:
     """The least engine budget that computes one input at a time: two samples' Jacobian rows of
     the largest parameter (a row and a column), one sample's vmapped pass over its O' outputs

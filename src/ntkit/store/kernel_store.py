@@ -517,8 +517,9 @@ class KernelStore:
         data = np.ascontiguousarray(data, dtype=self.dtype)
         self._array[tile.r0:tile.r1, tile.c0:tile.c1] = data
         chunks = [(tile.i, tile.j)]
-        if tile.mirror:
-            self._array[tile.c0:tile.c1, tile.r0:tile.r1] = mirror_tile(data)
+        low = mirror_tile(data) if tile.mirror else None
+        if low is not None:
+            self._array[tile.c0:tile.c1, tile.r0:tile.r1] = low
             chunks.append((tile.j, tile.i))
         sizes = []
         for ci, cj in chunks:
@@ -527,8 +528,8 @@ class KernelStore:
         record = {"tile": tile.key, "rows": [tile.r0, tile.r1], "cols": [tile.c0, tile.c1],
                   "sha256": tile_checksum(data), "seconds": round(float(seconds), 6),
                   "entries": tile.n_entries, "finished": time.time(), "worker": worker, "chunk_bytes": sizes}
-        if tile.mirror:
-            record["mirror_sha256"] = tile_checksum(mirror_tile(data))
+        if low is not None:
+            record["mirror_sha256"] = tile_checksum(low)
         atomic_write_bytes(self.path / _RECORDS / f"{tile.key}.json", json.dumps(record).encode())
         return record
 
