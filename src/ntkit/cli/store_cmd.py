@@ -217,30 +217,51 @@ def _stored_num_classes(rows, stored: Any, num_classes: int | None) -> int:
     return rows.num_classes
 
 
-def _recompute_fn(ks, trust_code: Any = False, num_classes: int | None = None) -> Any:
-    """A `tile -> array` recomputation from the store's metadata (data and model specs).
+def _rebuild_from_store(ks, trust_code: Any, num_classes: int | None, no_specs: str) -> tuple[Any, Any, Any, Any]:
+    """(model, rows, cols, dtype) rebuilt from a store's metadata (its data and model specs).
 
     The model spec is read from the store, so it runs no code unless `trust_code` names it
-    (`--trust-code`, see `ntkit.models.trust`)."""
+    (`--trust-code`, see `ntkit.models.trust`). `no_specs`: what to do when the store was
+    written by the Python API and has no specs."""
     import torch
 
     from ntkit.data import resolve_kernel_data
-    from ntkit.distributed.compute import DataSource, _tile_inputs
-    from ntkit.models import build_model, model_fingerprint, untrusted_source
-    from ntkit.store.kernel_store import PRECISION_RTOL
-    from ntkit.store.worker import TileJob, compute_tile
+    from ntkit.models import build_model, untrusted_source
 
     meta = ks.metadata
-    d, m, ident = meta.get("data") or {}, meta.get("model") or {}, meta["identity"]
+    d, m, ident = meta.get("data") or {}, meta.get("model") or {}, meta.get("identity") or {}
+    if not isinstance(d, dict) or not isinstance(m, dict) or not isinstance(ident, dict) or "method" not in ident:
+        raise UserError(f"{ks.path}'s metadata are damaged, so its model cannot be rebuilt; check its tiles with "
+                        "--sample 0, or compute it again with --overwrite")
     if not d.get("rows") or not m.get("spec"):
-        raise UserError(f"{ks.path} was written by the Python API without data and model specs, so "
-                        "tiles cannot be recomputed here; use --sample 0, or KernelStore.verify(recompute=...)")
+        raise UserError(f"{ks.path} was written by the Python API without data and model specs; {no_specs}")
+    dtype = getattr(torch, str(ident.get("dtype")), None)
+    if not isinstance(dtype, torch.dtype):
+        raise UserError(f"{ks.path}'s metadata are damaged (dtype {ident.get('dtype')!r}); compute it again with "
+                        "--overwrite")
     rows, cols = resolve_kernel_data(d["rows"], d.get("data_dir"), cols=d.get("cols"), num_classes=num_classes)
     n_classes = _stored_num_classes(rows, d.get("num_classes"), num_classes)
-    dtype = getattr(torch, ident["dtype"])
     with untrusted_source(f"the store {ks.path}", trust_code):
         net = build_model(m["spec"], rows.input_shape, n_classes, seed=m.get("seed") or 0,
                           weights=m.get("weights")).to(dtype)
+    return net, rows, cols, dtype
+
+
+def _recompute_fn(ks, trust_code: Any = False, num_classes: int | None = None) -> Any:
+    """A `tile -> array` recomputation from the store's metadata (data and model specs; see
+    `_rebuild_from_store`)."""
+    import torch
+
+    from ntkit.distributed.compute import DataSource, _tile_inputs
+    from ntkit.models import model_fingerprint
+    from ntkit.store.kernel_store import PRECISION_RTOL
+    from ntkit.store.worker import TileJob, compute_tile
+
+    net, rows, cols, dtype = _rebuild_from_store(
+        ks, trust_code, num_classes, "tiles cannot be recomputed here; use --sample 0, or "
+        "KernelStore.verify(recompute=...)")
+    meta = ks.metadata
+    ident = meta["identity"]
     if model_fingerprint(net) != ident["model"]:
         raise UserError("the model rebuilt from the store's metadata has other weights than the one that "
                         "computed it (changed --weights file or code?); use --sample 0")
@@ -268,33 +289,14 @@ def _recompute_fn(ks, trust_code: Any = False, num_classes: int | None = None) -
 def _repair(ks, device: str | None, trust_code: Any = False, num_classes: int | None = None) -> list[str]:
     """Recompute the store's damaged and missing tiles through `ntkit.compute` (resume: under
     the store's lock, bad records dropped, the same method and plan); returns its notices.
-
-    The model spec is read from the store, so it runs no code unless `trust_code` names it."""
-    import torch
-
+    The model is rebuilt from the store's metadata (`_rebuild_from_store`)."""
     import ntkit
-    from ntkit.data import resolve_kernel_data
-    from ntkit.models import build_model, untrusted_source
     from ntkit.store import StoreError
 
-    meta = ks.metadata
-    d, m, ident = meta.get("data") or {}, meta.get("model") or {}, meta.get("identity") or {}
-    if not isinstance(d, dict) or not isinstance(m, dict) or "dtype" not in ident or "method" not in ident:
-        raise UserError(f"{ks.path}'s metadata are damaged, so it cannot be repaired; compute it again with "
-                        "--overwrite")
-    if not d.get("rows") or not m.get("spec"):
-        raise UserError(f"{ks.path} was written by the Python API without data and model specs, so it cannot "
-                        "be repaired here; call ntkit.compute again with the same model, data and options: "
-                        "it recomputes the damaged tiles")
-    dtype = getattr(torch, str(ident["dtype"]), None)
-    if not isinstance(dtype, torch.dtype):
-        raise UserError(f"{ks.path}'s metadata are damaged (dtype {ident['dtype']!r}), so it cannot be repaired; "
-                        "compute it again with --overwrite")
-    rows, cols = resolve_kernel_data(d["rows"], d.get("data_dir"), cols=d.get("cols"), num_classes=num_classes)
-    n_classes = _stored_num_classes(rows, d.get("num_classes"), num_classes)
-    with untrusted_source(f"the store {ks.path}", trust_code):
-        net = build_model(m["spec"], rows.input_shape, n_classes, seed=m.get("seed") or 0,
-                          weights=m.get("weights")).to(dtype)
+    net, rows, cols, _ = _rebuild_from_store(
+        ks, trust_code, num_classes, "it cannot be repaired here; call ntkit.compute again with the same "
+        "model, data and options: it recomputes the damaged tiles")
+    ident = ks.metadata["identity"]
     if device is not None:
         net = net.to(device)
     seen: list[str] = []
