@@ -19,7 +19,7 @@ import torch
 import ntkit
 from ntkit.cli import main
 from ntkit.reference import ntk_reference
-from ntkit.store import CorruptTileError, KernelStore, StoreError, StoreRepairWarning
+from ntkit.store import CorruptTileError, IncompleteStoreError, KernelStore, StoreError, StoreRepairWarning
 
 N, TILE = 12, 4
 
@@ -99,6 +99,22 @@ def test_a_missing_chunk_with_a_record_is_an_error_not_nan(tmp_path, pristine):
     assert np.array_equal(ks[8:12, 4:8], pristine[1][8:12, 4:8])  # its mirror is intact: checked, exact
     rep = ks.verify()
     assert not rep.ok and any("tile 1.2" in p and "lost its chunk" in p for p in rep.problems)
+
+
+def test_a_tile_without_record_reads_as_nan_in_an_incomplete_read_and_the_rest_exactly(tmp_path, pristine):
+    """A chunk whose record is gone is not done: NaN (both halves of a mirrored tile) in a read that
+    allows an incomplete store, not the unchecked data still on disk; every other entry exact."""
+    path = _copy(pristine[0], tmp_path / "K.zarr")
+    (path / "tiles" / "0.2.json").unlink()
+    ks = ntkit.open(path)
+    with pytest.raises(IncompleteStoreError):
+        ks.to_numpy()
+    got = ks.to_numpy(allow_incomplete=True)
+    assert np.isnan(got[0:4, 8:12]).all() and np.isnan(got[8:12, 0:4]).all()
+    mask = np.ones(got.shape, bool)
+    mask[0:4, 8:12] = mask[8:12, 0:4] = False
+    assert np.array_equal(got[mask], pristine[1][mask])
+    assert np.array_equal(ks[0:12, 0:12], got[0:12, 0:12], equal_nan=True)  # the per-tile read agrees
 
 
 def test_verify_names_the_record_and_the_repair(tmp_path, pristine):

@@ -365,7 +365,35 @@ class KernelStore:
     def to_numpy(self, allow_incomplete: bool = False) -> np.ndarray:
         """The whole kernel in memory (every tile checked against its checksum)."""
         self._require_complete(allow_incomplete)
-        return self._read(np.arange(self.shape[0]), np.arange(self.shape[1]))
+        try:
+            # zarr's own read decodes chunks concurrently (~3x faster than a tile at a time on
+            # 2 cores); each tile is then checked in place, and any doubt is settled by the
+            # per-tile read, which names the tile and what is wrong.
+            out = np.ascontiguousarray(self._array[...])
+        except Exception:  # noqa: BLE001 - a chunk the codec cannot decode: the per-tile read names it
+            return self._read(np.arange(self.shape[0]), np.arange(self.shape[1]))
+        from concurrent.futures import ThreadPoolExecutor
+
+        tr, tc = self.tile_shape
+
+        def check(chunk: tuple[int, int]) -> tuple[int, int] | None:
+            ci, cj = chunk
+            region = (slice(ci * tr, (ci + 1) * tr), slice(cj * tc, (cj + 1) * tc))
+            owner = self._chunk_owner(ci, cj)
+            rec = None if owner is None else _load_record(self.path / _RECORDS / f"{owner[0].key}.json")
+            if rec is None:  # not done (or no tile's): NaN, as the per-tile read gives
+                out[region] = np.nan
+                return None
+            return None if _matches(out[region], owner[0], owner[1], rec) else chunk
+
+        chunks = [(ci, cj) for ci in range(-(-self.shape[0] // tr)) for cj in range(-(-self.shape[1] // tc))]
+        self._chunk_owner(0, 0)  # builds the tile grid once, before the threads look it up
+        # sha256 and the tile copies release the GIL: the checks run on every core, like zarr's read
+        with ThreadPoolExecutor(max_workers=min(len(chunks), os.cpu_count() or 1)) as pool:
+            doubtful = [c for c in pool.map(check, chunks) if c is not None]
+        for ci, cj in doubtful:
+            out[ci * tr:(ci + 1) * tr, cj * tc:(cj + 1) * tc] = self._read_chunk(ci, cj)  # raises, naming the tile
+        return out
 
     def to_dask(self, allow_incomplete: bool = False):
         """A dask array over the tiles (chunks = tiles), read lazily; each chunk is checked
@@ -451,11 +479,7 @@ class KernelStore:
             data = np.ascontiguousarray(self._array[self._chunk_region(t, mirrored)])
         except Exception as e:  # noqa: BLE001 - a chunk the codec cannot decode: corrupted
             return None, f"cannot be decoded ({type(e).__name__}: {e})"
-        if mirrored and isinstance(rec.get("mirror_sha256"), str):
-            ok = tile_checksum(data) == rec["mirror_sha256"]
-        else:  # stores written before mirror checksums: the transposed copy must be the tile
-            ok = tile_checksum(mirror_tile(data) if mirrored else data) == rec.get("sha256")
-        return (data, None) if ok else (None, _CHANGED)
+        return (data, None) if _matches(data, t, mirrored, rec) else (None, _CHANGED)
 
     def _corrupt_message(self, t: Tile, mirrored: bool, problem: str) -> str:
         what = (f"the mirror (rows {t.c0}:{t.c1}, cols {t.r0}:{t.r1}) of tile {t.key}" if mirrored
@@ -616,6 +640,16 @@ class KernelStore:
                                         f"(relative, tolerance {rtol:.0e}): the model, data or code changed")
             rep.max_rel_diff = worst
         return rep
+
+
+def _matches(data: np.ndarray, t: Tile, mirrored: bool, rec: dict[str, Any]) -> bool:
+    """The chunk data of tile `t` (its mirror when `mirrored`) are what its record says."""
+    if rec.get("rows") != [t.r0, t.r1] or rec.get("cols") != [t.c0, t.c1]:
+        return False
+    if mirrored and isinstance(rec.get("mirror_sha256"), str):
+        return tile_checksum(data) == rec["mirror_sha256"]
+    # stores written before mirror checksums: the transposed copy must be the tile
+    return tile_checksum(mirror_tile(data) if mirrored else data) == rec.get("sha256")
 
 
 def _load_record(path: Path) -> dict[str, Any] | None:
