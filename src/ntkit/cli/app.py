@@ -27,6 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 # emoji=False: ':a:' in a user's path or spec is text, not an emoji; user text is also printed
 # with markup=False or escaped (rich.markup.escape), so '[bold]' in a path stays as typed.
@@ -34,6 +35,26 @@ err = Console(stderr=True, emoji=False)
 out = Console(emoji=False)
 
 DTYPES = {"float32": "float32", "float64": "float64", "fp32": "float32", "fp64": "float64"}
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("ntkit")
+        except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+            from ntkit import __version__ as v
+        out.print(f"ntkit {v}", highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print ntkit's version and exit."),
+) -> None:
+    """Fast finite-width neural tangent kernels and kernel machines for PyTorch."""
 
 
 class UserError(Exception):

@@ -87,7 +87,8 @@ def usage_message(e: BaseException) -> str:
     msg = e.format_message() if hasattr(e, "format_message") else str(e)  # type: ignore[attr-defined]
     ctx = getattr(e, "ctx", None)
     command = getattr(ctx, "command_path", None) or "ntkit"
-    return f"{msg.rstrip('.')}. Try '{command} --help' for help."
+    msg = " ".join(msg.split()).rstrip(".")
+    return f"{msg}{'' if msg.endswith('?') else '.'} Try '{command} --help' for help."
 
 
 def os_error_message(e: OSError) -> str | None:

@@ -129,7 +129,8 @@ def _read_state(path: str | os.PathLike[str]) -> object:
             f"objects, e.g. a whole model saved with torch.save(model), or is damaged; ntkit never "
             f"unpickles code: {_SAVE_HINT}"
         ) from None
-    except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as e:
+    except Exception as e:  # noqa: BLE001 - torch's safe unpickler fails on garbage in many ways
+        # (IndexError, KeyError, UnicodeDecodeError, ... on a text file): all mean "not a weights file"
         first = re.split(r"\. |\n", str(e).strip())[0] if str(e).strip() else type(e).__name__
         raise ModelWeightsError(
             f"{name} is not a readable PyTorch weights file (truncated, damaged or another format: "
@@ -153,7 +154,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
             hint = " It looks like a training checkpoint: save checkpoint['state_dict'] alone."
         raise ModelWeightsError(
             f"{os.fspath(path)} does not hold a state dict (a mapping of names to tensors) but "
-            f"a {type(state).__name__}.{hint}"
+            f"a {type(state).__name__}.{hint or ' ' + _SAVE_HINT[0].upper() + _SAVE_HINT[1:] + '.'}"
         )
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
