@@ -82,7 +82,7 @@ def test_mnist_from_env_dir_with_params_and_explain(tmp_path, monkeypatch, capsy
         (["compute", "digits", "cnn", "-o", "{tmp}/K.npy", "--dtype", "half"], "use float32 or float64"),
         (["compute", "cifar10[0:4]", "cnn", "-o", "{tmp}/K.npy", "--data-dir", "{tmp}/none"], "--data-dir"),
         (["compute", "digits[0:4]", "mlp", "-o", "{tmp}/K.npy", "--params", "nope.*"], "matches no parameter"),
-        (["info", "{tmp}/missing.npy"], "no metadata"),
+        (["info", "{tmp}/missing.npy"], "no such file"),
     ],
 )
 def test_errors_exit_2_with_a_fix(tmp_path, capsys, argv, fragment):

@@ -378,6 +378,23 @@ def compute(
     return 0
 
 
+def _bare_npy_info(path: Path, sidecar: Path) -> int:
+    """`ntkit info K.npy` without its sidecar: what the array header says, and that nothing else is known."""
+    import numpy as np
+
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        # numpy's own words suggest allow_pickle=True, which would run the file's code
+        raise UserError(f"{path} is not a readable .npy array (damaged, or another format) and has no "
+                        "metadata sidecar; compute the kernel again") from None
+    out.print_json(data={"path": str(path), "shape": list(arr.shape), "dtype": str(arr.dtype),
+                         "metadata": None})
+    err.print(f"note: no metadata sidecar {sidecar}: {path} was not written by `ntkit compute` (or its "
+              "sidecar was moved), so its data, model and method are unknown", markup=False, highlight=False)
+    return 0
+
+
 def _check_compute_options(method: str, precision: str, batch_size: int | None, to_store: bool) -> None:
     """Options `ntkit compute` would otherwise ignore: refused here, each with the fix."""
     from ntkit.store.worker import PRECISIONS
@@ -409,6 +426,8 @@ def info(
             return store_info(path)
         if path.suffix == ".zarr" and not path.exists():
             raise UserError(f"no kernel store at {path}: compute one with `ntkit compute DATA MODEL -o {path}`")
+        if not path.exists():
+            raise UserError(f"no such file: {path}; give a K.npy, its .json or a K.zarr written by `ntkit compute`")
         if path.is_dir():
             raise UserError(f"{path} is a directory but not a kernel store (no zarr.json): give a K.npy, "
                             "its .json or a K.zarr written by `ntkit compute`")
@@ -417,7 +436,10 @@ def info(
                             "a K.zarr store written by `ntkit compute`")
         sidecar = sidecar_path(path) if path.suffix == ".npy" else path
         if not sidecar.exists():
-            raise UserError(f"no metadata at {sidecar}: is {path} a kernel written by `ntkit compute`?")
+            if path.suffix == ".npy":
+                return _bare_npy_info(path, sidecar)
+            raise UserError(f"no such file: {sidecar}; give a K.npy, its .json or a K.zarr written by "
+                            "`ntkit compute`")
         try:
             meta = json.loads(sidecar.read_text())
         except (ValueError, UnicodeDecodeError) as e:
@@ -449,6 +471,22 @@ def info(
 
 # Sub-commands that live in their own modules register themselves on `app` when imported.
 from ntkit.cli import analyze_cmd, fit_cmd, store_cmd  # noqa: E402,F401
+
+
+def _name_arguments() -> None:
+    """Show positional arguments as DATA MODEL in usage lines and errors: typer 0.29 writes
+    `{data}` and "Missing argument 'data'" for an Argument without a metavar."""
+    import inspect
+
+    from typer.models import ArgumentInfo
+
+    for command in app.registered_commands:
+        for name, p in inspect.signature(command.callback).parameters.items():
+            if isinstance(p.default, ArgumentInfo) and p.default.metavar is None:
+                p.default.metavar = name.upper()
+
+
+_name_arguments()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

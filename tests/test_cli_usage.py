@@ -1,0 +1,95 @@
+"""Usage errors as a person meets them: through the real command line in a fresh process.
+
+Every user error exits with status 2 and one line, `error: <problem>. <fix>`, on stderr; no
+Python traceback, whatever the installed typer/click raise (typer >= 0.16 ships its own copy of
+click, whose exception classes are not click's). The help and the version exit 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cli_run import run_cli
+
+TINY = "digits[train:0:8]"
+MODEL = "mlp:depth=1,width=8"
+
+USAGE_ERRORS = {
+    "misspelt command": (["comptue", TINY, MODEL], "No such command 'comptue'. Did you mean 'compute'?"),
+    "unknown option": (["compute", TINY, MODEL, "-o", "K.npy", "--ouput", "trace"], "No such option: --ouput"),
+    "missing -o": (["compute", TINY, MODEL], "Missing option '-o'"),
+    "missing argument": (["compute"], "Missing argument"),
+    "not an integer": (["compute", TINY, MODEL, "-o", "K.npy", "--batch-size", "abc"], "'--batch-size'"),
+    "unknown method": (["compute", TINY, MODEL, "-o", "K.npy", "-m", "structed"], "did you mean 'structured'"),
+    "bad output suffix": (["compute", TINY, MODEL, "-o", "K.txt"], "must end in .npy"),
+    "unknown solver": (["fit", TINY, "-o", "m.npz", "--solver", "foo"], "unknown --solver 'foo'"),
+    "missing kernel file": (["info", "nonexist.npy"], "no such file: nonexist.npy"),
+    "missing store": (["verify", "nope.zarr"], "nope.zarr"),
+    "text file as weights": (["compute", TINY, MODEL, "-o", "K.npy", "--weights", "notes.txt"],
+                             "not a readable PyTorch weights file"),
+    "whole pickled model as weights": (["compute", TINY, MODEL, "-o", "K.npy", "--weights", "whole.pt"],
+                                       "torch.save(model.state_dict(), PATH)"),
+    "checkpoint dict as weights": (["compute", TINY, MODEL, "-o", "K.npy", "--weights", "ckpt.pt"],
+                                   "checkpoint['state_dict']"),
+}
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    (tmp_path / "notes.txt").write_text("root:x:0:0:root:/root:/bin/bash\nnot weights\n")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pt")
+    torch.save({"epoch": 3, "state_dict": {"w": torch.zeros(2)}}, tmp_path / "ckpt.pt")
+    return tmp_path
+
+
+def _one_error_line(result) -> str:
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one error line, got:\n{result.stderr}"
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("case", sorted(USAGE_ERRORS))
+def test_user_error_is_one_line_with_status_2(workdir, case):
+    args, expected = USAGE_ERRORS[case]
+    result = run_cli(args, cwd=workdir)
+    line = _one_error_line(result)
+    assert result.returncode == 2, (result.returncode, line)
+    assert expected in line, line
+    assert "?." not in line  # click's "Did you mean 'x'?" is not followed by our period
+    assert not (workdir / "K.npy").exists()
+
+
+def test_no_arguments_prints_help_without_traceback(tmp_path):
+    result = run_cli([], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Usage: ntkit" in result.stdout and "compute" in result.stdout
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "NoArgsIsHelp" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["compute", "-h"]])
+def test_help_exits_zero(tmp_path, args):
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Usage: ntkit" in result.stdout
+    assert "{data}" not in result.stdout  # arguments are named as in the synopsis, DATA MODEL
+
+
+def test_version(tmp_path):
+    import ntkit
+
+    result = run_cli(["--version"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"ntkit {ntkit.__version__}"
+
+
+def test_info_on_a_plain_npy_says_what_it_can(tmp_path):
+    np.save(tmp_path / "K.npy", np.zeros((3, 4), np.float32))
+    result = run_cli(["info", "K.npy"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert '"shape": [\n    3,\n    4\n  ]' in result.stdout
+    assert "no metadata sidecar" in result.stderr and "Traceback" not in result.stderr
