@@ -93,3 +93,25 @@ def test_info_on_a_plain_npy_says_what_it_can(tmp_path):
     assert result.returncode == 0, result.stderr
     assert '"shape": [\n    3,\n    4\n  ]' in result.stdout
     assert "no metadata sidecar" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unlabeled_npz_needs_and_takes_num_classes(tmp_path):
+    """An eNTK needs no labels: an npz with x only computes once --num-classes sizes the model."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "x.npz", x=rng.standard_normal((6, 5)).astype(np.float32))
+    refused = run_cli(["compute", "npz:x.npz", MODEL, "-o", "K.npy"], cwd=tmp_path)
+    assert refused.returncode == 2 and "--num-classes" in _one_error_line(refused)
+    done = run_cli(["compute", "npz:x.npz", MODEL, "-o", "K.npy", "--num-classes", "3", "--output", "full",
+                    "--dtype", "float64", "-q"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    K = np.load(tmp_path / "K.npy")
+    assert K.shape == (6, 6, 3, 3)
+    # the same kernel as the Python API on a model built from the same spec, seed and sizes
+    from ntkit.models import build_model
+    from ntkit.reference import ntk_reference
+
+    x = torch.from_numpy(np.load(tmp_path / "x.npz")["x"]).double()
+    net = build_model(MODEL, (5,), 3, seed=0).double()
+    ref = ntk_reference(net, x, None, "full", None)
+    # float64 on both sides: only summation order differs
+    np.testing.assert_allclose(K, ref.numpy(), rtol=1e-10, atol=1e-12 * float(ref.abs().max()))

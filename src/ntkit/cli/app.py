@@ -290,7 +290,8 @@ def compute(
 
     t = time.perf_counter()
     if rows.num_classes <= 0:
-        raise UserError(f"data {rows.spec} has no labels, so the number of logits is unknown")
+        raise UserError(f"data {rows.spec} has no labels, so the number of model outputs is unknown: give it "
+                        "with --num-classes N (or add labels y to the file)")
     net = build_model(model, rows.input_shape, rows.num_classes, seed=seed, weights=weights).to(torch_dtype)
     if x1.is_floating_point():
         x1 = x1.to(torch_dtype)

@@ -391,7 +391,8 @@ class _Assembler:
         if spec.name == "npz":
             path, parts = self._load_npz(spec)
             labeled = all(y is not None for _, y in parts.values())
-            num_classes = 0
+            # Unlabeled inputs (an eNTK needs none): the model's outputs are what --num-classes says.
+            num_classes = 0 if self.num_classes is None else count_classes(np.zeros(0, np.int64), self.num_classes)
             if labeled:  # counted over the whole file, so its train and test parts agree
                 named = {f"{path}: {'y' if p == 'train' else 'y_' + p}": y for p, (_, y) in parts.items()}
                 try:
