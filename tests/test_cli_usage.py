@@ -25,6 +25,11 @@ USAGE_ERRORS = {
     "unknown method": (["compute", TINY, MODEL, "-o", "K.npy", "-m", "structed"], "did you mean 'structured'"),
     "bad output suffix": (["compute", TINY, MODEL, "-o", "K.txt"], "must end in .npy"),
     "unknown solver": (["fit", TINY, "-o", "m.npz", "--solver", "foo"], "unknown --solver 'foo'"),
+    "misspelt data set": (["compute", "digit", MODEL, "-o", "K.npy"], "did you mean 'digits'?"),
+    "misspelt part": (["compute", "digits[tset]", MODEL, "-o", "K.npy"], "did you mean 'test'?"),
+    "misspelt model option": (["compute", TINY, "mlp:dpth=2", "-o", "K.npy"], "did you mean 'depth'?"),
+    "misspelt kernel": (["fit", TINY, "--kernel", "lapalcian", "-o", "m.npz"], "did you mean 'laplacian'?"),
+    "cifar10 without its files": (["compute", "cifar10", "cnn", "-o", "K.npy"], "--data-dir DIR"),
     "missing kernel file": (["info", "nonexist.npy"], "no such file: nonexist.npy"),
     "missing store": (["verify", "nope.zarr"], "nope.zarr"),
     "text file as weights": (["compute", TINY, MODEL, "-o", "K.npy", "--weights", "notes.txt"],
@@ -115,3 +120,11 @@ def test_unlabeled_npz_needs_and_takes_num_classes(tmp_path):
     ref = ntk_reference(net, x, None, "full", None)
     # float64 on both sides: only summation order differs
     np.testing.assert_allclose(K, ref.numpy(), rtol=1e-10, atol=1e-12 * float(ref.abs().max()))
+
+
+def test_spec_grammars_are_one_command_away(tmp_path):
+    result = run_cli(["info", "--specs"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for heading in ("Data spec grammar:", "Model spec grammar:", "Kernel specs"):
+        assert heading in result.stdout
+    assert "  SPEC   := NAME ['[' SEL (',' SEL)* ']']       samples of a named data set\n" in result.stdout

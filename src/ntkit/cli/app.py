@@ -69,6 +69,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             FileNotFoundError, ValueError)
 
 
+def _spec_errors() -> tuple[type[BaseException], ...]:
+    from ntkit.data import DataSpecError
+    from ntkit.kernels.spec import KernelSpecError
+    from ntkit.models import ModelSpecError
+
+    return (DataSpecError, ModelSpecError, KernelSpecError)
+
+
 _ARGV: list[str] = []
 
 
@@ -107,6 +115,9 @@ def main(args: list[str] | None = None) -> int:
             err.print("[red]aborted[/red]")
             return 130
         message = known_error_message(e)
+        if message is None and isinstance(e, _spec_errors()):
+            # one line: the problem and its did-you-mean; the grammar is one command away
+            message = f"{e.reason} (spec grammars: `ntkit info --specs`)"  # type: ignore[attr-defined]
         if message is None and isinstance(e, _user_errors()):
             message = str(e)
         if message is not None:
@@ -118,10 +129,19 @@ def main(args: list[str] | None = None) -> int:
     return result if isinstance(result, int) else 0
 
 
+def one_line(message: str) -> str:
+    """A message written over several lines (a heading, then indented items) as one line."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    for line in lines[1:]:
+        text += (" " if text.endswith((":", ".", ";", ",", "?", "!")) else "; ") + line
+    return text
+
+
 def _print_error(message: str) -> None:
-    """`error: MESSAGE` on stderr; the message is printed as is (no rich markup, no emoji codes)."""
+    """`error: MESSAGE` on stderr, on one line; printed as is (no rich markup, no emoji codes)."""
     err.print("[bold red]error:[/bold red] ", end="")
-    err.print(message, markup=False, highlight=False, emoji=False, soft_wrap=True)
+    err.print(one_line(message), markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
 class _Bar:
@@ -417,9 +437,18 @@ def _check_compute_options(method: str, precision: str, batch_size: int | None, 
 def info(
     path: Optional[Path] = typer.Argument(None, help="A kernel written by `ntkit compute` (.npy, its .json, "
                                           "or a .zarr store)."),
+    specs: bool = typer.Option(False, "--specs", help="Print the grammars of data, model and kernel specs."),
 ) -> int:
     """Show versions, devices, data sets and models; or, given a kernel, its metadata (and for a
     store: shape, progress, throughput)."""
+    if specs:
+        from ntkit.data.spec import DATA_GRAMMAR
+        from ntkit.kernels.spec import KERNEL_GRAMMAR
+        from ntkit.models.spec import MODEL_GRAMMAR
+
+        for text in (DATA_GRAMMAR, MODEL_GRAMMAR, "Kernel specs (ntkit fit --kernel):\n" + KERNEL_GRAMMAR):
+            out.print(text + "\n", markup=False, highlight=False, soft_wrap=True)
+        return 0
     if path is not None:
         if (path / "zarr.json").exists():
             from ntkit.cli.store_cmd import store_info

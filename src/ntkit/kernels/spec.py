@@ -34,6 +34,11 @@ _ALIASES = {"lap": "laplacian", "gauss": "gaussian", "rbf": "gaussian", "ntkrelu
 class KernelSpecError(ValueError):
     """A kernel spec that cannot be parsed; the message shows the grammar."""
 
+    @property
+    def reason(self) -> str:
+        """The problem alone, without the grammar (the command line prints one line)."""
+        return str(self).split(f"\n{KERNEL_GRAMMAR}")[0]
+
 
 def _fail(spec: str, why: str) -> KernelSpecError:
     return KernelSpecError(f"bad kernel spec {spec!r}: {why}\n{KERNEL_GRAMMAR}")
