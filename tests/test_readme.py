@@ -167,3 +167,64 @@ def test_readme_other_shell_commands_name_real_files():
                 for w in argv:
                     if w.startswith("--"):
                         assert w.split("=")[0] in source, f"README:{where}: {scripts[0]} has no {w}"
+
+
+def python_blocks() -> list[tuple[int, str]]:
+    lines = README.read_text().splitlines()
+    blocks, i = [], 0
+    while i < len(lines):
+        if lines[i].strip() == "```python":
+            start, body = i + 2, []
+            i += 1
+            while lines[i].strip() != "```":
+                body.append(lines[i])
+                i += 1
+            blocks.append((start, "\n".join(body)))
+        i += 1
+    return blocks
+
+
+# What the README's fragments take as given (a model, inputs, a kernel and labels), defined before
+# each block that uses a name no earlier block defined.
+_GIVEN = '''
+import numpy as _np, torch as _torch
+_g = _torch.Generator().manual_seed(0)
+model = _torch.nn.Sequential(_torch.nn.Linear(3, 16), _torch.nn.ReLU(), _torch.nn.Linear(16, 10)).double().eval()
+rows = x = _torch.randn(1100, 3, generator=_g, dtype=_torch.float64)
+_K = ntkit.ntk(model, x, output="trace")
+K, K_test_train = _K[:1000, :1000], _K[1000:, :1000]
+y_train, y_test = _torch.randint(0, 10, (1000,), generator=_g), _torch.randint(0, 10, (100,), generator=_g)
+ridges = [1e-4, 1e-2, 1.0]
+'''
+
+
+def _tiny_python(code: str) -> str:
+    """The EigenPro3 example on 150 + 60 digits instead of 1258 + 539."""
+    for a, b in (('load_data("digits")', 'load_data("digits[train:0:150]")'),
+                 ('load_data("digits[test]")', 'load_data("digits[test:0:60]")'),
+                 ("centers=1000", "centers=100"), ("range(1258, 1797)", "range(150, 210)"),
+                 ("range(1258)", "range(150)")):
+        code = code.replace(a, b)
+    return code
+
+
+def test_readme_python_blocks_run(tmp_path, monkeypatch):
+    """Every ```python block runs, in order, in one namespace (on tiny data where it names digits)."""
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    blocks = python_blocks()
+    assert len(blocks) >= 3
+    for line, code in blocks:
+        if "ntkit" not in namespace:
+            exec("import ntkit, torch", namespace)
+        if namespace.get("_given") is None and ("rows" in code or "K_test_train" in code):
+            exec(_GIVEN, namespace)
+            namespace["_given"] = True
+        if "K_test_train" in code:
+            namespace["store"] = ntkit_open = namespace["ntkit"].open("K.zarr")
+            assert ntkit_open.shape[0] >= 100
+            exec(_GIVEN, namespace)  # the kernel the analysis block reads, after the solver block
+        try:
+            exec(compile(_tiny_python(code), f"README.md:{line}", "exec"), namespace)
+        except Exception as e:  # noqa: BLE001
+            raise AssertionError(f"README python block at line {line} failed: {type(e).__name__}: {e}") from e
