@@ -85,7 +85,7 @@ def main(args: list[str] | None = None) -> int:
     from ntkit import _rss
 
     _ARGV[:] = list(sys.argv[1:] if args is None else args)
-    if _ARGV[:1] == ["compute"]:
+    if _ARGV[:1] == ["compute"] and not {"-h", "--help"} & set(_ARGV):
         # --memory counts from the import baseline (numpy, torch, zarr loaded), not torch's import
         import numpy  # noqa: F401
         import torch  # noqa: F401
