@@ -642,6 +642,10 @@ _FIT_DOC = """
     `fit(X, y, eval_set=(X_test, y_test), callback=fn)` trains for `epochs` (fn(record) after each
     epoch; returning False stops); `partial_fit(X, y)` runs one epoch over new data (set up from the
     first call); `fit_batch(X, y)` one step on one batch. `save(path)` / `ntkit.solvers.load(path)`.
+    `fit(..., progress=)` reports the kernel evaluations (the Nyström sample, the centers), each
+    epoch's batches and the eval_set predictions: "auto" (default) draws a bar on stderr after 2 s
+    when stderr is a terminal, True always, False never; a callable(done, total) gets the counts
+    (see `ntkit.solvers.progress`).
 """
 
 

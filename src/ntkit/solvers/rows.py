@@ -257,7 +257,7 @@ def predict_rows(kernel: Any, record: dict[str, Any] | None, ds: Any, row_offset
                 # proven absent: a row offset would read other samples' rows
                 absent = (f"{why}: compute its kernel rows against the model's training columns and predict with "
                           f"them, `ntkit compute '{ds.spec}' MODEL --cols '{meta['cols']}' -o K2.npy` (the same "
-                          "model, seed and options) then `ntkit predict MODEL.npz DATA --kernel npy:K2.npy`")
+                          "model, seed and options) then `ntkit predict MODEL.npz '{ds.spec}' --kernel npy:K2.npy`")
     if proven is not None and (len(proven) != n or (proven.size and (proven.min() < 0 or proven.max() >= R))):
         raise KernelRowsError(f"{source} puts {ds.spec} at rows {describe(proven)}, outside {name}'s {R} rows: the "
                               "kernel file was replaced; predict with the kernel the model was fitted on, or fit again")
