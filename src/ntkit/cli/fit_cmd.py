@@ -39,21 +39,10 @@ def _kernel_for(spec: str, ds: Any, seed: int, dtype: str):
 
 
 def _inputs(kernel: Any, ds: Any, offset: int, dtype: str):
-    """What the solver takes as X: the samples, or row indices for a precomputed kernel."""
-    import numpy as np
+    """What the solver takes as X: the samples (a precomputed kernel's rows: `ntkit.solvers.rows`)."""
     import torch
 
-    from ntkit.kernels import Precomputed
-
     x, y = ds.tensors()
-    if isinstance(kernel, Precomputed):
-        rows = kernel.shape[0]
-        if offset + len(ds) > rows:
-            raise UserError(f"the precomputed kernel has {rows} rows but {ds.spec} needs rows {offset}.."
-                            f"{offset + len(ds) - 1}: with a precomputed kernel the training data are rows "
-                            "0..n-1 and --test data the rows after them (compute it with "
-                            "`ntkit compute 'DATA[train,test]' ... --cols 'DATA[train]'` or the empirical-ntks form)")
-        return np.arange(offset, offset + len(ds)), y
     if x.is_floating_point():
         x = x.to(getattr(torch, dtype))
     return x, y
@@ -61,40 +50,58 @@ def _inputs(kernel: Any, ds: Any, offset: int, dtype: str):
 
 class _EpochTable:
     """A live rich table, one row per epoch (train loss and accuracy, test metrics, time), with a
-    progress bar (rate, ETA) over the current epoch's batches under it."""
+    progress bar (rate, elapsed, ETA) over the current phase under it: the kernel evaluations and
+    the solve, then each epoch's batches (see `ntkit.solvers.progress`). Nothing is shown before
+    the first row or before the work has run for `delay` s."""
 
-    def __init__(self, title: str, enabled: bool) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    def __init__(self, title: str, enabled: bool, delay: float = 2.0) -> None:
+        from rich.markup import escape
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
         from rich.table import Table
 
-        self.enabled = enabled
-        from rich.markup import escape
+        from ntkit.solvers.progress import RateColumn
 
+        self.enabled, self.delay, self.t0 = enabled, delay, time.perf_counter()
         self.table = Table(title=escape(title), title_justify="left")
         for col in ("epoch", "train mse", "train acc", "test mse", "test acc", "time (s)"):
             self.table.add_column(col, justify="right")
-        self.bar = Progress(TextColumn("batches"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
-                            TimeRemainingColumn(), console=out)
+        self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
+                            RateColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=out)
+        self.name = "batches"
         self.task = None
         self.live = None
 
     def __enter__(self) -> _EpochTable:
-        if self.enabled:
+        return self
+
+    def _show(self) -> None:
+        if self.enabled and self.live is None:
             from rich.console import Group
             from rich.live import Live
 
             self.live = Live(Group(self.table, self.bar), console=out, refresh_per_second=4, transient=False)
             self.live.__enter__()
-        return self
 
-    def progress(self, done: int, total: int) -> None:
-        if self.live is None:
+    def stage(self, name: str) -> None:
+        """A new phase: its own bar from 0."""
+        self.name = name
+        if self.task is not None:
+            self.bar.remove_task(self.task)
+            self.task = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
             return
-        if self.task is None or done == 1:
-            if self.task is not None:
-                self.bar.remove_task(self.task)
-            self.task = self.bar.add_task("batches", total=total)
-        self.bar.update(self.task, completed=done, total=total)
+        if self.live is None:
+            if time.perf_counter() - self.t0 < self.delay:
+                return
+            self._show()
+        if self.task is None:
+            self.task = self.bar.add_task(self.name, total=max(total, 1))
+        self.bar.update(self.task, completed=done, total=max(total, 1))
+
+    progress = __call__
 
     def add(self, rec: dict[str, Any]) -> None:
         def f(key: str, fmt: str) -> str:
@@ -103,11 +110,13 @@ class _EpochTable:
 
         self.table.add_row(str(rec.get("epoch", "")), f("train_mse", ".4g"), f("train_acc", ".2%"),
                            f("test_mse", ".4g"), f("test_acc", ".2%"), f("time_s", ".2f"))
+        self._show()
         if self.live is not None:
             self.live.refresh()
 
     def __exit__(self, *exc: Any) -> None:
         if self.live is not None:
+            self.stage("")  # the finished phase's bar is not part of the final table
             self.live.__exit__(*exc)
             if not out.is_terminal:
                 out.line()  # the last rendering ends without one
@@ -148,7 +157,7 @@ def fit(
 
     Example: ntkit fit digits --kernel laplacian:bandwidth=5 --centers 1000 --epochs 10 --test 'digits\[test]' -o digits_lap.npz
 
-    With a precomputed kernel (npy:K.npy, store:PATH) the training samples are its rows and columns 0..n-1 and the --test samples its rows n..n+m-1.
+    With a precomputed kernel (npy:K.npy, store:PATH) the training and --test samples are found in the kernel's rows and columns by its metadata (the .json sidecar of `ntkit compute`, a store's metadata); a kernel without metadata has the training samples at rows and columns 0..n-1 and the --test samples at rows n..n+m-1. The model records those rows, so `ntkit predict` reads the right ones.
     """
     import torch
 
@@ -178,13 +187,25 @@ def fit(
         raise UserError(f"data {ds.spec} has no labels: `ntkit fit` trains a classifier on labeled data")
     test_ds = load_data(test, data_dir, num_classes=num_classes) if test else None
     k = _kernel_for(kernel, ds, seed, dtype)
-    X, y = _inputs(k, ds, 0, dtype)
+    if test_ds is not None and test_ds.input_shape != ds.input_shape:
+        raise UserError(f"--test data {test_ds.spec} has inputs {test_ds.input_shape} but {ds.spec} has "
+                        f"{ds.input_shape}")
+    from ntkit.kernels import Precomputed
+
+    kernel_rows = None
     eval_set = None
-    if test_ds is not None:
-        if test_ds.input_shape != ds.input_shape:
-            raise UserError(f"--test data {test_ds.spec} has inputs {test_ds.input_shape} but {ds.spec} has "
-                            f"{ds.input_shape}")
-        eval_set = _inputs(k, test_ds, len(ds), dtype)
+    if isinstance(k, Precomputed):
+        from ntkit.solvers.rows import fit_rows
+
+        # the kernel's rows and columns of the training and --test data: found, or refused
+        tr, te, kernel_rows = fit_rows(k, ds, test_ds, data_dir)
+        X, y = tr, ds.labels
+        if test_ds is not None:
+            eval_set = (te, test_ds.labels)
+    else:
+        X, y = _inputs(k, ds, 0, dtype)
+        if test_ds is not None:
+            eval_set = _inputs(k, test_ds, len(ds), dtype)
     devices = list(device) if device else None
     if devices and hasattr(k, "model"):
         k.model.to(devices[0])
@@ -193,13 +214,21 @@ def fit(
     title = f"{solver_name} on {ds.spec} ({len(ds)} samples), kernel {k.spec or kernel}"
     t1 = time.perf_counter()
     if solver_name == "ridge":
-        model = KernelRidgeClassifier(kernel=k, alpha=alpha).fit(X, y)
-        rec: dict[str, Any] = {"epoch": 1, "train_acc": float(model.score(X, y)), "time_s": time.perf_counter() - t1}
-        if eval_set is not None:
-            rec["test_acc"] = float(model.score(*eval_set))
-        history = [rec]
+        import numpy as np
+
+        from ntkit.solvers.progress import phase
+
         with _EpochTable(title, enabled=not quiet) as table:
+            model = KernelRidgeClassifier(kernel=k, alpha=alpha).fit(X, y, progress=table if not quiet else False)
+            # the training accuracy from the kernel matrix the fit had at hand (no second evaluation)
+            train_pred = np.asarray(model.classes_)[model._fit_scores.numpy().argmax(1)]
+            rec: dict[str, Any] = {"epoch": 1, "train_acc": float((train_pred == np.asarray(y)).mean()),
+                                   "time_s": time.perf_counter() - t1}
+            if eval_set is not None:
+                with phase(table if not quiet else None, f"test predictions ({len(eval_set[1])} samples)"):
+                    rec["test_acc"] = float(model.score(*eval_set))
             table.add(rec)
+        history = [rec]
     else:
         model = EigenPro3Classifier(kernel=k, centers=centers, epochs=epochs, alpha=alpha,
                                     batch_size="auto" if batch_size is None else batch_size,
@@ -209,7 +238,7 @@ def fit(
         with _EpochTable(title, enabled=not quiet) as table, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", NystromAdaptedWarning)
             try:
-                model.fit(X, y, eval_set=eval_set, callback=table.add, progress=table.progress)
+                model.fit(X, y, eval_set=eval_set, callback=table.add, progress=table if not quiet else False)
             except DivergenceError as e:
                 raise UserError(str(e)) from None
         for w in caught:  # adapted sizes are worth a line, not a traceback-like warning
@@ -225,6 +254,7 @@ def fit(
     sidecar = output_path.with_suffix(".json")
     if sidecar.exists():
         sidecar.unlink()  # a stale sidecar must never describe the new model
+    model.kernel_rows_ = kernel_rows  # saved with the model: which kernel rows were which data
     try:
         model.save(output_path)
     except TypeError as e:
@@ -243,6 +273,7 @@ def fit(
         "data": {"train": ds.spec, "train_fingerprint": ds.fingerprint(), "test": test_ds.spec if test_ds else None,
                  "input_shape": list(ds.input_shape), "num_classes": ds.num_classes},
         "kernel": k.spec or kernel,
+        "kernel_rows": kernel_rows,
         "solver": solver_name,
         "params": {key: (v if isinstance(v, (int, float, str, bool, type(None))) else str(v))
                    for key, v in model.get_params(deep=False).items() if key != "kernel"},
@@ -267,8 +298,14 @@ def predict(
     data: str = typer.Argument(..., help="Data spec to predict, e.g. 'digits\\[test]'."),
     output_path: Path = typer.Option(..., "-o", "--out", help="Where to write the predictions (.npy)."),
     scores: bool = typer.Option(False, "--scores", help="Write the per-class scores (N, C) instead of labels (N,)."),
-    row_offset: int = typer.Option(0, "--row-offset", help="Precomputed kernels: the kernel row of DATA's first "
-                                                           "sample (e.g. n_train for the test rows)."),
+    row_offset: Optional[int] = typer.Option(None, "--row-offset", help="Precomputed kernels: the kernel row of "
+                                             "DATA's first sample, needed only where the model's record and the "
+                                             "kernel's metadata do not say where DATA is (then DATA is refused "
+                                             "without it); a value that contradicts them is refused."),
+    kernel: Optional[str] = typer.Option(None, "--kernel", "-k", help="Precomputed kernels: predict with this "
+                                         "kernel (npy:K2.npy, store:PATH) instead of the model's, e.g. rows for new "
+                                         "data computed with --cols set to the training data (checked against its "
+                                         "metadata)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with CIFAR/MNIST files."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output file."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No summary."),
@@ -294,22 +331,49 @@ def predict(
     if not model_path.exists():
         raise UserError(f"no model at {model_path}: train one with `ntkit fit DATA -o {model_path}`")
     check_writable(output_path, "predictions")
-    model = load(model_path, trust_code=trust_code or False)
+    other = None
+    if kernel is not None:
+        from ntkit.kernels import Precomputed, parse_kernel
+
+        other = parse_kernel(kernel)
+        if not isinstance(other, Precomputed):
+            raise UserError(f"--kernel {kernel} is not a precomputed kernel: --kernel takes npy:PATH.npy or "
+                            "store:PATH (a model's own kernel of samples is saved with it)")
+    model = load(model_path, trust_code=trust_code or False, kernel=other)
+    if other is not None:
+        from ntkit.solvers.rows import check_replacement
+
+        check_replacement(getattr(model, "kernel_rows_", None), other)
+        model.kernel_rows_ = None  # the record's rows are the fitted kernel's, not this one's
     ds = load_data(data, data_dir)
     dtype = str(getattr(model, "_dtype", "float32")).removeprefix("torch.")
     from ntkit.kernels import Precomputed
 
-    if row_offset and not isinstance(model.kernel_, Precomputed):
+    if row_offset is not None and not isinstance(model.kernel_, Precomputed):
         raise UserError(f"--row-offset {row_offset} picks rows of a precomputed kernel, but this model's kernel is "
                         f"{type(model.kernel_).__name__}, computed from the samples themselves: leave --row-offset out")
-    X, y = _inputs(model.kernel_, ds, row_offset, dtype if dtype in ("float32", "float64") else "float32")
-    t = time.perf_counter()
-    if hasattr(model, "decision_scores"):
-        s = model.decision_scores(X)
-        labels = np.asarray(model.classes_)[s.argmax(1)]
+    if isinstance(model.kernel_, Precomputed):
+        from ntkit.solvers.rows import predict_rows
+
+        # proven rows only: the model's record, the kernel's metadata, or --row-offset
+        X, y = predict_rows(model.kernel_, getattr(model, "kernel_rows_", None), ds, row_offset, data_dir), ds.labels
     else:
-        s = model.predict(X)
-        labels = None
+        X, y = _inputs(model.kernel_, ds, 0, dtype if dtype in ("float32", "float64") else "float32")
+    from ntkit.cli.app import _Bar
+    from ntkit.kernels.progress import kernel_progress
+
+    t = time.perf_counter()
+    bar = _Bar(f"predict {ds.spec}", enabled=not quiet)
+    try:
+        with kernel_progress(bar):
+            if hasattr(model, "decision_scores"):
+                s = model.decision_scores(X)
+                labels = np.asarray(model.classes_)[s.argmax(1)]
+            else:
+                s = model.predict(X)
+                labels = None
+    finally:
+        bar.close()
     elapsed = time.perf_counter() - t
     output_path.parent.mkdir(parents=True, exist_ok=True)
     _atomic_save_npy(output_path, s if (scores or labels is None) else labels)

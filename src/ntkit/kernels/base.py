@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ntkit.kernels.progress import Steps
+
 __all__ = ["Kernel", "FunctionKernel", "KernelInputError", "as_tensor", "as_kernel", "DEFAULT_BLOCK_BYTES"]
 
 # Scratch for one block of a kernel (the distance or recursion temporaries): small enough to sit in
@@ -115,6 +117,7 @@ class Kernel:
         rb, cb = self._block_rows(xp, zp), self._block_cols(xp, zp)
         if same:  # aligned square blocks, so each lower block is the transpose of an upper one
             rb = cb = min(rb, cb)
+        steps = Steps(len(_blocks(n, rb)))
         for r in _blocks(n, rb):
             for c in _blocks(m, cb):
                 if same and c.start < r.start:  # lower blocks mirror the upper ones
@@ -124,6 +127,7 @@ class Kernel:
                 if same and r == c:  # exactly symmetric, whatever the matmul's rounding did
                     blk = (blk + blk.T) / 2
                 out[r, c] = blk
+            steps.advance()
         return out
 
     def diag(self, x: Any) -> torch.Tensor:
@@ -149,9 +153,11 @@ class Kernel:
         rb, cb = self._block_rows(xp, zp), self._block_cols(xp, zp)
         if same:
             rb = cb = min(rb, cb)
+        steps = Steps(len(_blocks(xp.shape[0], rb)))
         for r in _blocks(xp.shape[0], rb):
             for c in _blocks(zp.shape[0], cb):
                 res[r] += self._block(xp[r], zp[c], same and r == c) @ v2[c]
+            steps.advance()
         return res[:, 0] if vec else res
 
     # -- helpers -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ntkit.kernels.base import Kernel, KernelInputError, as_tensor
+from ntkit.kernels.progress import Steps, current_progress
 
 __all__ = ["EmpiricalNTK", "KERNEL_OUTPUTS"]
 
@@ -139,17 +140,30 @@ class EmpiricalNTK(Kernel):
     def _fm(self):
         return self._fm_cls(self.model, self.params, None)
 
-    def _features(self, fm, x: torch.Tensor) -> torch.Tensor:
-        """Jacobian rows of the differentiated outputs: (n, O'·P), blocked over samples."""
+    def _feature_step(self, fm) -> int:
+        """Samples per Jacobian block of `_features` (at most 256, under the memory budget)."""
         spec = self._ospec.resolve(fm.n_logits)
         width = spec.n_out(fm.n_logits) * fm.n_params
         itemsize = torch.empty((), dtype=fm.dtype).element_size()
-        step = self.batch_size or max(1, int(self._budget() // max(1, 4 * width * itemsize)))
+        return min(self.batch_size or max(1, int(self._budget() // max(1, 4 * width * itemsize))), 256)
+
+    def _n_feature_blocks(self, fm, n: int, chunk: int | None = None) -> int:
+        """How many Jacobian blocks `_features` runs for n samples (taken `chunk` at a time)."""
+        step = self._feature_step(fm)
+        return sum(len(_blocks(c.stop - c.start, step)) for c in _blocks(n, chunk or max(n, 1)))
+
+    def _features(self, fm, x: torch.Tensor, steps: Steps | None = None) -> torch.Tensor:
+        """Jacobian rows of the differentiated outputs: (n, O'·P), blocked over samples."""
+        spec = self._ospec.resolve(fm.n_logits)
+        width = spec.n_out(fm.n_logits) * fm.n_params
+        step = self._feature_step(fm)
         out = torch.empty((x.shape[0], width), dtype=fm.dtype, device=fm.device)
-        for s in _blocks(x.shape[0], min(step, 256)):
+        for s in _blocks(x.shape[0], step):
             rows = fm.jacobian_rows(fm.names, x[s], spec)
             out[s] = torch.cat([rows[n].reshape(s.stop - s.start, spec.n_out(fm.n_logits), -1)
                                 for n in fm.names], dim=2).reshape(s.stop - s.start, -1)
+            if steps is not None:
+                steps.advance()
         return out
 
     def _budget(self) -> int:
@@ -157,19 +171,28 @@ class EmpiricalNTK(Kernel):
 
         return parse_memory(self.memory, self._device())
 
-    def _cached_features(self, z_raw: Any, zp: torch.Tensor, fm) -> torch.Tensor | None:
+    def _cache_hit(self, z_raw: Any) -> bool:
+        c = self._cached
+        return (self.cache is not False and c is not None and c[0]() is z_raw
+                and c[1] == getattr(z_raw, "_version", None) and c[2] == self._params_version())
+
+    def _cacheable(self, zp: torch.Tensor, fm) -> bool:
+        if self.cache is False:
+            return False
+        spec = self._ospec.resolve(fm.n_logits)
+        need = zp.shape[0] * spec.n_out(fm.n_logits) * fm.n_params * torch.empty((), dtype=fm.dtype).element_size()
+        return not (self.cache == "auto" and need > self._budget() // 2)
+
+    def _cached_features(self, z_raw: Any, zp: torch.Tensor, fm, steps: Steps | None = None) -> torch.Tensor | None:
         """Features of z from the cache, or computed and cached when allowed; None otherwise."""
         if self.cache is False:
             return None
         pv = self._params_version()
-        c = self._cached
-        if c is not None and c[0]() is z_raw and c[1] == getattr(z_raw, "_version", None) and c[2] == pv:
-            return c[3]
-        spec = self._ospec.resolve(fm.n_logits)
-        need = zp.shape[0] * spec.n_out(fm.n_logits) * fm.n_params * torch.empty((), dtype=fm.dtype).element_size()
-        if self.cache == "auto" and need > self._budget() // 2:
+        if self._cache_hit(z_raw):
+            return self._cached[3]
+        if not self._cacheable(zp, fm):
             return None
-        feats = self._features(fm, zp)
+        feats = self._features(fm, zp, steps)
         try:
             self._cached = (weakref.ref(z_raw), getattr(z_raw, "_version", None), pv, feats)
         except TypeError:  # an object without weak references (a list): nothing to key the cache on
@@ -193,15 +216,19 @@ class EmpiricalNTK(Kernel):
         xp = self.prepare(x, "x")
         if z is None or z is x:
             return ntk(self.model, xp, None, method=self.method, output=self.output, params=self.params,
-                       batch_size=self.batch_size, memory=self.memory)
+                       batch_size=self.batch_size, memory=self.memory, progress=current_progress())
         zp = self.prepare(z, "z")
         fm = self._fm()
         fm.check_inputs(xp, zp)
-        fz = self._cached_features(z, zp, fm)
+        steps = None
+        if current_progress() is not None and (self._cache_hit(z) or self._cacheable(zp, fm)):
+            steps = Steps(self._n_feature_blocks(fm, xp.shape[0])
+                          + (0 if self._cache_hit(z) else self._n_feature_blocks(fm, zp.shape[0])))
+        fz = self._cached_features(z, zp, fm, steps)
         if fz is None:
             return ntk(self.model, xp, zp, method=self.method, output=self.output, params=self.params,
-                       batch_size=self.batch_size, memory=self.memory)
-        return self._features(fm, xp) @ fz.T
+                       batch_size=self.batch_size, memory=self.memory, progress=current_progress())
+        return self._features(fm, xp, steps) @ fz.T
 
     def mv(self, x: Any, z: Any, v: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
         """k(x, z) @ v = J(x)·(J(z)ᵀ v) without forming k: v (M,) or (M, C) -> (N,) or (N, C)."""
@@ -213,15 +240,20 @@ class EmpiricalNTK(Kernel):
         v2 = v.reshape(v.shape[0], -1).to(device=fm.device, dtype=fm.dtype)
         if v2.shape[0] != zp.shape[0]:
             raise KernelInputError(f"v has {v2.shape[0]} rows but z has {zp.shape[0]}: pass one row per z")
-        fz = self._cached_features(z if z is not None else x, zp, fm)
+        z_raw = z if z is not None else x
+        steps = None
+        if current_progress() is not None:
+            steps = Steps(self._n_feature_blocks(fm, xp.shape[0], 256)
+                          + (0 if self._cache_hit(z_raw) else self._n_feature_blocks(fm, zp.shape[0], 256)))
+        fz = self._cached_features(z_raw, zp, fm, steps)
         if fz is not None:
             w = fz.T @ v2
         else:
             w = None
             for s in _blocks(zp.shape[0], 256):
-                part = self._features(fm, zp[s]).T @ v2[s]
+                part = self._features(fm, zp[s], steps).T @ v2[s]
                 w = part if w is None else w + part
-        res = torch.cat([self._features(fm, xp[s]) @ w for s in _blocks(xp.shape[0], 256)])
+        res = torch.cat([self._features(fm, xp[s], steps) @ w for s in _blocks(xp.shape[0], 256)])
         if out is not None:
             out += res
             res = out

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ntkit.kernels.base import Kernel, KernelInputError, as_tensor
+from ntkit.kernels.progress import Steps
 
 __all__ = ["Precomputed"]
 
@@ -149,10 +150,12 @@ class Precomputed(Kernel):
             raise KernelInputError(f"v has {v2.shape[0]} rows but z has {len(cols)}: pass one row per z")
         step = self.block_size or 4096
         res = None
+        steps = Steps(-(-len(rows) // step))
         for s in range(0, len(rows), step):
             blk = self._out(self._get(rows[s:s + step], cols))
             part = blk @ v2.to(device=blk.device, dtype=blk.dtype)
             res = part if res is None else torch.cat([res, part])
+            steps.advance()
         if res is None:
             res = torch.zeros((0, v2.shape[1]), dtype=v2.dtype)
         if out is not None:

@@ -205,6 +205,12 @@ class KernelMachine:
         params["kernel"] = kcfg.get("spec") if isinstance(self.kernel, (Kernel, str)) else None
         meta = {"format": FORMAT, "class": type(self).__name__, "params": _jsonable(params),
                 "kernel": kcfg, **meta}
+        if isinstance(self.kernel_, Precomputed):
+            # Which matrix the coefficients belong to: checked when the model is loaded, so a
+            # replaced or recomputed kernel file is refused instead of predicting silently wrong.
+            meta["kernel_probe"] = kernel_probe(self.kernel_, self._fit_indices())
+        if getattr(self, "kernel_rows_", None) is not None:
+            meta["kernel_rows"] = self.kernel_rows_
         import ntkit
 
         meta["ntkit_version"] = ntkit.__version__
@@ -224,6 +230,40 @@ class KernelMachine:
             tmp.unlink(missing_ok=True)  # a full or read-only disk leaves nothing behind
             raise
         return path
+
+
+    def _fit_indices(self) -> np.ndarray:
+        """The kernel indices a model on a precomputed kernel was fitted with (its centers)."""
+        pts = getattr(self, "centers_", None)
+        if pts is None:
+            pts = self.X_fit_
+        return np.asarray(pts.cpu().numpy() if isinstance(pts, torch.Tensor) else pts, dtype=np.int64).reshape(-1)
+
+
+def kernel_probe(kernel: Precomputed, fit_idx: np.ndarray) -> dict[str, Any]:
+    """A fingerprint of a precomputed kernel at a model's training rows and columns: the shape,
+    the dtype and sha256 of K[i, j] over up to 16 of the indices (first and last 8), read as float64."""
+    import hashlib
+
+    idx = np.unique(np.concatenate([fit_idx[:8], fit_idx[-8:]])) if fit_idx.size else fit_idx
+    block = kernel(idx, idx).to(torch.float64).cpu().numpy() if idx.size else np.zeros((0, 0))
+    return {"shape": [int(s) for s in kernel.shape], "index": idx.tolist(),
+            "sha256": hashlib.sha256(np.ascontiguousarray(block).tobytes()).hexdigest()}
+
+
+def check_kernel_probe(kernel: Precomputed, probe: dict[str, Any], path: Any) -> None:
+    """Raise SavedModelError when `kernel` is not the matrix the saved model's `probe` describes."""
+    idx = np.asarray(probe.get("index", []), dtype=np.int64)
+    where = kernel.path or "the precomputed kernel"
+    fix = "predict with the kernel the model was fitted on, or fit the model again on this one"
+    if idx.size and int(idx.max()) >= min(kernel.shape):
+        raise SavedModelError(f"{path}: the kernel {where} is {kernel.shape[0]} x {kernel.shape[1]} but the model was "
+                              f"fitted on a {probe.get('shape', ['?', '?'])[0]} x {probe.get('shape', ['?', '?'])[1]} one "
+                              f"and needs its rows and columns 0..{int(idx.max())}; {fix}")
+    now = kernel_probe(kernel, idx)
+    if now["sha256"] != probe.get("sha256"):
+        raise SavedModelError(f"{path}: the kernel {where} is not the one this model was fitted on (its entries at the "
+                              f"model's training rows and columns differ); {fix}")
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -310,7 +350,7 @@ def check_saved_arrays(path: str | os.PathLike[str], meta: dict[str, Any], array
             fail(f"array 'nystrom_index' points outside the {X.shape[0]} centers")
 
 
-def load(path: str | os.PathLike[str], *, trust_code: Any = False) -> KernelMachine:
+def load(path: str | os.PathLike[str], *, trust_code: Any = False, kernel: Any = None) -> KernelMachine:
     """A kernel machine saved with `.save(path)`, ready to predict (and, for EigenPro3, to go on training).
 
     Loading runs no code from the file: an eNTK kernel is rebuilt from its model spec, and a spec
@@ -318,6 +358,12 @@ def load(path: str | os.PathLike[str], *, trust_code: Any = False) -> KernelMach
     `ntkit.models.UntrustedModelError` before anything is imported, unless `trust_code` says the
     file may: `trust_code=["nets/mine.py"]` (the `.py` files, or exact model specs, trusted) or
     `True` (whatever the saved model names).
+
+    `kernel`: for a model fitted on a precomputed kernel, another `Precomputed` kernel to use
+    instead of the saved one (e.g. with more rows: new data against the same training columns);
+    the caller checks that its columns are the model's (`ntkit.solvers.rows.check_replacement`).
+    Otherwise the saved kernel is reopened and checked against the entries the model was fitted
+    on (SavedModelError when it was replaced).
     """
     from ntkit.solvers.eigenpro3 import EigenPro3, EigenPro3Classifier
     from ntkit.solvers.ridge import KernelRidge, KernelRidgeClassifier
@@ -328,10 +374,19 @@ def load(path: str | os.PathLike[str], *, trust_code: Any = False) -> KernelMach
     if cls is None:
         raise ValueError(f"{path}: unknown model class {meta['class']!r}")
     kstate = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("kernel_state/")}
-    kernel = kernel_from_config(meta["kernel"], kstate, trust_code=trust_code, source=f"the saved model {path}")
+    replaced = kernel is not None
+    if replaced:
+        if not isinstance(kernel, Precomputed) or not str(meta["kernel"].get("spec", "")).startswith(("npy:", "store:")):
+            raise ValueError(f"{path}: only a model fitted on a precomputed kernel (npy:, store:) can take another "
+                             f"precomputed kernel; this one's kernel is {meta['kernel'].get('spec') or 'an eNTK'}")
+    else:
+        kernel = kernel_from_config(meta["kernel"], kstate, trust_code=trust_code, source=f"the saved model {path}")
     valid = cls().get_params(deep=False)
     params = {k: v for k, v in meta["params"].items() if k in valid and k != "kernel" and v is not None}
     model = cls(kernel=kernel, **params)
     model.kernel_ = kernel
     model._restore(meta, arrays)
+    if isinstance(kernel, Precomputed) and isinstance(meta.get("kernel_probe"), dict) and not replaced:
+        check_kernel_probe(kernel, meta["kernel_probe"], path)
+    model.kernel_rows_ = meta.get("kernel_rows")
     return model

@@ -57,6 +57,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from ntkit.kernels.base import as_tensor
 from ntkit.solvers.base import KernelMachine, SolverInputError, check_inputs, check_targets, class_targets
 from ntkit.solvers.nystrom import (NystromAdaptedWarning, critical_batch_size, nystrom_eigensystem, step_size)
+from ntkit.solvers.progress import phase, resolve_progress
 from ntkit.solvers.ridge import _n_rows, _peek, _precomputed
 
 __all__ = ["EigenPro3", "EigenPro3Classifier", "DivergenceError"]
@@ -201,7 +202,8 @@ class _EigenPro3Base(KernelMachine, BaseEstimator):
                           f"the centers): using a Nyström sample of {s}", NystromAdaptedWarning, stacklevel=3)
         S = torch.arange(p) if s == p else torch.randperm(p, generator=gen)[:s].sort().values
         Zs = Z[S]
-        K_ss = self.kernel_(Zs).to(torch.float64).cpu().numpy()
+        with phase(self._report_(), f"kernel on the Nyström sample ({s} x {s})"):
+            K_ss = self.kernel_(Zs).to(torch.float64).cpu().numpy()
         m_cap = max(1, min(n, m_mem, s))
         q_req = self.top_q
         if q_req != "auto" and int(q_req) > s - 1:
@@ -209,7 +211,9 @@ class _EigenPro3Base(KernelMachine, BaseEstimator):
                           f"using top_q={s - 1}", NystromAdaptedWarning, stacklevel=3)
         # "auto": EigenPro 2's rule, as deep as keeps the critical batch size β/λ_{q+1} within what
         # memory, the data and the sample support.
-        eig = nystrom_eigensystem(K_ss, q_req, kernel_dtype=self._dtype, max_batch=m_cap, what="the Nyström sample")
+        with phase(self._report_(), f"eigenvectors of the Nyström sample ({s} x {s})", kernel=False):
+            eig = nystrom_eigensystem(K_ss, q_req, kernel_dtype=self._dtype, max_batch=m_cap,
+                                      what="the Nyström sample")
         self.nystrom_index_ = S
         self.eigvals_ = eig.eigvals
         self.tail_eigval_ = eig.tail
@@ -247,8 +251,9 @@ class _EigenPro3Base(KernelMachine, BaseEstimator):
         Zs = self.centers_[self.nystrom_index_]
         if eig.q:
             # k(Z_s, Z_k)ᵀ rather than k(Z_k, Z_s): the centers are the second argument, as in every batch
-            self._F = torch.cat([(self.kernel_(Zs.to(self._devs[k]), self._Zk[k]).to(dt).T @ self._E.to(self._devs[k]))
-                                 for k in range(len(self._shards))]).to(base)
+            with phase(self._report_(), f"kernel between the Nyström sample and the centers ({Zs.shape[0]} x {p})"):
+                self._F = torch.cat([(self.kernel_(Zs.to(self._devs[k]), self._Zk[k]).to(dt).T
+                                      @ self._E.to(self._devs[k])) for k in range(len(self._shards))]).to(base)
             s = eig.eigvecs.shape[0]
             B = self._F / torch.as_tensor(np.sqrt(s * eig.eigvals), dtype=dt, device=base)
             U, sig, _ = torch.linalg.svd(B, full_matrices=False)
@@ -260,8 +265,9 @@ class _EigenPro3Base(KernelMachine, BaseEstimator):
             self._U, self._Uw = None, None
         self._Kzz = None
         if cache_kzz:
-            self._Kzz = [self.kernel_(self._Zk[k], self.centers_.to(self._devs[k])).to(dt)
-                         for k in range(len(self._shards))]
+            with phase(self._report_(), f"kernel between the centers ({p} x {p})"):
+                self._Kzz = [self.kernel_(self._Zk[k], self.centers_.to(self._devs[k])).to(dt)
+                             for k in range(len(self._shards))]
         if not hasattr(self, "dual_coef_") or self.dual_coef_ is None or self.dual_coef_.shape != (p, c):
             self.dual_coef_ = torch.zeros((p, c), dtype=dt, device=base)
             self._rho = torch.zeros((p, c), dtype=dt, device=base)
@@ -401,6 +407,8 @@ class _EigenPro3Base(KernelMachine, BaseEstimator):
         se, correct, seen = 0.0, 0, 0
         # Near-equal batches: a short last batch would otherwise take the full batch's step.
         n_batches = max(1, math.ceil(n / self.batch_size_))
+        if progress is not None:
+            progress(0, n_batches)
         for b, idx in enumerate(torch.tensor_split(order, n_batches)):
             yb = Y[idx]
             pred = self._step(X[idx], yb, None if center_of is None else center_of[idx], self._lr_for(len(idx)))
@@ -443,13 +451,16 @@ class _EigenPro3Base(KernelMachine, BaseEstimator):
         for e in range(epochs):
             t0 = time.perf_counter()
             rec: dict[str, Any] = {"epoch": len(self.history_) + 1}
+            if progress is not None and callable(getattr(progress, "stage", None)):
+                progress.stage(f"epoch {e + 1}/{epochs}")
             rec.update(self._run_epoch(X, Y, center_of, progress=progress))
             self._flush()  # so that the metrics below describe the model as it stands
             if self.alpha > 0:  # re-anchor the tracked K_zz α against rounding drift
                 self._u = self._kzz_mv(self.dual_coef_)
             rec["time_s"] = time.perf_counter() - t0
             if ev is not None:
-                rec.update(self._eval_metrics(*ev))
+                with phase(progress, f"test predictions ({_n_rows(ev[0])} samples)"):
+                    rec.update(self._eval_metrics(*ev))
             rec["projection_iters"] = self.projection_iters_used_
             self.history_.append(rec)
             if self.verbose:
@@ -496,13 +507,22 @@ class _EigenPro3Base(KernelMachine, BaseEstimator):
             out = part if out is None else out + part
         return out
 
-    def _fit_impl(self, X: Any, Y: torch.Tensor, eval_set: Any, callback: Any, progress: Any = None) -> None:
+    def _report_(self) -> Callable[[int, int], Any] | None:
+        """The progress callable of the fit under way (None outside `fit`)."""
+        return getattr(self, "_report", None)
+
+    def _fit_impl(self, X: Any, Y: torch.Tensor, eval_set: Any, callback: Any, progress: Any = "auto") -> None:
         for attr in ("dual_coef_", "_E", "history_"):
             if hasattr(self, attr):
                 delattr(self, attr)
-        Xt = self._prepare_fit(X, Y)
-        self._setup(Xt, Y, X)
-        self._fit_loop(Xt, Y, int(self.epochs), eval_set, callback, self._center_of, progress)
+        with resolve_progress(progress) as report:
+            self._report = report
+            try:
+                Xt = self._prepare_fit(X, Y)
+                self._setup(Xt, Y, X)
+                self._fit_loop(Xt, Y, int(self.epochs), eval_set, callback, self._center_of, report)
+            finally:
+                self._report = None  # a bar or a user's callable is no part of the fitted model
         self._check_finite_coef()
 
     def _check_finite_coef(self) -> None:
@@ -622,6 +642,10 @@ _FIT_DOC = """
     `fit(X, y, eval_set=(X_test, y_test), callback=fn)` trains for `epochs` (fn(record) after each
     epoch; returning False stops); `partial_fit(X, y)` runs one epoch over new data (set up from the
     first call); `fit_batch(X, y)` one step on one batch. `save(path)` / `ntkit.solvers.load(path)`.
+    `fit(..., progress=)` reports the kernel evaluations (the Nyström sample, the centers), each
+    epoch's batches and the eval_set predictions: "auto" (default) draws a bar on stderr after 2 s
+    when stderr is a terminal, True always, False never; a callable(done, total) gets the counts
+    (see `ntkit.solvers.progress`).
 """
 
 
@@ -631,8 +655,13 @@ class EigenPro3(RegressorMixin, _EigenPro3Base):
 
     def fit(self, X: Any, y: Any, eval_set: tuple[Any, Any] | None = None,
             callback: Callable[[dict[str, Any]], Any] | None = None,
-            progress: Callable[[int, int], Any] | None = None) -> EigenPro3:
-        """Fit on X (N, *input), y (N,) or (N, C); returns self. `progress(batch, batches)` per batch."""
+            progress: Callable[[int, int], Any] | bool | str | None = "auto") -> EigenPro3:
+        """Fit on X (N, *input), y (N,) or (N, C); returns self.
+
+        `progress`: each phase (the kernel on the Nyström sample and on the centers, each epoch's
+        batches, the eval_set predictions) reported to a callable(done, total) (with `.stage(name)`
+        if it has one), as a bar on stderr after 2 s (True), not at all (False), or "auto": that
+        bar when stderr is a terminal (see `ntkit.solvers.progress`)."""
         Y = check_targets(y, _n_rows(X))
         self._y_1d = Y.ndim == 1
         self._fit_impl(X, Y.reshape(Y.shape[0], -1), eval_set, callback, progress)
@@ -677,8 +706,8 @@ class EigenPro3Classifier(ClassifierMixin, _EigenPro3Base):
 
     def fit(self, X: Any, y: Any, eval_set: tuple[Any, Any] | None = None,
             callback: Callable[[dict[str, Any]], Any] | None = None,
-            progress: Callable[[int, int], Any] | None = None) -> EigenPro3Classifier:
-        """Fit on X (N, *input) and labels y (N,); returns self. `progress(batch, batches)` per batch."""
+            progress: Callable[[int, int], Any] | bool | str | None = "auto") -> EigenPro3Classifier:
+        """Fit on X (N, *input) and labels y (N,); returns self. `progress` as in `EigenPro3.fit`."""
         classes, Y = class_targets(y, _n_rows(X))
         self.classes_ = classes
         self._fit_impl(X, Y, eval_set, callback, progress)

@@ -152,14 +152,23 @@ class _RidgeBase(KernelMachine, BaseEstimator):
         self.kernel = kernel
         self.alpha = alpha
 
-    def _fit_targets(self, X: torch.Tensor, Y: torch.Tensor, X_raw: Any) -> None:
+    def _fit_targets(self, X: torch.Tensor, Y: torch.Tensor, X_raw: Any, progress: Any = "auto") -> None:
+        from ntkit.solvers.progress import phase, resolve_progress
+
         if not isinstance(self.alpha, (int, float)) or not np.isfinite(self.alpha) or self.alpha < 0:
             raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
-        K = self.kernel_(X)
-        check_kernel_matrix(K)
-        check_symmetric(K)
-        Y2 = Y.reshape(Y.shape[0], -1)
-        A, jitter = cholesky_solve_psd(K, Y2.to(K.device), float(self.alpha), kernel_dtype=K.dtype)
+        n = X.shape[0]
+        with resolve_progress(progress) as report:
+            with phase(report, f"kernel {n} x {n}"):
+                K = self.kernel_(X)
+            check_kernel_matrix(K)
+            check_symmetric(K)
+            Y2 = Y.reshape(Y.shape[0], -1)
+            with phase(report, f"solve (Cholesky, n = {n})", kernel=False):
+                A, jitter = cholesky_solve_psd(K, Y2.to(K.device), float(self.alpha), kernel_dtype=K.dtype)
+        # f on the training inputs, from the kernel at hand: the training score without
+        # evaluating the kernel again (an eNTK's Jacobians cost as much as the fit)
+        self._fit_scores = (K.to(torch.float64) @ A).cpu()
         self.X_fit_ = X
         self.jitter_ = jitter
         self.dual_coef_ = A if Y.ndim == 2 else A[:, 0]
@@ -214,12 +223,16 @@ class KernelRidge(RegressorMixin, _RidgeBase):
     (2,)
     """
 
-    def fit(self, X: Any, y: Any) -> KernelRidge:
-        """Fit on X (N, *input) and targets y (N,) or (N, C); returns self."""
+    def fit(self, X: Any, y: Any, progress: Any = "auto") -> KernelRidge:
+        """Fit on X (N, *input) and targets y (N,) or (N, C); returns self.
+
+        `progress`: the kernel evaluation and the solve, reported to a callable(done, total), as a
+        bar on stderr (True), not at all (False), or "auto": the bar when stderr is a terminal
+        (see `ntkit.solvers.progress`)."""
         Y = check_targets(y, _n_rows(X))
         self.kernel_ = self._resolve_kernel(_peek(X), Y.shape[1] if Y.ndim == 2 else 1)
         Xt = check_inputs(X, indices=self._uses_indices(self.kernel_))
-        self._fit_targets(Xt, Y, X)
+        self._fit_targets(Xt, Y, X, progress)
         return self
 
     def predict(self, X: Any) -> np.ndarray:
@@ -234,13 +247,13 @@ class KernelRidgeClassifier(ClassifierMixin, _RidgeBase):
     Learned: `classes_`, `dual_coef_` (N, C), `X_fit_`, `kernel_`, `jitter_`.
     """
 
-    def fit(self, X: Any, y: Any) -> KernelRidgeClassifier:
-        """Fit on X (N, *input) and labels y (N,); returns self."""
+    def fit(self, X: Any, y: Any, progress: Any = "auto") -> KernelRidgeClassifier:
+        """Fit on X (N, *input) and labels y (N,); returns self. `progress` as in `KernelRidge.fit`."""
         classes, Y = class_targets(y, _n_rows(X))
         self.kernel_ = self._resolve_kernel(_peek(X), len(classes))
         Xt = check_inputs(X, indices=self._uses_indices(self.kernel_))
         self.classes_ = classes
-        self._fit_targets(Xt, Y, X)
+        self._fit_targets(Xt, Y, X, progress)
         return self
 
     def decision_scores(self, X: Any) -> np.ndarray:
