@@ -186,3 +186,23 @@ def test_load_refuses_a_replaced_kernel(tmp_path):
     np.save(tmp_path / "K.npy", b @ b.T + 30 * np.eye(30))
     with pytest.raises(SavedModelError, match="not the one this model was fitted on"):
         load(tmp_path / "m.npz")
+
+
+def test_model_on_a_relative_kernel_path_predicts_from_another_folder(tmp_path, monkeypatch):
+    """A kernel given as `npy:K.npy` (relative) is found again when the model is used elsewhere."""
+    from ntkit.kernels import Precomputed
+    from ntkit.solvers import KernelRidgeClassifier, load
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((30, 5))
+    (tmp_path / "fit").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    np.save(tmp_path / "fit" / "K.npy", a @ a.T)
+    y = np.arange(20) % 3
+    monkeypatch.chdir(tmp_path / "fit")
+    clf = KernelRidgeClassifier(Precomputed.from_path("K.npy"), alpha=1e-2).fit(np.arange(20), y)
+    before = clf.decision_scores(np.arange(20, 30))
+    clf.save("m.npz")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    again = load(tmp_path / "fit" / "m.npz")
+    np.testing.assert_array_equal(again.decision_scores(np.arange(20, 30)), before)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -165,4 +166,8 @@ def _kernel_from_config(config: Mapping[str, Any], arrays: Mapping[str, np.ndarr
         return k
     if "spec" not in config:
         raise ValueError(f"unrecognized kernel config {dict(config)!r}")
-    return parse_kernel(config["spec"])
+    spec = str(config["spec"])
+    kind, _, where = spec.partition(":")
+    if kind in ("npy", "store") and not os.path.exists(where) and os.path.exists(str(config.get("abspath", ""))):
+        spec = f"{kind}:{config['abspath']}"  # a relative path typed in another folder
+    return parse_kernel(spec)

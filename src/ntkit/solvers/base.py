@@ -203,6 +203,9 @@ class KernelMachine:
         meta, arrays = self._state()
         params = self.get_params(deep=False)
         params["kernel"] = kcfg.get("spec") if isinstance(self.kernel, (Kernel, str)) else None
+        if isinstance(self.kernel_, Precomputed) and self.kernel_.path:
+            # the spec keeps the path as typed; a model used from another folder finds it here
+            kcfg = {**kcfg, "abspath": os.path.abspath(self.kernel_.path)}
         meta = {"format": FORMAT, "class": type(self).__name__, "params": _jsonable(params),
                 "kernel": kcfg, **meta}
         if isinstance(self.kernel_, Precomputed):
