@@ -362,7 +362,8 @@ def compute(
             highlight=False, markup=False,
         )
     if late:
-        err.print("Ctrl-C came after the kernel was computed, so it was written", highlight=False, markup=False)
+        err.print("Ctrl-C came after the kernel was computed, so it was written", highlight=False, markup=False,
+                  soft_wrap=True)
     return 0
 
 

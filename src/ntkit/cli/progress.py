@@ -168,7 +168,7 @@ class WorkBar:
 
     # -- what the first Ctrl-C says ----------------------------------------------------------------
     def _say(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)  # one line, greppable
 
     def _step_left(self) -> str:
         """' (about N s)': the current step's remaining time from the steps so far, or ''."""

@@ -27,11 +27,12 @@ class _TileBar(WorkBar):
 
     def __call__(self, done: int, total: int, tiles: tuple[int, int] | None = None, detail: str = "",
                  current: tuple[int, int] | None = None, store: Any = None) -> None:
-        if store is not None and self.before is None:
+        first = store is not None and self.before is None
+        if first:
             self.before = store.progress
-            if self.on_start is not None:
-                self.on_start(store)
-        super().__call__(done, total, tiles=tiles, detail=detail, current=current)
+        super().__call__(done, total, tiles=tiles, detail=detail, current=current)  # the first tile begins
+        if first and self.on_start is not None:
+            self.on_start(store)
 
 
 @contextlib.contextmanager
@@ -100,7 +101,8 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
         if explain:
             _print_store_plan(ks.metadata)
         if 0 < done < total and not quiet:
-            out.print(f"resuming {output_path}: {done}/{total} tiles already done", highlight=False, markup=False)
+            out.print(f"resuming {output_path}: {done}/{total} tiles already done", highlight=False, markup=False,
+                      soft_wrap=True)
 
     from ntkit.cli.interrupts import mark_reported
     from ntkit.engine.progress import Interrupt
@@ -132,7 +134,7 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
     if before and before[0] == before[1]:
         if not quiet:
             out.print(f"{output_path} is already complete ({before[1]} tiles); nothing computed", highlight=False,
-                      markup=False)
+                      markup=False, soft_wrap=True)
         return 0
     if resuming and not quiet and (memory is not None or tile is not None):
         _print_kept_plan(meta, memory, tile)
@@ -143,7 +145,7 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
     if stop.requested:
         mark_reported()
         err.print(f"{output_path} is complete ({ks.progress[1]} tiles): Ctrl-C came during its last tile, which "
-                  "was finished", highlight=False, markup=False)
+                  "was finished", highlight=False, markup=False, soft_wrap=True)
     return 0
 
 
@@ -179,23 +181,23 @@ def _say_interrupted(path: Path, bar: _TileBar, e: BaseException, *, workers, sc
     if bar.before is None:  # stopped while planning: no tile was computed
         err.print("[yellow]interrupted[/yellow]: ", end="")
         err.print("before any tile was computed; " + (f"{path} is as it was" if path.exists() else
-                  "nothing was written") + cluster, highlight=False, markup=False)
+                  "nothing was written") + cluster, highlight=False, markup=False, soft_wrap=True)
         return 130
     try:
         ks = KernelStore(path)
         done, total = ks.progress
     except (StoreError, OSError, KeyError, ValueError):
         err.print("[yellow]interrupted[/yellow]: ", end="")
-        err.print(str(e) or "stopped", highlight=False, markup=False)
+        err.print(str(e) or "stopped", highlight=False, markup=False, soft_wrap=True)
         return 130
     if done == total:
         err.print(f"{path} is complete ({total} tiles): Ctrl-C came during its last tile, which was finished; "
                   "run the same command again to record it as complete" if not ks.metadata.get("complete")
-                  else f"{path} is complete ({total} tiles)", highlight=False, markup=False)
+                  else f"{path} is complete ({total} tiles)", highlight=False, markup=False, soft_wrap=True)
         return 0
     err.print("[yellow]interrupted[/yellow]: ", end="")
     err.print(f"{done}/{total} tiles done in {path}, run the same command again to resume" + cluster,
-              highlight=False, markup=False)
+              highlight=False, markup=False, soft_wrap=True)
     return 130
 
 
