@@ -46,9 +46,9 @@ def test_tile_evaluations_counts_what_the_engine_computes(monkeypatch, rows, col
     seen = [0]
     orig = jc.block_rows
 
-    def counting(fm, names, x, spec, plan):
+    def counting(fm, names, x, spec, plan, *progress):
         seen[0] += x.shape[0]
-        return orig(fm, names, x, spec, plan)
+        return orig(fm, names, x, spec, plan, *progress)
 
     monkeypatch.setattr(jc, "block_rows", counting)
     net = _net()

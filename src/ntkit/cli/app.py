@@ -21,6 +21,8 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from ntkit.cli.progress import WorkBar
+
 app = typer.Typer(
     name="ntkit",
     help="Fast finite-width neural tangent kernels and kernel machines for PyTorch.",
@@ -82,6 +84,27 @@ _ARGV: list[str] = []
 
 def main(args: list[str] | None = None) -> int:
     """Run the CLI with `args` (default: sys.argv[1:]) and return the exit status."""
+    from ntkit.cli.interrupts import SigintSeen, reported
+
+    # typer turns KeyboardInterrupt into a silent exit status 130 (its vendored click: Exit(130);
+    # click itself: Abort): a Ctrl-C is recorded here, so that one that no command reported is
+    # still said.
+    with SigintSeen() as seen:
+        code = _main(args)
+    if seen.count and code == 130 and not reported():
+        _print_interrupted()
+    return code
+
+
+def _print_interrupted() -> None:
+    """The last word on a Ctrl-C that no command reported itself."""
+    if _ARGV[:1] == ["compute"]:  # compute reports its own once it computes; before that, nothing was written
+        err.print("[red]interrupted[/red]: nothing was written")
+    else:
+        err.print("[red]interrupted[/red]")
+
+
+def _main(args: list[str] | None = None) -> int:
     from ntkit import _rss
 
     _ARGV[:] = list(sys.argv[1:] if args is None else args)
@@ -96,8 +119,7 @@ def main(args: list[str] | None = None) -> int:
     except typer.Exit as e:  # pragma: no cover - typer raises Exit for --help in some versions
         return e.exit_code
     except KeyboardInterrupt:
-        err.print("[red]interrupted[/red]: nothing was written")
-        return 130
+        return 130  # said by main (with what was kept)
     except Exception as e:  # noqa: BLE001
         import click
 
@@ -112,7 +134,10 @@ def main(args: list[str] | None = None) -> int:
             _print_error(usage_message(e))
             return e.exit_code  # type: ignore[attr-defined]
         if isinstance(e, abort_types()):
-            err.print("[red]aborted[/red]")
+            from ntkit.cli.interrupts import sigint_seen
+
+            if not sigint_seen():  # a Ctrl-C is said by main
+                err.print("[red]aborted[/red]")
             return 130
         message = known_error_message(e)
         if message is None and isinstance(e, _spec_errors()):
@@ -144,37 +169,13 @@ def _print_error(message: str) -> None:
     err.print(one_line(message), markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
-class _Bar:
-    """A rich progress bar (rate, ETA) that only appears once the work has run for `delay` s."""
+class _Bar(WorkBar):
+    """A rich progress bar (rate, ETA) that only appears once the work has run for `delay` s
+    (`ntkit.cli.progress.WorkBar` on stderr)."""
 
-    def __init__(self, description: str, delay: float = 2.0, enabled: bool = True) -> None:
-        from rich.markup import escape
-
-        # rich renders a task's description as markup: user text (data specs) is escaped
-        self.description, self.delay, self.enabled = escape(description), delay, enabled
-        self.t0 = time.perf_counter()
-        self.progress = None
-        self.task = None
-
-    def __call__(self, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        if self.progress is None:
-            if time.perf_counter() - self.t0 < self.delay or done >= total:
-                return
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                     console=err, transient=False)
-            self.progress.start()
-            self.task = self.progress.add_task(self.description, total=total)
-        self.progress.update(self.task, completed=done, total=total)
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+    def __init__(self, description: str, delay: float = 2.0, enabled: bool = True,
+                 entries: int | None = None) -> None:
+        super().__init__(description, err, delay=delay, enabled=enabled, entries=entries)
 
 
 def _atomic_save_npy(path: Path, array) -> None:
@@ -333,35 +334,89 @@ def compute(
             timings=timings,
             command=shlex.join(["ntkit", *_ARGV]))
     kw = dict(output=output, params=params or None, batch_size=batch_size, memory=memory)
-    plan = ntkit.plan(net, x1, x2, **kw)
-    chosen = plan.method if method == "auto" else method
-    if explain:
-        out.print(str(plan), highlight=False, markup=False)
-    # the whole kernel must fit on the disk: found out now, not after computing it
-    k_shape = parse_output(output).resolve(plan.n_logits).shape(plan.n1, plan.n2, plan.n_logits)
-    check_free_space(output_path, 128 + int(torch.empty((), dtype=torch_dtype).element_size())
-                     * int(torch.Size(k_shape).numel()), "kernel")
-    bar = _Bar(f"eNTK {rows.spec} x {col_ds.spec if col_ds is not None else 'same'} [{chosen}]", enabled=not quiet)
-    t = time.perf_counter()
+    from ntkit.cli.interrupts import mark_reported
+    from ntkit.engine.progress import Interrupt
     from ntkit.store.worker import matmul_precision
 
+    # Ctrl-C from here on: the first stops at the next step of the engine (said at once, with
+    # how long that step still needs), the second at once; nothing is written either way.
+    bars: list[_Bar] = []
+    stop = Interrupt(on_first=lambda: bars[0].ack_npy() if bars else _Bar("", enabled=False).ack_npy())
+    written: list[Path] = []
     try:
-        # --precision is honoured here as by a store's tiles (see ntkit.store.worker).
-        with matmul_precision(next(net.parameters()).device, precision):
-            K = ntkit.ntk(net, x1, x2, method=chosen, progress=bar, **kw)
-        if K.is_cuda:
-            torch.cuda.synchronize()
-    finally:
-        bar.close()
-    timings["compute_s"] = time.perf_counter() - t
+        with stop:
+            plan = ntkit.plan(net, x1, x2, **kw)
+            chosen = plan.method if method == "auto" else method
+            if explain:
+                out.print(str(plan), highlight=False, markup=False)
+            # the whole kernel must fit on the disk: found out now, not after computing it
+            k_shape = parse_output(output).resolve(plan.n_logits).shape(plan.n1, plan.n2, plan.n_logits)
+            check_free_space(output_path, 128 + int(torch.empty((), dtype=torch_dtype).element_size())
+                             * int(torch.Size(k_shape).numel()), "kernel")
+            bar = _Bar(f"eNTK {rows.spec} x {col_ds.spec if col_ds is not None else 'same'} [{chosen}]",
+                       enabled=not quiet, entries=plan.n1 * plan.n2)
+            bars.append(bar)
 
-    t = time.perf_counter()
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    sidecar = sidecar_path(output_path)
-    if sidecar.exists():
-        sidecar.unlink()  # a stale sidecar must never describe the new array
-    _atomic_save_npy(output_path, K.cpu().numpy())
-    timings["save_s"] = time.perf_counter() - t
+            def progress(done: int, total: int, detail: str = "") -> None:
+                bar(done, total, detail=detail)
+                if stop.requested:  # the first Ctrl-C: stop at this step's end
+                    raise KeyboardInterrupt
+
+            if stop.requested:
+                raise KeyboardInterrupt
+            t = time.perf_counter()
+            try:
+                # --precision is honoured here as by a store's tiles (see ntkit.store.worker).
+                with matmul_precision(next(net.parameters()).device, precision):
+                    K = ntkit.ntk(net, x1, x2, method=chosen, progress=progress, **kw)
+                if K.is_cuda:
+                    torch.cuda.synchronize()
+            finally:
+                bar.close()
+            timings["compute_s"] = time.perf_counter() - t
+            late = stop.requested  # Ctrl-C after the last step: the kernel is whole, so it is written
+
+            bar.saving = True  # a first Ctrl-C now lets the save finish; a second stops it
+            t = time.perf_counter()
+            output_path.parent.mkdir(parents=True, exist_ok=True)
+            sidecar = sidecar_path(output_path)
+            if sidecar.exists():
+                sidecar.unlink()  # a stale sidecar must never describe the new array
+            _atomic_save_npy(output_path, K.cpu().numpy())
+            written.append(output_path)
+            timings["save_s"] = time.perf_counter() - t
+            _write_npy_sidecar(sidecar, rows, col_ds, model, weights, seed, net, plan, params, method, chosen,
+                               output, dtype, precision, K, x2, timings)
+            written.clear()
+    except KeyboardInterrupt:
+        for f in written:  # the array without its sidecar would look whole: removed
+            f.unlink(missing_ok=True)
+        err.print("[red]interrupted[/red]: nothing was written")
+        mark_reported()
+        return 130
+    if not quiet:
+        n_entries = K.shape[0] * K.shape[1]
+        out.print(
+            f"wrote {output_path} {tuple(K.shape)} {DTYPES[dtype]} ({chosen}, "
+            + ("" if precision == "float32" else f"precision {precision}, ")
+            + f"{timings['compute_s']:.2f} s, "
+            f"{n_entries / max(timings['compute_s'], 1e-9):,.0f} entries/s) and {sidecar}",
+            highlight=False, markup=False,
+        )
+    if late:
+        err.print("Ctrl-C came after the kernel was computed, so it was written", highlight=False, markup=False,
+                  soft_wrap=True)
+    return 0
+
+
+def _write_npy_sidecar(sidecar: Path, rows, col_ds, model: str, weights, seed: int, net, plan, params, method: str,
+                       chosen: str, output: str, dtype: str, precision: str, K, x2, timings: dict[str, float]) -> None:
+    """The .json metadata written next to a computed K.npy (last, so that it marks the array whole)."""
+    import torch
+
+    import ntkit
+    from ntkit.models import model_fingerprint, parse_model_spec
+
     meta = {
         "format": "ntkit.kernel.v1",
         "ntkit_version": ntkit.__version__,
@@ -387,16 +442,6 @@ def compute(
         "timings": {k: round(v, 4) for k, v in timings.items()},
     }
     _atomic_write_text(sidecar, json.dumps(meta, indent=2) + "\n")
-    if not quiet:
-        n_entries = K.shape[0] * K.shape[1]
-        out.print(
-            f"wrote {output_path} {tuple(K.shape)} {DTYPES[dtype]} ({chosen}, "
-            + ("" if precision == "float32" else f"precision {precision}, ")
-            + f"{timings['compute_s']:.2f} s, "
-            f"{n_entries / max(timings['compute_s'], 1e-9):,.0f} entries/s) and {sidecar}",
-            highlight=False, markup=False,
-        )
-    return 0
 
 
 def _bare_npy_info(path: Path, sidecar: Path) -> int:

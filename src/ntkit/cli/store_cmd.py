@@ -12,47 +12,27 @@ from typing import Any, Optional
 import typer
 
 from ntkit.cli.app import UserError, app, err, out
+from ntkit.cli.progress import WorkBar
 
 
-class _TileBar:
-    """Progress in kernel entries (so the rate is entries/s) with the tile count beside it."""
+class _TileBar(WorkBar):
+    """Progress in kernel entries (so the rate is entries/s) with the tile count beside it, moving
+    inside a tile with the engine's steps. `on_start(store)` runs once the store is checked or
+    created, before its first tile (the plan, a resume, a complete store are said then)."""
 
-    def __init__(self, description: str, enabled: bool, delay: float = 2.0) -> None:
-        from rich.markup import escape
+    def __init__(self, description: str, enabled: bool, delay: float = 2.0, on_start=None) -> None:
+        super().__init__(description, err, delay=delay, enabled=enabled, in_entries=True)
+        self.on_start = on_start
+        self.before: tuple[int, int] | None = None  # the store's (tiles done, tiles) when this run began
 
-        # rich renders a task's description as markup: user text (data specs) is escaped
-        self.description, self.enabled, self.delay = escape(description), enabled, delay
-        self.t0 = time.perf_counter()
-        self.first: int | None = None
-        self.progress = None
-        self.task = None
-
-    def __call__(self, done: int, total: int, tiles: tuple[int, int] = (0, 0)) -> None:
-        if self.first is None:
-            self.first = done  # entries already in the store when resuming: not this run's rate
-            return
-        if not self.enabled:
-            return
-        if self.progress is None:
-            if time.perf_counter() - self.t0 < self.delay and done < total:
-                return
-            from rich.progress import (BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn,
-                                       TimeRemainingColumn)
-
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                                     TextColumn("{task.fields[tiles]}"), TextColumn("{task.fields[rate]}"),
-                                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                                     console=err, transient=False)
-            self.progress.start()
-            self.task = self.progress.add_task(self.description, total=total, completed=self.first,
-                                               tiles="", rate="")
-        rate = (done - self.first) / max(time.perf_counter() - self.t0, 1e-9)
-        self.progress.update(self.task, completed=done, total=total, rate=f"{rate:,.0f} entries/s",
-                             tiles=f"tiles {tiles[0]}/{tiles[1]}")
-
-    def close(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
+    def __call__(self, done: int, total: int, tiles: tuple[int, int] | None = None, detail: str = "",
+                 current: tuple[int, int] | None = None, store: Any = None) -> None:
+        first = store is not None and self.before is None
+        if first:
+            self.before = store.progress
+        super().__call__(done, total, tiles=tiles, detail=detail, current=current)  # the first tile begins
+        if first and self.on_start is not None:
+            self.on_start(store)
 
 
 @contextlib.contextmanager
@@ -84,8 +64,7 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
                   command: str, features: str = "auto") -> int:
     """The store branch of `ntkit compute` (called by it after data and model are built)."""
     import ntkit
-    from ntkit.distributed import ComputeInterrupted
-    from ntkit.store import KernelStore, StoreError
+    from ntkit.store import StoreError
     from ntkit.store.lock import holds_lock, store_lock
 
     if not holds_lock(output_path):
@@ -114,22 +93,35 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
         except OSError as e:
             raise UserError(f"cannot reach the Dask scheduler at {scheduler} ({e}); start one with "
                             "`dask scheduler` or use --workers N for a local cluster") from None
-    before = KernelStore(output_path).progress if resuming else None
-    if before and not quiet:
-        out.print(f"resuming {output_path}: {before[0]}/{before[1]} tiles already done", highlight=False,
-                  markup=False)
-    bar = _TileBar(f"eNTK {rows.spec} x {cols.spec if cols is not None else 'same'}", enabled=not quiet)
+
+    def on_start(ks) -> None:
+        # Said once the store is checked (a refused resume says nothing about resuming) and
+        # before any tile is computed (the plan from the first second, not after the run).
+        done, total = ks.progress
+        if explain:
+            _print_store_plan(ks.metadata)
+        if 0 < done < total and not quiet:
+            out.print(f"resuming {output_path}: {done}/{total} tiles already done", highlight=False, markup=False,
+                      soft_wrap=True)
+
+    from ntkit.cli.interrupts import mark_reported
+    from ntkit.engine.progress import Interrupt
+
+    bar = _TileBar(f"eNTK {rows.spec} x {cols.spec if cols is not None else 'same'}", enabled=not quiet,
+                   on_start=on_start)
+    bar.distributed = bool(workers or scheduler or client)
     t = time.perf_counter()
+    stop = Interrupt(on_first=bar.ack_store)
     try:
-        ks = ntkit.compute(net, rows, cols, store=output_path, method=method, output=output,
-                           params=params or None, memory=memory, device=device, client=client,
-                           workers=workers, tile=tile, overwrite=overwrite, precision=precision,
-                           features=features, progress=bar, metadata=metadata)
-    except ComputeInterrupted as e:
+        with stop:
+            ks = ntkit.compute(net, rows, cols, store=output_path, method=method, output=output,
+                               params=params or None, memory=memory, device=device, client=client,
+                               workers=workers, tile=tile, overwrite=overwrite, precision=precision,
+                               features=features, progress=bar, metadata=metadata)
+    except KeyboardInterrupt as e:  # ComputeInterrupted (the first Ctrl-C) or the second Ctrl-C
         bar.close()
-        err.print("[yellow]interrupted[/yellow]: ", end="")
-        err.print(str(e), highlight=False, markup=False)
-        return 130
+        mark_reported()
+        return _say_interrupted(output_path, bar, e, workers=workers, scheduler=scheduler)
     except StoreError as e:
         raise UserError(str(e)) from None
     finally:
@@ -138,32 +130,75 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
             client.close()
     seconds = time.perf_counter() - t
     meta = ks.metadata
-    if explain:
-        p = meta["plan"]
-        f = p.get("features") or {}
-        # tiles met per input; with the disk cache each input's rows are computed once
-        passes = "once (cached on disk)" if f.get("strategy") == "disk" else f"{p['jacobian_passes']}x"
-        out.print(f"plan: tiles {p['tile_rows']} x {p['tile_cols']} ({p['n_tiles']} to compute), engine memory "
-                  f"{p['engine_memory'] / 2**20:.0f} MiB, planned peak {p['planned_peak'] / 2**20:.0f} MiB of "
-                  f"{p['budget'] / 2**20:.0f} MiB over the process's start"
-                  + (f" (of which {p['process_held'] / 2**20:.0f} MiB already held: code loaded on first use, "
-                     f"data, model; {p['allocator_reserve'] / 2**20:.0f} MiB reserved for the allocator)"
-                     if p.get("process_held") is not None else "")
-                  + f", each input's Jacobian computed {passes}; "
-                  f"method {meta['method_used']} (asked: {meta['method_requested']})", highlight=False,
-                  markup=False)
-        if f:
-            out.print(f"Jacobian rows: {f['strategy']}"
-                      + (f" ({f['disk_bytes'] / 1e9:.3g} GB of features, chunks of {f['chunk']} parameters)"
-                         if f["strategy"] == "disk" else "")
-                      + (f": {f['reason']}" if f.get("reason") else ""), highlight=False, markup=False)
-    if before and not quiet and (memory is not None or tile is not None):
+    before = bar.before
+    if before and before[0] == before[1]:
+        if not quiet:
+            out.print(f"{output_path} is already complete ({before[1]} tiles); nothing computed", highlight=False,
+                      markup=False, soft_wrap=True)
+        return 0
+    if resuming and not quiet and (memory is not None or tile is not None):
         _print_kept_plan(meta, memory, tile)
     if not quiet:
         rate = ks.throughput()
         out.print(f"wrote {output_path} {ks.shape} {ks.dtype} ({meta['method_used']}, {seconds:.2f} s this run"
                   + (f", {rate:,.0f} entries/s" if rate else "") + ")", highlight=False, markup=False)
+    if stop.requested:
+        mark_reported()
+        err.print(f"{output_path} is complete ({ks.progress[1]} tiles): Ctrl-C came during its last tile, which "
+                  "was finished", highlight=False, markup=False, soft_wrap=True)
     return 0
+
+
+def _print_store_plan(meta: dict[str, Any]) -> None:
+    """--explain for a store: its tiles, memory plan, method and how tiles get their Jacobian rows."""
+    p = meta["plan"]
+    f = p.get("features") or {}
+    # tiles met per input; with the disk cache each input's rows are computed once
+    passes = "once (cached on disk)" if f.get("strategy") == "disk" else f"{p['jacobian_passes']}x"
+    out.print(f"plan: tiles {p['tile_rows']} x {p['tile_cols']} ({p['n_tiles']} to compute), engine memory "
+              f"{p['engine_memory'] / 2**20:.0f} MiB, planned peak {p['planned_peak'] / 2**20:.0f} MiB of "
+              f"{p['budget'] / 2**20:.0f} MiB over the process's start"
+              + (f" (of which {p['process_held'] / 2**20:.0f} MiB already held: code loaded on first use, "
+                 f"data, model; {p['allocator_reserve'] / 2**20:.0f} MiB reserved for the allocator)"
+                 if p.get("process_held") is not None else "")
+              + f", each input's Jacobian computed {passes}; "
+              f"method {meta['method_used']} (asked: {meta['method_requested']})", highlight=False,
+              markup=False)
+    if f:
+        out.print(f"Jacobian rows: {f['strategy']}"
+                  + (f" ({f['disk_bytes'] / 1e9:.3g} GB of features, chunks of {f['chunk']} parameters)"
+                     if f["strategy"] == "disk" else "")
+                  + (f": {f['reason']}" if f.get("reason") else ""), highlight=False, markup=False)
+
+
+def _say_interrupted(path: Path, bar: _TileBar, e: BaseException, *, workers, scheduler) -> int:
+    """The last word on a Ctrl-C of a store's computation, from the store as it is now: exit
+    status 130, or 0 when the store got complete anyway."""
+    from ntkit.store import KernelStore, StoreError
+
+    cluster = (" (the local Dask cluster was shut down)" if workers else
+               "; tiles still running on the Dask cluster may finish and be kept" if scheduler else "")
+    if bar.before is None:  # stopped while planning: no tile was computed
+        err.print("[yellow]interrupted[/yellow]: ", end="")
+        err.print("before any tile was computed; " + (f"{path} is as it was" if path.exists() else
+                  "nothing was written") + cluster, highlight=False, markup=False, soft_wrap=True)
+        return 130
+    try:
+        ks = KernelStore(path)
+        done, total = ks.progress
+    except (StoreError, OSError, KeyError, ValueError):
+        err.print("[yellow]interrupted[/yellow]: ", end="")
+        err.print(str(e) or "stopped", highlight=False, markup=False, soft_wrap=True)
+        return 130
+    if done == total:
+        err.print(f"{path} is complete ({total} tiles): Ctrl-C came during its last tile, which was finished; "
+                  "run the same command again to record it as complete" if not ks.metadata.get("complete")
+                  else f"{path} is complete ({total} tiles)", highlight=False, markup=False, soft_wrap=True)
+        return 0
+    err.print("[yellow]interrupted[/yellow]: ", end="")
+    err.print(f"{done}/{total} tiles done in {path}, run the same command again to resume" + cluster,
+              highlight=False, markup=False, soft_wrap=True)
+    return 130
 
 
 def _print_kept_plan(meta: dict[str, Any], memory: str | None, tile: int | None) -> None:

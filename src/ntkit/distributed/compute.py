@@ -16,7 +16,8 @@ One call:
 6. computes the tiles not yet recorded as done (upper triangle only for a symmetric kernel; each
    off-diagonal tile also fills its mirror), writes each durably and records it.
 Ctrl-C stops at the next tile boundary (a second Ctrl-C stops at once); either way every tile
-recorded is complete and the same call resumes.
+recorded is complete and the same call resumes. When the command line has installed its own
+two-stage handler (`ntkit.engine.progress.Interrupt`), that one decides, and prints what happens.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ import hashlib
 import inspect
 import os
 import shutil
-import signal
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -202,7 +201,12 @@ def compute(
             `features/` directory and read back by the tiles (Jacobian contraction; removed when
             the kernel is complete). "auto" decides from measured rates (see
             `ntkit.schedule.features`); a resumed store keeps its first run's choice.
-        progress: `callback(entries_done, entries_total)` after every tile.
+        progress: `callback(entries_done, entries_total)` after every tile and, for tiles
+            computed in this process, after every engine step inside a tile (entries then count
+            the tile's finished fraction). A callback that takes keywords also gets
+            `tiles=(done, total)`, `detail=` (the engine's counts, "rows 512/2500 · blocks 3/8"),
+            `current=(steps done, steps)` within the running tile, and `store=` (the
+            `KernelStore`, once checked or created, before any tile is computed).
         metadata: extra JSON-able facts to keep with the store (e.g. the data and model specs).
 
     Returns:
@@ -348,6 +352,8 @@ def compute(
             elif store is not None and features != "recompute" and used == "jacobian":
                 fplan = _plan_features(model, tile_call, tplan, symmetric, features, Path(store),
                                        output, params, device)[0]
+        if features == "auto":
+            fplan = _auto_reason(fplan, used)
         _release_between_tiles()  # what the timing probes above freed goes back before the tiles
         if store is not None:
             ks = KernelStore.create(
@@ -376,7 +382,7 @@ def compute(
     done = ks.done()
     todo = [t for t in tiles if t.key not in done]
     entries_done = sum(t.n_entries for t in tiles if t.key in done)
-    progress = _Reporter(progress, len(tiles), len(tiles) - len(todo)) if progress is not None else None
+    progress = _Reporter(progress, len(tiles), len(tiles) - len(todo), store=ks) if progress is not None else None
     if progress is not None:
         progress(entries_done, total_entries)
     cache = None
@@ -388,7 +394,7 @@ def compute(
         runner(job, ks, todo, src_rows, src_cols, prep, progress, entries_done, total_entries,
                client=client, workers=workers, cache=cache)
     elapsed = time.perf_counter() - t_start
-    if ks.complete:
+    if ks.complete and (todo or not ks.metadata.get("complete")):  # a rerun of a complete store changes nothing
         meta = ks.metadata
         timings = meta.get("timings", {})
         timings["last_run_s"] = round(elapsed, 3)
@@ -525,27 +531,26 @@ def _tile_inputs(tile: Tile, rows: DataSource, cols: DataSource | None, prep) ->
 
 
 class _StopFlag:
-    """First Ctrl-C: finish the current tile, then stop. Second: stop at once."""
-
-    def __init__(self) -> None:
-        self.stop = False
-        self._old = None
+    """First Ctrl-C: finish the current tile, then stop. Second: stop at once. An active
+    `Interrupt` of the caller (the command line's, which says so when Ctrl-C comes) is used
+    instead of installing another handler."""
 
     def __enter__(self) -> _StopFlag:
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
+        from ntkit.engine.progress import Interrupt
 
-            def handler(signum, frame):
-                if self.stop:
-                    raise KeyboardInterrupt
-                self.stop = True
-
-            signal.signal(signal.SIGINT, handler)
+        self._own = None
+        self._flag = Interrupt.active()
+        if self._flag is None:
+            self._own = self._flag = Interrupt().__enter__()
         return self
 
+    @property
+    def stop(self) -> bool:
+        return self._flag.requested
+
     def __exit__(self, *exc) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        if self._own is not None:
+            self._own.__exit__(*exc)
 
 
 def _interrupted(ks: KernelStore) -> ComputeInterrupted:
@@ -555,24 +560,46 @@ def _interrupted(ks: KernelStore) -> ComputeInterrupted:
 
 
 class _Reporter:
-    """Calls `callback(entries_done, entries_total)`, adding `tiles=(done, total)` when the
-    callback takes a `tiles` keyword (the CLI's bar shows both)."""
+    """Calls `callback(entries_done, entries_total)`, adding the keywords the callback takes:
+    `tiles=(done, total)`, `detail=` (the engine's counts within the running tile),
+    `current=(steps done, steps)` within that tile, `store=` (see `compute`)."""
 
-    def __init__(self, callback: Callable[..., None], n_tiles: int, tiles_done: int) -> None:
-        import inspect
+    def __init__(self, callback: Callable[..., None], n_tiles: int, tiles_done: int, store: Any = None) -> None:
+        from ntkit.engine.progress import accepts
 
         self.callback, self.n_tiles, self.tiles_done = callback, n_tiles, tiles_done - 1
-        try:
-            self.with_tiles = "tiles" in inspect.signature(callback).parameters
-        except (TypeError, ValueError):
-            self.with_tiles = False
+        self.with_tiles = accepts(callback, "tiles")
+        self.with_detail = accepts(callback, "detail")
+        self.with_current = accepts(callback, "current")
+        self.store = store if accepts(callback, "store") else None
+        self.base = 0  # entries of the tiles finished
 
     def __call__(self, done: int, total: int) -> None:
+        """After a tile (and once before the first)."""
         self.tiles_done += 1
+        self.base = done
+        self._send(done, total, "", None)
+
+    def tile(self, t: Tile, total: int) -> Callable[..., None]:
+        """The engine's callback within tile `t`: entries count its finished fraction."""
+
+        def step(done: int, steps: int, detail: str = "") -> None:
+            if steps > 0 and done < steps:  # the tile's last step: reported once it is written
+                self._send(self.base + t.n_entries * done // steps, total, detail, (done, steps))
+
+        return step
+
+    def _send(self, done: int, total: int, detail: str, current: tuple[int, int] | None) -> None:
+        kw: dict[str, Any] = {}
         if self.with_tiles:
-            self.callback(done, total, tiles=(self.tiles_done, self.n_tiles))
-        else:
-            self.callback(done, total)
+            kw["tiles"] = (self.tiles_done, self.n_tiles)
+        if self.with_detail:
+            kw["detail"] = detail
+        if self.with_current:
+            kw["current"] = current
+        if self.store is not None:
+            kw["store"] = self.store
+        self.callback(done, total, **kw)
 
 
 def _run_local(job, ks, todo, rows, cols, prep, progress, entries_done, total_entries, *, cache=None,
@@ -584,7 +611,8 @@ def _run_local(job, ks, todo, rows, cols, prep, progress, entries_done, total_en
             t0 = time.perf_counter()
             if cache is None:
                 xr, xc = _tile_inputs(t, rows, cols, prep)
-                data = compute_tile(job, t, xr, xc)
+                data = compute_tile(job, t, xr, xc, progress=None if progress is None else
+                                    progress.tile(t, total_entries))
             else:
                 data = _features_tile(job, cache, t, rows, cols, prep)
             ks.write_tile(t, data, time.perf_counter() - t0, worker=f"local:{os.getpid()}")
@@ -593,7 +621,7 @@ def _run_local(job, ks, todo, rows, cols, prep, progress, entries_done, total_en
             entries_done += t.n_entries
             if progress is not None:
                 progress(entries_done, total_entries)
-        if flag.stop:
+        if flag.stop and not ks.complete:  # Ctrl-C during the last tile, which finished: not interrupted
             raise _interrupted(ks)
 
 
@@ -689,6 +717,17 @@ def _plan_features(model, tile_call, tplan: TilePlan, symmetric: bool, requested
     return fplan, rates, scale
 
 
+def _auto_reason(fplan: FeaturePlan, method: str) -> FeaturePlan:
+    """`fplan` with its reason saying that features="auto" decided (and why)."""
+    import dataclasses
+
+    why = fplan.reason
+    if why in ("", "asked for"):
+        why = ("each tile computes its inputs' Jacobian rows in memory" if method == "jacobian"
+               else f"method {method!r} computes no Jacobian rows to cache")
+    return dataclasses.replace(fplan, reason=why if why.startswith("auto:") else f"auto: {why}")
+
+
 def _auto_method(tile_call, tplan: TilePlan, fplan: FeaturePlan, rates, scale: float) -> tuple[str, float]:
     """Jacobian contraction or structured derivatives for a tiled kernel, from measured
     per-sample costs counted as the engine loops (see `ntkit.distributed.choice`); returns the
@@ -743,7 +782,7 @@ def _compute_in_memory(job, tiles, rows, cols, prep, shape, dtype, progress, tot
     progress = _Reporter(progress, len(tiles), 1) if progress is not None else None
     for t in tiles:
         xr, xc = _tile_inputs(t, rows, cols, prep)
-        data = compute_tile(job, t, xr, xc)
+        data = compute_tile(job, t, xr, xc, progress=None if progress is None else progress.tile(t, total_entries))
         out[t.r0:t.r1, t.c0:t.c1] = data
         if t.mirror:
             out[t.c0:t.c1, t.r0:t.r1] = mirror_tile(data)

@@ -78,8 +78,10 @@ def contract_rows(j1: Rows, j2: Rows, spec: OutputSpec) -> torch.Tensor:
     return acc.to(first.dtype)
 
 
-def _contract_diagonal_block(j: Rows, spec: OutputSpec, out: torch.Tensor, r: slice, n_out: int) -> None:
-    """Add J Jᵀ for one diagonal block, upper chunk-triangle only, then fill its lower part."""
+def _contract_diagonal_block(j: Rows, spec: OutputSpec, out: torch.Tensor, r: slice, n_out: int,
+                             progress: Progress | None = None) -> None:
+    """Add J Jᵀ for one diagonal block, upper chunk-triangle only, then fill its lower part
+    (one progress step per sub-block: a large block's contraction is long)."""
     b = r.stop - r.start
     size = triangle_part(b, max(1, n_out))
     parts = chunks(0, b, size)
@@ -87,18 +89,24 @@ def _contract_diagonal_block(j: Rows, spec: OutputSpec, out: torch.Tensor, r: sl
         rows = {n: t[p] for n, t in j.items()}
         cols = {n: t[p.start :] for n, t in j.items()}
         out[r.start + p.start : r.start + p.stop, r.start + p.start : r.stop] += contract_rows(rows, cols, spec)
+        if progress is not None:
+            progress.advance(1, {"blocks": 1})
     if len(parts) > 1:
         shifted = [slice(r.start + p.start, r.start + p.stop) for p in parts]
         fill_lower_in_block(out, r, shifted)
 
 
 def block_rows(fm: FunctionalModel, names: Sequence[str], x: torch.Tensor, spec: OutputSpec,
-               plan: Plan) -> Rows:
+               plan: Plan, progress: Progress | None = None) -> Rows:
     """Jacobian rows {name: (b, O', *shape)} of a block x: (b, *input), `plan.rows_batch`
-    samples per vmapped pass (cache-sized passes on CPU, see `ntkit.engine.memory`)."""
+    samples per vmapped pass (cache-sized passes on CPU, see `ntkit.engine.memory`); one
+    progress step per pass."""
     parts = plan.rows_slices(x.shape[0])
     if len(parts) == 1:
-        return fm.jacobian_rows(names, x, spec)
+        rows = fm.jacobian_rows(names, x, spec)
+        if progress is not None:
+            progress.advance(1, {"rows": x.shape[0]})
+        return rows
     out: Rows = {}
     for p in parts:
         rows = fm.jacobian_rows(names, x[p], spec)
@@ -107,7 +115,48 @@ def block_rows(fm: FunctionalModel, names: Sequence[str], x: torch.Tensor, spec:
                 out[n] = r.new_empty((x.shape[0], *r.shape[1:]))
             out[n][p] = r
         del rows
+        if progress is not None:
+            progress.advance(1, {"rows": p.stop - p.start})
     return out
+
+
+def column_caches(fm: FunctionalModel, n2: int, n_out: int, itemsize: int, plan: Plan) -> list[bool]:
+    """Per parameter group: whether all its column Jacobians fit in a quarter of the budget
+    (then they are computed once per group, else once per use)."""
+    return [n2 * n_out * sum(fm.sizes[n] for n in g) * itemsize <= plan.budget // 4 for g in plan.groups]
+
+
+def contraction_steps(plan: Plan, pairs: Sequence[tuple[slice, slice]], symmetric: bool, n_out: int,
+                      cache_ok: Sequence[bool]) -> tuple[int, int, int]:
+    """(steps, rows, blocks) that `jacobian_contraction` reports for `plan.groups`, whose
+    column caches fit or not as `cache_ok` says (one per group): it walks the same loops
+    without computing anything."""
+    by_row: dict[tuple[int, int], list[slice]] = {}
+    for r, c in pairs:
+        by_row.setdefault((r.start, r.stop), []).append(c)
+    passes = rows = blocks = 0
+    for ok in cache_ok:
+        cached: set[tuple[int, int]] = set()
+
+        def need(s: slice, cache: bool) -> None:
+            nonlocal passes, rows
+            key = (s.start, s.stop)
+            if cache and key in cached:
+                return
+            passes += len(plan.rows_slices(s.stop - s.start))
+            rows += s.stop - s.start
+            if cache and ok:
+                cached.add(key)
+
+        for (r0, r1), cols in by_row.items():
+            need(slice(r0, r1), symmetric)
+            for c in cols:
+                if symmetric and (c.start, c.stop) == (r0, r1):
+                    blocks += len(chunks(0, r1 - r0, triangle_part(r1 - r0, max(1, n_out))))
+                else:
+                    need(c, True)
+                    blocks += 1
+    return passes + blocks, rows, blocks
 
 
 def jacobian_contraction(
@@ -132,27 +181,27 @@ def jacobian_contraction(
     by_row: dict[tuple[int, int], list[slice]] = {}
     for r, c in pairs:
         by_row.setdefault((r.start, r.stop), []).append(c)
-    progress.start(len(plan.groups) * len(pairs))
-    for group in plan.groups:
-        group_size = sum(fm.sizes[n] for n in group)
-        cache_ok = x2.shape[0] * n_out * group_size * itemsize <= plan.budget // 4
+    oks = column_caches(fm, x2.shape[0], n_out, itemsize, plan)
+    steps, n_rows, n_blocks = contraction_steps(plan, pairs, symmetric, n_out, oks)
+    progress.start(steps, {"rows": n_rows, "blocks": n_blocks})
+    for group, cache_ok in zip(plan.groups, oks):
         cache: dict[tuple[int, int], Rows] = {}
 
         def column_rows(c: slice) -> Rows:
             key = (c.start, c.stop)
             if key in cache:
                 return cache[key]
-            rows = block_rows(fm, group, x2[c], spec, plan)
+            rows = block_rows(fm, group, x2[c], spec, plan, progress)
             if cache_ok:
                 cache[key] = rows
             return rows
 
         for (r0, r1), cols in by_row.items():
             r = slice(r0, r1)
-            j1 = column_rows(r) if symmetric else block_rows(fm, group, x1[r], spec, plan)
+            j1 = column_rows(r) if symmetric else block_rows(fm, group, x1[r], spec, plan, progress)
             for c in cols:
                 if symmetric and (c.start, c.stop) == (r0, r1):
-                    _contract_diagonal_block(j1, spec, out, r, n_out)
+                    _contract_diagonal_block(j1, spec, out, r, n_out, progress)
                 else:
                     out[r, c] += contract_rows(j1, column_rows(c), spec)
-                progress.advance()
+                    progress.advance(1, {"blocks": 1})

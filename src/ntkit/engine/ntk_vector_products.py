@@ -77,7 +77,8 @@ def ntk_vector_products(
     by_row: dict[tuple[int, int], list[slice]] = {}
     for r, c in pairs:
         by_row.setdefault((r.start, r.stop), []).append(c)
-    progress.start(sum(len(range(r0, r1, plan.chunk)) * len(cols) for (r0, r1), cols in by_row.items()))
+    steps = sum(len(range(r0, r1, plan.chunk)) * len(cols) for (r0, r1), cols in by_row.items())
+    progress.start(steps, {"rows": sum(r1 - r0 for r0, r1 in by_row), "blocks": steps})
     for (r0, r1), cols in by_row.items():
         parts = chunks(r0, r1, plan.chunk)
         for s in parts:
@@ -85,12 +86,13 @@ def ntk_vector_products(
             c, n_out = next(iter(rows.values())).shape[:2]
             tangents = {n: t.reshape(c * n_out, *t.shape[2:]) for n, t in rows.items()}
             del rows
+            progress.advance(0, {"rows": s.stop - s.start})
             for col in cols:
                 if symmetric and (col.start, col.stop) == (r0, r1):
                     col = slice(s.start, r1)  # the upper chunk-triangle of the diagonal block
                 y = push(tangents, x2[col])  # (c·O', b2, O')
                 y = y.reshape(c, n_out, y.shape[1], n_out).permute(0, 2, 1, 3)
                 out[s, col] += reduce_logit_blocks(y, spec)
-                progress.advance()
+                progress.advance(1, {"blocks": 1})
         if symmetric:
             fill_lower_in_block(out, slice(r0, r1), parts)

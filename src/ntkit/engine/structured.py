@@ -35,7 +35,7 @@ import torch
 
 from ntkit import scratch
 from ntkit.engine.functional import FunctionalModel
-from ntkit.engine.jacobian_contraction import jacobian_contraction, triangle_part
+from ntkit.engine.jacobian_contraction import column_caches, contraction_steps, jacobian_contraction, triangle_part
 from ntkit.engine.memory import ACTIVATION_COPIES, Plan, group_parameters
 from ntkit.engine.outputs import OutputSpec
 from ntkit.engine.progress import Progress
@@ -358,10 +358,13 @@ class _Side:
     """One block of samples: its factors, direct-mode operands and (memoized) gradients."""
 
     def __init__(self, fm, an: Analysis, x: torch.Tensor, spec: OutputSpec, direct: list[Term], keep: bool,
-                 facs: dict[str, list[Factor]] | None = None, grad_terms: Sequence[Term] = ()):
+                 facs: dict[str, list[Factor]] | None = None, grad_terms: Sequence[Term] = (),
+                 progress: Progress | None = None):
         if facs is None:
             cap = capture(_run_fn(fm, _leaves(fm, an.covered), x, spec), an.targets, per_output=an.per_output)
             facs = cap.factors()
+        if progress is not None:  # one step for the factors, one per gradient term formed below
+            progress.advance(1, {"rows": x.shape[0]})
         self.n = x.shape[0]
         self.ops: dict[int, Operands] = {id(t): t.prepare(facs) for t in direct}
         done = {n for t in direct for n in t.names}
@@ -374,6 +377,8 @@ class _Side:
             # sides fit the cache of `structured`.
             for t in grad_terms:
                 self.grads(t)
+                if progress is not None:
+                    progress.advance(1)
             self.facs = {}
 
     def grads(self, term: Term) -> list[torch.Tensor]:
@@ -400,12 +405,42 @@ class _SubProgress(Progress):
         super().__init__(None)
         self.parent = parent
 
-    def start(self, total: int) -> None:
+    def start(self, total: int, counts: dict[str, int] | None = None) -> None:
         self.total, self.done = total, 0
 
-    def advance(self, steps: int = 1) -> None:
+    def advance(self, steps: int = 1, counts: dict[str, int] | None = None) -> None:
         self.done += steps
-        self.parent.advance(steps)
+        self.parent.advance(steps, counts)
+
+
+def _side_counts(by_row: dict[tuple[int, int], list[slice]], symmetric: bool, per: int,
+                 kept: int) -> tuple[int, int, int, int, int]:
+    """What `_structured`'s loops over `by_row` report: (steps of the sides when they fit the
+    cache, steps when they do not, their inputs likewise, contraction steps). A kept side is
+    `kept` steps (its factors, then each gradient term); an uncached column side none (its
+    gradients come with its contraction); `per`: matmul rows per sample of a diagonal block."""
+    seen: set[tuple[int, int]] = set()  # sides in the cache (rows too when symmetric)
+    cached = uncached = rows_c = rows_u = blocks = 0
+    for (r0, r1), cols in by_row.items():
+        if not (symmetric and (r0, r1) in seen):
+            cached += kept
+            rows_c += r1 - r0
+            if symmetric:
+                seen.add((r0, r1))
+        uncached += kept  # without the cache every row block forms its own (kept) side
+        rows_u += r1 - r0
+        for c in cols:
+            key = (c.start, c.stop)
+            if symmetric and key == (r0, r1):
+                blocks += len(chunks(0, r1 - r0, triangle_part(r1 - r0, per)))
+                continue
+            blocks += 1
+            if key not in seen:
+                cached += kept
+                rows_c += c.stop - c.start
+                seen.add(key)
+            rows_u += c.stop - c.start
+    return cached, uncached, rows_c, rows_u, blocks
 
 
 def _contract_pair(s1: _Side, s2: _Side, terms: list[Term], kind: str, block: torch.Tensor, rows: slice,
@@ -456,14 +491,13 @@ def _structured(fm: FunctionalModel, x1: torch.Tensor, x2: torch.Tensor, spec: O
     fb = [n for n in fm.names if n in an.fallback]
     capacity = max([fm.sizes[n] for n in fb] + [(plan.budget // 2) // max(1, n_out * itemsize * block_size)])
     sub_groups = tuple(tuple(g) for g in group_parameters(fb, fm.sizes, capacity)) if fb else ()
-    n_fallback_steps = len(sub_groups) * len(pairs)
-    progress.start(len(pairs) + n_fallback_steps)
+    sub = None
+    fb_steps, fb_rows, fb_blocks = 0, 0, 0
     if sub_groups:
         sub = Plan(block=plan.block, groups=sub_groups, chunk=plan.chunk, budget=plan.budget,
                    rows_batch=plan.rows_batch)
-        jacobian_contraction(fm, x1, x2, spec, sub, out, pairs, symmetric, _SubProgress(progress))
-    if not an.covered:
-        return
+        fb_steps, fb_rows, fb_blocks = contraction_steps(
+            sub, pairs, symmetric, n_out, column_caches(fm, x2.shape[0], n_out, itemsize, sub))
     direct = [t for t in an.terms if t.mode == "direct"]
     grad_terms = [t for t in an.terms if t.mode == "grads"]
     grad_elems = sum(t.size for t in grad_terms) * n_out
@@ -471,6 +505,21 @@ def _structured(fm: FunctionalModel, x1: torch.Tensor, x2: torch.Tensor, spec: O
     by_row: dict[tuple[int, int], list[slice]] = {}
     for r, c in pairs:
         by_row.setdefault((r.start, r.stop), []).append(c)
+    # Steps, counted before the work: each block's factors (plus its gradient terms when kept),
+    # each contraction (a diagonal block's sub-blocks one by one). Sides are counted as if they
+    # fit the cache; when they do not, `grow` adds the recomputed ones once that is known.
+    per = n_out if kind == "full" else 1  # matmul rows per sample in a diagonal block's contraction
+    sides_cached, sides_uncached, n_rows_c, n_rows_u, blocks = _side_counts(by_row, symmetric, per,
+                                                                            1 + len(grad_terms))
+    if an.covered:
+        progress.start(fb_steps + sides_cached + blocks,
+                       {"rows": fb_rows + n_rows_c, "blocks": fb_blocks + blocks})
+    else:
+        progress.start(fb_steps, {"rows": fb_rows, "blocks": fb_blocks})
+    if sub is not None:
+        jacobian_contraction(fm, x1, x2, spec, sub, out, pairs, symmetric, _SubProgress(progress))
+    if not an.covered:
+        return
     n_col_blocks = len({(c.start, c.stop) for _, c in pairs})
     cache: dict[tuple[int, int], _Side] = {}
     cache_ok: bool | None = None
@@ -479,7 +528,9 @@ def _structured(fm: FunctionalModel, x1: torch.Tensor, x2: torch.Tensor, spec: O
         facs = None
         if an.first is not None and x is x1 and (an.first[0].start, an.first[0].stop) == (s.start, s.stop):
             facs, an.first = an.first[1], None
-        return _Side(fm, an, x[s], spec, direct, keep, facs, grad_terms)
+        if not keep:  # no step of its own: its gradients are formed with its contraction
+            progress.advance(0, {"rows": s.stop - s.start})
+        return _Side(fm, an, x[s], spec, direct, keep, facs, grad_terms, progress if keep else None)
 
     for (r0, r1), cols in by_row.items():
         r = slice(r0, r1)
@@ -488,6 +539,9 @@ def _structured(fm: FunctionalModel, x1: torch.Tensor, x2: torch.Tensor, spec: O
             s1 = side(x1, r, keep=True)
             if cache_ok is None:
                 cache_ok = n_col_blocks * s1.nbytes(grad_elems, itemsize) <= plan.budget // 4
+                if not cache_ok:
+                    # every side is computed where it is used, and its gradients with the contraction
+                    progress.grow(sides_uncached - sides_cached, {"rows": n_rows_u - n_rows_c})
             if symmetric and cache_ok:
                 cache[(r0, r1)] = s1
         for c in cols:
@@ -501,6 +555,7 @@ def _structured(fm: FunctionalModel, x1: torch.Tensor, x2: torch.Tensor, spec: O
                 block = out[r, r]
                 for p in parts:
                     _contract_pair(s1, s1, an.terms, kind, block, p, slice(p.start, b))
+                    progress.advance(1, {"blocks": 1})
                 if len(parts) > 1:
                     fill_lower_in_block(out, r, [slice(r0 + p.start, r0 + p.stop) for p in parts])
             else:
@@ -510,4 +565,4 @@ def _structured(fm: FunctionalModel, x1: torch.Tensor, x2: torch.Tensor, spec: O
                     if cache_ok:
                         cache[key] = s2
                 _contract_pair(s1, s2, an.terms, kind, out[r, c], slice(None), slice(None))
-            progress.advance()
+                progress.advance(1, {"blocks": 1})

@@ -58,11 +58,12 @@ def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def compute_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.Tensor | None,
-                 device: str | None = None) -> np.ndarray:
+                 device: str | None = None, progress=None) -> np.ndarray:
     """The kernel block of `tile` as a host numpy array (rows r0:r1, columns c0:c1).
 
     `x_cols` is None for a symmetric kernel's diagonal tile (x2 = x1: bitwise symmetric block).
-    `device` overrides the job's (a Dask worker's own GPU).
+    `device` overrides the job's (a Dask worker's own GPU). `progress`: the engine's
+    `callback(done, total[, detail=])` within the tile (see `ntkit.engine.progress`).
     """
     from ntkit.engine.api import _prepare
 
@@ -73,7 +74,7 @@ def compute_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.T
     with matmul_precision(device, job.precision):
         call = _prepare(job.model, x1, x2, job.output, list(job.params) if job.params else None, None,
                         None if name is None else device, job.engine_memory)
-        k = call.run(job.method)
+        k = call.run(job.method, progress)
     _check_tile(k, tile, x1, x2)
     return _host(k)
 
