@@ -21,6 +21,7 @@ import json
 import math
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,11 +78,11 @@ def gcv_ratio(summary: dict) -> str:
               f"the best λ by the measured risk is {_lam(f['oracle_ridge'])}, with {f['oracle_actual']:.4f}")
     off = abs(1 - f["ratio"])
     curve = g["at_best"]
-    lines += [grid + f"GCV chooses λ = {_lam(f['ridge'])}{_edge_words(f)} ({oracle}); there it predicts "
+    lines += [textwrap.fill(grid + f"GCV chooses λ = {_lam(f['ridge'])}{_edge_words(f)} ({oracle}); there it predicts "
               f"{f['predicted']:.4f} against a measured {f['actual']:.4f}: **within {max(1, math.ceil(100 * off - 1e-9))}%**. "
               "Over the learning curve (nested random subsets of the training points, `risk_vs_size.png`) the "
               "ratio at GCV's λ is " + ", ".join(f"{b['ratio']:.2f}" for b in curve) + " for n = "
-              + ", ".join(str(b["n"]) for b in curve) + "."]
+              + ", ".join(str(b["n"]) for b in curve) + ".", width=100, break_on_hyphens=False)]
     return "\n".join(lines)
 
 
@@ -110,7 +111,8 @@ def blocks(results: Path = RESULTS) -> dict[str, str]:
 
 
 def _pattern(name: str) -> re.Pattern:
-    return re.compile(rf"(<!-- BEGIN readme_demo\.py {re.escape(name)} -->\n)(.*?)(\n<!-- END readme_demo\.py "
+    # group 2: the block's lines, each ending in a newline (empty between adjacent markers)
+    return re.compile(rf"(<!-- BEGIN readme_demo\.py {re.escape(name)} -->\n)(.*?)(<!-- END readme_demo\.py "
                       rf"{re.escape(name)} -->)", re.S)
 
 
@@ -120,7 +122,7 @@ def in_readme(text: str) -> dict[str, str]:
     for name in BLOCKS:
         m = _pattern(name).search(text)
         if m:
-            found[name] = m.group(2)
+            found[name] = m.group(2)[:-1] if m.group(2).endswith("\n") else m.group(2)
     return found
 
 
@@ -131,7 +133,7 @@ def paste(text: str, generated: dict[str, str]) -> str:
         if not pat.search(text):
             raise SystemExit(f"README.md has no block {name!r}: add the lines <!-- BEGIN readme_demo.py {name} --> "
                              f"and <!-- END readme_demo.py {name} --> where it goes")
-        text = pat.sub(lambda m: m.group(1) + body + m.group(3), text)
+        text = pat.sub(lambda m: m.group(1) + body + "\n" + m.group(3), text)
     return text
 
 
