@@ -189,7 +189,8 @@ def gcv(K: Any, y: Any, ridges: Any, *, num_classes: int | None = None, extend: 
     r = _ridges(ridges)
     if not extend:
         return gcv_from_eigh(eig, Y, r)
-    lo, hi = ridge_limits(eig.values, _mean_diagonal(K, n))
+    # tr K = Σ eigenvalues (up to the round-off eigh_kernel clips): no second read of a stored K
+    lo, hi = ridge_limits(eig.values, float(np.sum(eig.values)) / max(n, 1))
     r, added = extend_ridges(r, lambda rr: gcv_from_eigh(eig, Y, rr).gcv[None, :], lo, hi)
     g = gcv_from_eigh(eig, Y, r)
     return GCVResult(ridges=g.ridges, gcv=g.gcv, per_output=g.per_output, train_mse=g.train_mse, dof=g.dof,
@@ -218,11 +219,6 @@ def ridge_limits(values: np.ndarray, mean_diagonal: float) -> tuple[float, float
     eps = float(np.finfo(np.float64).eps)
     return (max(MIN_RELATIVE_RIDGE * mean_diagonal, _CUTOFF_MARGIN * eps * top),
             MAX_RELATIVE_RIDGE * mean_diagonal)
-
-
-def _mean_diagonal(K: Any, n: int) -> float:
-    A = as_array(K, square=True)
-    return float(np.trace(A)) / max(n, 1)
 
 
 # GCV within this (relative) of its neighbour at the edge: flat there, the grid is not extended.
