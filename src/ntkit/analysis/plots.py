@@ -119,9 +119,9 @@ def _short_number(v: float, _pos: Any = None) -> str:
 
 
 def axes_text(fig) -> list[dict[str, Any]]:
-    """What a reader sees on each axes of a drawn figure: title, axis labels and the tick labels
-    inside the view (text as matplotlib renders it, mathtext included)."""
-    fig.canvas.draw()
+    """What a reader sees on each axes of a figure: title, axis labels and the tick labels inside
+    the view (text as matplotlib renders it, mathtext included), from the axes' own locators and
+    formatters, as drawing would place them (without drawing the figure)."""
     found = []
     for ax in fig.axes:
         entry = {"title": ax.get_title(), "xlabel": ax.get_xlabel(), "ylabel": ax.get_ylabel(),
@@ -129,10 +129,10 @@ def axes_text(fig) -> list[dict[str, Any]]:
         for name, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
             lo, hi = sorted(axis.get_view_interval())
             labels = []
-            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
-                text = tick.label1.get_text()
-                if text and tick.label1.get_visible() and lo * (1 - 1e-9) <= tick.get_loc() <= hi * (1 + 1e-9):
-                    labels.append(text)
+            for locs, fmt in ((axis.get_majorticklocs(), axis.get_major_formatter()),
+                              (axis.get_minorticklocs(), axis.get_minor_formatter())):
+                inside = [float(v) for v in locs if lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9)]
+                labels += [t for t in fmt.format_ticks(inside) if t] if inside else []
             entry[f"{name}ticklabels"] = labels
         found.append(entry)
     return found
