@@ -83,9 +83,9 @@ def test_the_live_display_fits_80_columns_and_keeps_the_counts_and_times_whole()
     ph = analyze_cmd._Phases(console=Console(file=buf, force_terminal=True, width=80, color_system=None), keep=0.0)
     long = "eNTK train x train (1258 x 1258, structured) of cnn:depth=3,channels=32,kernel=5 [test]"
     with ph.phase(long):
-        for i in range(1, 6):
-            ph(i, 5)
-            time.sleep(0.02)
+        for i in range(1, 11):
+            ph(i, 10)
+            time.sleep(0.06)  # a few refreshes of the live display (10 a second) while it runs
     with ph.phase("spectrum of the 1258 x 1258 kernel"):
         pass
     ph.close()
@@ -94,7 +94,8 @@ def test_the_live_display_fits_80_columns_and_keeps_the_counts_and_times_whole()
     shown = [x for x in lines if "eNTK train x train" in x]
     assert shown and all(len(x.rstrip()) <= 80 for x in lines)
     last = shown[-1]
-    assert "5/5" in last and re.search(r"\b0:00:0\d\b", last) and "…" in last  # the name is cut, not the time
+    assert "10/10" in last and re.search(r"\b0:00:0\d\b", last) and "…" in last  # the name is cut, not the time
+    assert any(re.search(r"\d+/10 0:00:0\d ETA 0:00:0\d$", x.rstrip()) for x in shown)  # while it ran
     assert any("spectrum of the 1258 x 1258 kernel" in x for x in lines)
 
 

@@ -58,7 +58,7 @@ class _Phases:
                 SpinnerColumn(finished_text="[green]✓[/green]"),
                 TextColumn("{task.description}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
                 BarColumn(bar_width=12), TextColumn("{task.fields[count]}", table_column=Column(no_wrap=True)),
-                TimeElapsedColumn(), console=self.console, transient=False, expand=True)
+                TimeElapsedColumn(), _eta_column(), console=self.console, transient=False, expand=True)
             self._progress.start()
         return self._progress
 
@@ -103,6 +103,24 @@ class _Phases:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def _eta_column():
+    """A rich column: "ETA 0:01:23" while a phase with a known total runs, nothing otherwise."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class EtaColumn(ProgressColumn):
+        """"ETA 0:01:23" while a phase with a known total runs; nothing otherwise."""
+
+        def render(self, task) -> Text:
+            left = task.time_remaining
+            if task.finished or not task.total or not task.completed or left is None:
+                return Text("")
+            s = int(left + 0.5)
+            return Text(f"ETA {s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}", style="progress.remaining")
+
+    return EtaColumn()
 
 
 def _epochs(phases: _Phases, epochs: int):
