@@ -45,7 +45,9 @@ def demo_console(summary: dict) -> str:
     """`ntkit demo`'s output at 80 columns, as a user running it in ntkit_demo/ sees it."""
     from ntkit.cli.analyze_cmd import demo_console as render
 
-    return "```\n" + render(summary, "ntkit_demo", width=80) + "```"
+    text = render(summary, "ntkit_demo", width=80)
+    # rich pads the centred title with spaces; editors strip trailing spaces, so the copy has none
+    return "```\n" + "".join(line.rstrip() + "\n" for line in text.splitlines()) + "```"
 
 
 def _edge_words(row: dict) -> str:
