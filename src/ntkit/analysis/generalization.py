@@ -131,11 +131,25 @@ class GCVResult:
     train_mse: np.ndarray  # (R,) (1/n) ‖(I − S_λ) y‖²
     dof: np.ndarray  # (R,) effective degrees of freedom tr(S_λ)
     n: int
+    extended: tuple[int, int] = (0, 0)  # ridges added below and above the given grid (extend=True)
+    limits: tuple[float, float] | None = None  # the range extend=True may reach (see `ridge_limits`)
 
     @property
     def best_index(self) -> int:
         """Index of the ridge with the smallest GCV (the first one on ties)."""
         return int(np.argmin(self.gcv))
+
+    @property
+    def best_on_edge(self) -> str | None:
+        """"lower" or "upper" when GCV's minimum is the smallest or largest λ of a grid of two or
+        more: the true optimum may lie beyond it. None when it is interior."""
+        return _edge(self.best_index, len(self.ridges))
+
+    @property
+    def edge_is_flat(self) -> bool:
+        """GCV's minimum is on an edge where GCV is flat (within `FLAT_RTOL` of its neighbour):
+        λ beyond it would predict the same risk."""
+        return bool(edge_flat(self.gcv[None, :], np.array([self.best_index]))[0])
 
     @property
     def best_ridge(self) -> float:
@@ -146,7 +160,7 @@ class GCVResult:
         return float(self.gcv[self.best_index])
 
 
-def gcv(K: Any, y: Any, ridges: Any, *, num_classes: int | None = None) -> GCVResult:
+def gcv(K: Any, y: Any, ridges: Any, *, num_classes: int | None = None, extend: bool = False) -> GCVResult:
     """GCV_λ = (1/n)‖(I − S_λ)y‖² / (1 − tr(S_λ)/n)², S_λ = K(K + nλI)⁻¹, for each λ in ``ridges``.
 
     Args:
@@ -155,6 +169,10 @@ def gcv(K: Any, y: Any, ridges: Any, *, num_classes: int | None = None) -> GCVRe
         ridges: ``(R,)`` values λ ≥ 0 (λ = 0 is the interpolation limit; its GCV is inf when K
             has full rank).
         num_classes: number of one-hot columns for integer labels (default: max label + 1).
+        extend: while GCV's minimum is the smallest (largest) λ, add a λ one grid step below
+            (above) it, within `ridge_limits`; the grid is then sorted ascending and
+            ``result.extended`` counts the added values. ``result.best_on_edge`` says when the
+            minimum is still on an edge (at a limit, or with extend=False).
 
     Returns:
         A `GCVResult` (per-λ values and the best λ). One eigendecomposition, then O(n·c) per λ.
@@ -167,13 +185,124 @@ def gcv(K: Any, y: Any, ridges: Any, *, num_classes: int | None = None) -> GCVRe
     n, _ = kernel_shape(K, square=True)
     Y = targets(y, num_classes)
     _check_rows(Y, n, "y", "K")
-    return gcv_from_eigh(eigh_kernel(K), Y, _ridges(ridges))
+    eig = eigh_kernel(K)
+    r = _ridges(ridges)
+    if not extend:
+        return gcv_from_eigh(eig, Y, r)
+    # tr K = Σ eigenvalues (up to the round-off eigh_kernel clips): no second read of a stored K
+    lo, hi = ridge_limits(eig.values, float(np.sum(eig.values)) / max(n, 1))
+    r, added = extend_ridges(r, lambda rr: gcv_from_eigh(eig, Y, rr).gcv[None, :], lo, hi)
+    g = gcv_from_eigh(eig, Y, r)
+    return GCVResult(ridges=g.ridges, gcv=g.gcv, per_output=g.per_output, train_mse=g.train_mse, dof=g.dof,
+                     n=g.n, extended=added, limits=(lo, hi))
 
 
-def gcv_from_eigh(eig: KernelEigh, Y: np.ndarray, ridges: np.ndarray) -> GCVResult:
-    """`gcv` on a precomputed eigendecomposition, ``Y: (n, c)`` float targets."""
+# How far `extend=True` may take the grid, relative to the mean diagonal tr(K)/n (the unit the
+# CLI uses for λ): below 1e-12 the ridge is far below any float32 kernel's rounding, above 1e4
+# S_λ is ~0 and GCV is flat (its minimum there is noise).
+MIN_RELATIVE_RIDGE = 1e-12
+MAX_RELATIVE_RIDGE = 1e4
+# ... and never where nλ is within 1e4 times `eigh_kernel`'s rank cutoff (n·eps·λ_max): there
+# the eigenvalues it clips to 0 would move S_λ by more than 1e-4 relative, so the eigenbasis
+# result would stop agreeing with a direct float64 solve of K + nλI.
+_CUTOFF_MARGIN = 1e4
+
+
+def ridge_limits(values: np.ndarray, mean_diagonal: float) -> tuple[float, float]:
+    """The λ range ``(lo, hi)`` a grid is extended within, for eigenvalues ``values: (n,)``.
+
+    lo = max(1e-12 · mean diagonal, 1e4 · eps · λ_max) (then K + nλI has condition number
+    below ~1/(1e4·n·eps) and the eigenbasis path is as accurate as a direct solve); hi = 1e4 ·
+    mean diagonal.
+    """
+    top = float(np.max(values)) if len(values) else 0.0
+    eps = float(np.finfo(np.float64).eps)
+    return (max(MIN_RELATIVE_RIDGE * mean_diagonal, _CUTOFF_MARGIN * eps * top),
+            MAX_RELATIVE_RIDGE * mean_diagonal)
+
+
+# GCV within this (relative) of its neighbour at the edge: flat there, the grid is not extended.
+FLAT_RTOL = 1e-4
+
+
+def edge_flat(values: np.ndarray, best: np.ndarray, rtol: float = FLAT_RTOL) -> np.ndarray:
+    """Per row of ``values: (S, R)``, whether the minimum at ``best: (S,)`` is on an edge where
+    the values are flat: within ``rtol`` (relative) of the next value inward. (S,) bool."""
+    values = np.asarray(values, dtype=np.float64)
+    out = np.zeros(len(best), dtype=bool)
+    if values.shape[1] < 2:
+        return out
+    for i, j in enumerate(best):
+        if j == 0 or j == values.shape[1] - 1:
+            inner = values[i, 1] if j == 0 else values[i, -2]
+            out[i] = bool(np.isfinite(inner) and abs(inner - values[i, j]) <= rtol * abs(inner))
+    return out
+
+
+def _edge(best: int, count: int) -> str | None:
+    if count < 2:
+        return None
+    return "lower" if best == 0 else "upper" if best == count - 1 else None
+
+
+def _log_step(r: np.ndarray) -> float:
+    """The grid's spacing in decades (median over its positive values), half a decade if unknown."""
+    pos = r[r > 0]
+    if len(pos) >= 2:
+        d = np.diff(np.log10(pos))
+        d = d[d > 0]
+        if len(d):
+            return float(np.median(d))
+    return 0.5
+
+
+def extend_ridges(ridges: np.ndarray, score: Any, lo: float, hi: float, max_added: int = 200,
+                  flat_rtol: float = FLAT_RTOL) -> tuple[np.ndarray, tuple[int, int]]:
+    """Extend a λ grid one step at a time past whichever edge holds a minimum of ``score``.
+
+    Args:
+        ridges: ``(R,)`` λ ≥ 0. score: ``score(r: (R',)) -> (S, R')`` values to minimize (GCV per
+            training-set size); a new λ is added while any row's minimum is on an edge and lower
+            than its neighbour by more than ``flat_rtol`` (relative): where GCV has gone flat
+            (below a float32 kernel's rounding, every small λ acts alike) going on changes nothing.
+        lo, hi: the grid is not extended below lo or above hi (a λ = 0 edge is not extended).
+        max_added: at most this many values are added in all.
+
+    Returns:
+        The sorted grid and ``(added below, added above)``.
+    """
+    r = np.unique(np.asarray(ridges, dtype=np.float64))  # sorted, for the edges to be edges
+    step = _log_step(r)  # decades
+    vals = np.asarray(score(r))
+    below = above = 0
+    tol = 1e-9  # a grid edge equal to a limit up to rounding counts as at the limit
+    while below + above < max_added:
+        best = np.argmin(vals, axis=1)
+        flat = edge_flat(vals, best, flat_rtol)
+        new = []
+        # from the logarithm, as np.logspace does, so an extended 1e-6:1:13 grid holds 1e-7, not 9.99e-8
+        down = 10.0 ** (np.log10(r[0]) - step) if r[0] > 0 else 0.0
+        up = 10.0 ** (np.log10(r[-1]) + step) if r[-1] > 0 else 0.0
+        if np.any((best == 0) & ~flat) and down > 0 and down >= lo * (1 - tol):
+            new.append(down)
+            below += 1
+        if np.any((best == len(r) - 1) & ~flat) and 0 < up <= hi * (1 + tol):
+            new.append(up)
+            above += 1
+        if not new:
+            break
+        r = np.concatenate([r, new])
+        vals = np.concatenate([vals, np.asarray(score(np.array(new)))], axis=1)
+        order = np.argsort(r, kind="stable")
+        r, vals = r[order], vals[:, order]
+    return r, (below, above)
+
+
+def gcv_from_eigh(eig: KernelEigh, Y: np.ndarray, ridges: np.ndarray, *, rotated: bool = False) -> GCVResult:
+    """`gcv` on a precomputed eigendecomposition, ``Y: (n, c)`` float targets (``Uᵀ Y`` already,
+    when ``rotated``; the eigenvectors are then not used)."""
     n = eig.n
-    z2 = (eig.vectors.T @ Y) ** 2  # (n, c)
+    z2 = (Y if rotated else eig.vectors.T @ Y) ** 2  # (n, c)
     nl = n * ridges[:, None]  # (R, 1)
     s = eig.values[None, :]  # (1, n)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -181,8 +310,10 @@ def gcv_from_eigh(eig: KernelEigh, Y: np.ndarray, ridges: np.ndarray) -> GCVResu
         # onto the range of K, the limit λ → 0).
         shrink = np.where(s + nl > 0, nl / (s + nl), 1.0)  # (R, n)
         resid = (shrink**2) @ z2 / n  # (R, c)
-        dof = (1.0 - shrink).sum(axis=1)  # (R,)
-        denom = (1.0 - dof / n) ** 2
+        # Both from their own terms, not as 1 − the other: near λ = 0 (full rank) 1 − tr(S)/n
+        # = Σ shrink / n is tiny and 1 − dof/n would lose all its digits; for large λ tr(S) is.
+        dof = np.where(s + nl > 0, s / (s + nl), 0.0).sum(axis=1)  # (R,)
+        denom = (shrink.sum(axis=1) / n) ** 2
         per_output = np.where(denom[:, None] > 0, resid / denom[:, None], np.inf)
     return GCVResult(ridges=ridges, gcv=per_output.sum(axis=1), per_output=per_output,
                      train_mse=resid.sum(axis=1), dof=dof, n=n)
@@ -209,6 +340,8 @@ class PredictedVsActual:
     accuracy: np.ndarray | None  # (S, R) test accuracy of argmax predictions (labels only)
     centered: bool  # targets centered by their training mean
     subsets: list[np.ndarray] = field(default_factory=list)  # (S,) training indices used for each size
+    extended: tuple[int, int] = (0, 0)  # ridges added below and above the given grid (extend=True)
+    limits: tuple[float, float] | None = None  # the range extend=True may reach (see `ridge_limits`)
 
     @property
     def ratio(self) -> np.ndarray:
@@ -221,6 +354,18 @@ class PredictedVsActual:
         return np.argmin(self.predicted, axis=1)
 
     @property
+    def best_on_edge(self) -> list[str | None]:
+        """Per size, "lower"/"upper" when GCV's chosen λ is the grid's smallest/largest (the
+        optimum may lie beyond it), else None."""
+        return [_edge(int(j), len(self.ridges)) for j in self.best_index]
+
+    @property
+    def edge_is_flat(self) -> list[bool]:
+        """Per size, GCV's minimum is on an edge where GCV is flat (within `FLAT_RTOL` of its
+        neighbour): λ beyond it would predict the same risk."""
+        return edge_flat(self.predicted, self.best_index).tolist()
+
+    @property
     def oracle_index(self) -> np.ndarray:
         """Per size, the index of the ridge with the smallest measured risk, (S,)."""
         return np.argmin(self.actual, axis=1)
@@ -228,6 +373,7 @@ class PredictedVsActual:
     def at_best(self) -> list[dict[str, float]]:
         """Per size: the GCV-chosen ridge, predicted and measured risk, their ratio, the oracle."""
         rows = []
+        flat = self.edge_is_flat
         for i, j in enumerate(self.best_index):
             o = int(self.oracle_index[i])
             row = {"n": int(self.sizes[i]), "ridge": float(self.ridges[j]),
@@ -236,6 +382,8 @@ class PredictedVsActual:
                    "oracle_actual": float(self.actual[i, o])}
             if self.accuracy is not None:
                 row["accuracy"] = float(self.accuracy[i, j])
+            row["edge"] = _edge(int(j), len(self.ridges))  # "lower"/"upper"/None, see best_on_edge
+            row["edge_flat"] = bool(flat[i])
             rows.append(row)
         return rows
 
@@ -251,6 +399,8 @@ def predicted_vs_actual(
     *,
     center: bool = False,
     num_classes: int | None = None,
+    extend: bool = False,
+    progress: Any = None,
 ) -> PredictedVsActual:
     """GCV's prediction next to the measured test risk of kernel ridge regression.
 
@@ -265,6 +415,10 @@ def predicted_vs_actual(
         center: subtract the training mean of the targets before fitting (and add it back to
             the predictions): kernel ridge regression with an unpenalized constant.
         num_classes: one-hot width for labels (default: the largest label of either set + 1).
+        extend: extend the (then sorted) grid past an edge where GCV's minimum lies for any size,
+            as `gcv` does, before the test risks are measured on the final grid.
+        progress: ``progress(done, total)`` after each size's eigendecomposition and after each
+            size's test risks (total = 2·S).
 
     Returns:
         A `PredictedVsActual`; ``accuracy`` is filled when the targets are labels.
@@ -290,30 +444,56 @@ def predicted_vs_actual(
     B = as_array(K_test_train, "K_test_train")
     perm = np.random.default_rng(seed).permutation(n)
 
-    shape = (len(sz), len(r))
-    predicted, actual, train_mse, dof = (np.empty(shape) for _ in range(4))
-    accuracy = np.empty(shape) if labels else None
+    steps = 2 * len(sz)
+    # Per size: its eigenvalues, targets in the eigenbasis and test rows in the eigenbasis
+    # (M x size, not the size² eigenvectors), so that an extended grid needs no second eigh.
+    parts = []
     subsets = []
     for i, size in enumerate(sz):
         idx = np.arange(n) if size == n else np.sort(perm[:size])
         subsets.append(idx)
-        Ys, Yt = Ytr[idx], Yte
+        Ys = Ytr[idx]
         mu = Ys.mean(axis=0) if center else np.zeros(Ys.shape[1])
-        Ys, Yt = Ys - mu, Yt - mu
+        Ys = Ys - mu
         eig = eigh_kernel(A[np.ix_(idx, idx)])
-        g = gcv_from_eigh(eig, Ys, r)
-        predicted[i], train_mse[i], dof[i] = g.gcv, g.train_mse, g.dof
         P = B[:, idx] @ eig.vectors  # (M, n): test rows in the eigenbasis, once per size
         z = eig.vectors.T @ Ys
+        parts.append((eig.values, z, P, mu, int(size)))
+        del eig
+        if progress is not None:
+            progress(i + 1, steps)
+    added, limits = (0, 0), None
+    if extend:
+        mean_diagonal = float(np.trace(A)) / n
+        lo, hi = zip(*(ridge_limits(s, mean_diagonal) for s, *_ in parts))
+        limits = (max(lo), min(hi))
+        r, added = extend_ridges(r, lambda rr: np.stack([_gcv_rotated(s, z, rr).gcv for s, z, *_ in parts]),
+                                 *limits)
+
+    shape = (len(sz), len(r))
+    predicted, actual, train_mse, dof = (np.empty(shape) for _ in range(4))
+    accuracy = np.empty(shape) if labels else None
+    for i, (values, z, P, mu, size) in enumerate(parts):
+        Yt = Yte - mu
+        g = _gcv_rotated(values, z, r)
+        predicted[i], train_mse[i], dof[i] = g.gcv, g.train_mse, g.dof
         for j, lam in enumerate(r):
             with np.errstate(divide="ignore", invalid="ignore"):
-                inv = np.where(eig.values + size * lam > 0, 1.0 / (eig.values + size * lam), 0.0)
+                inv = np.where(values + size * lam > 0, 1.0 / (values + size * lam), 0.0)
             pred = P @ (inv[:, None] * z)  # (M, c), centered
             actual[i, j] = float(np.mean(np.sum((pred - Yt) ** 2, axis=1)))
             if accuracy is not None:
                 accuracy[i, j] = float(np.mean(np.argmax(pred + mu, axis=1) == test_labels))
+        if progress is not None:
+            progress(len(sz) + i + 1, steps)
     return PredictedVsActual(ridges=r, sizes=sz, predicted=predicted, actual=actual, train_mse=train_mse,
-                             dof=dof, accuracy=accuracy, centered=center, subsets=subsets)
+                             dof=dof, accuracy=accuracy, centered=center, subsets=subsets, extended=added,
+                             limits=limits)
+
+
+def _gcv_rotated(values: np.ndarray, z: np.ndarray, ridges: np.ndarray) -> GCVResult:
+    """`gcv_from_eigh` from eigenvalues ``(n,)`` and the targets in their eigenbasis, ``z = Uᵀ Y: (n, c)``."""
+    return gcv_from_eigh(KernelEigh(values=values, vectors=np.empty((0, 0))), z, ridges, rotated=True)
 
 
 def _sizes(sizes: Any, n: int) -> np.ndarray:

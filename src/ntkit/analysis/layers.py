@@ -81,6 +81,7 @@ def layer_decomposition(
     output: str = "trace",
     layers: dict[str, str | Sequence[str]] | None = None,
     method: str = "auto",
+    layer_progress: Any = None,
     **ntk_kwargs: Any,
 ) -> LayerDecomposition:
     """The eNTK split into per-layer parts Θ_l whose sum is the full kernel.
@@ -92,6 +93,8 @@ def layer_decomposition(
             owns trainable parameters, see `parameter_groups`). Groups must not overlap, or their
             parts would not add up to the kernel.
         method, **ntk_kwargs: passed to `ntkit.ntk` (batch_size, memory, device, progress).
+        layer_progress: ``layer_progress(done, total)`` after each group's kernel (total: the
+            number of groups); ``progress`` is called within each group's eNTK.
 
     Returns:
         A `LayerDecomposition` (``kernels``, ``total``, ``share`` of the trace per group).
@@ -113,7 +116,11 @@ def layer_decomposition(
             seen[p] = group
         names.append(resolved)
     sizes = dict(model.named_parameters())
-    kernels = [ntkit.ntk(model, x, x2, method=method, output=output, params=ps, **ntk_kwargs) for ps in names]
+    kernels = []
+    for i, ps in enumerate(names):
+        kernels.append(ntkit.ntk(model, x, x2, method=method, output=output, params=ps, **ntk_kwargs))
+        if layer_progress is not None:
+            layer_progress(i + 1, len(names))
     modules = dict(model.named_modules())
     kinds = ["" if layers is not None or g not in modules else type(modules[g]).__name__ for g in groups]
     return LayerDecomposition(layers=list(groups), params=names, kinds=kinds,

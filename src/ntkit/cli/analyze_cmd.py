@@ -9,18 +9,131 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 
-from ntkit.cli.app import UserError, _atomic_write_text, _Bar, app, err, out, sidecar_path
+from ntkit.cli.app import UserError, _atomic_write_text, app, err, out, sidecar_path
 
 # λ relative to the mean diagonal tr(K)/n, as in `ntkit.analysis.gcv`: 1e-6 … 1, half decades.
 DEFAULT_RIDGES = "1e-6:1:13"
 # Above this many training points GCV's dense eigendecomposition is skipped (O(n²) memory).
 DEFAULT_MAX_DENSE = 20000
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress: every phase is named on stderr as it starts
+
+
+class _Phases:
+    """The phases of a command (eNTK, spectrum, GCV, ...) as they run, on stderr.
+
+    On a terminal: one live line per phase with a spinner, its name, a bar and count when the
+    phase reports ``(done, total)`` (pass the object itself as a ``progress`` callback), and the
+    elapsed time; a phase that took under `keep` seconds is removed when it ends, longer ones
+    stay (ticked) as a record. Elsewhere (a log file, a pipe): one line per phase as it starts.
+    Disabled (--quiet): nothing is printed. `names` records the phases either way.
+    """
+
+    def __init__(self, enabled: bool = True, console: Any = None, keep: float = 2.0) -> None:
+        self.enabled, self.console, self.keep = enabled, console if console is not None else err, keep
+        self.names: list[str] = []
+        self.seconds: dict[str, float] = {}
+        self.updates: dict[str, int] = {}  # progress calls per phase
+        self._progress: Any = None
+        self._task: Any = None
+        self._current: str | None = None
+
+    def _live(self):
+        if self._progress is None:
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+            from rich.table import Column
+
+            # the name takes what is left and is cut with '…': the count and the elapsed time,
+            # the live part, always show in full (80 columns included)
+            self._progress = Progress(
+                SpinnerColumn(finished_text="[green]✓[/green]"),
+                TextColumn("{task.description}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+                BarColumn(bar_width=12), TextColumn("{task.fields[count]}", table_column=Column(no_wrap=True)),
+                TimeElapsedColumn(), _eta_column(), console=self.console, transient=False, expand=True)
+            self._progress.start()
+        return self._progress
+
+    @contextmanager
+    def phase(self, name: str, total: int | None = None):
+        """``with phases.phase("spectrum of the 1258 x 1258 kernel"): ...``"""
+        from rich.markup import escape
+
+        self.names.append(name)
+        self.updates[name] = 0
+        self._current = name
+        t0 = time.perf_counter()
+        if self.enabled:
+            if self.console.is_terminal:
+                # user text (data and model specs) in the name: shown literally
+                self._task = self._live().add_task(escape(name), total=total, count="")
+            else:
+                self.console.print(f"{name} …", markup=False, highlight=False, soft_wrap=True)
+        try:
+            yield self
+        finally:
+            dt = time.perf_counter() - t0
+            self.seconds[name] = dt
+            if self._task is not None and self._progress is not None:
+                if dt < self.keep:
+                    self._progress.remove_task(self._task)
+                else:
+                    task = next((t for t in self._progress.tasks if t.id == self._task), None)
+                    total_ = task.total if task is not None and task.total else 1
+                    self._progress.update(self._task, total=total_, completed=total_)
+            self._task, self._current = None, None
+
+    def __call__(self, done: int, total: int) -> None:
+        """``progress(done, total)`` of the current phase."""
+        if self._current is not None:
+            self.updates[self._current] += 1
+        if self._task is not None and self._progress is not None:
+            self._progress.update(self._task, completed=done, total=total, count=f"{done}/{total}")
+
+    def close(self) -> None:
+        """Stop the live display (its last state stays on the terminal)."""
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _eta_column():
+    """A rich column: "ETA 0:01:23" while a phase with a known total runs, nothing otherwise."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class EtaColumn(ProgressColumn):
+        """"ETA 0:01:23" while a phase with a known total runs; nothing otherwise."""
+
+        def render(self, task) -> Text:
+            left = task.time_remaining
+            if task.finished or not task.total or not task.completed or left is None:
+                return Text("")
+            s = int(left + 0.5)
+            return Text(f"ETA {s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}", style="progress.remaining")
+
+    return EtaColumn()
+
+
+def _epochs(phases: _Phases, epochs: int):
+    """A per-batch ``progress(batch, batches)`` that restarts every epoch, shown over all epochs."""
+    state = {"epoch": 0, "last": None}
+
+    def progress(done: int, total: int) -> None:
+        if state["last"] is None or done <= state["last"]:
+            state["epoch"] += 1
+        state["last"] = done
+        phases((state["epoch"] - 1) * total + done, max(epochs, state["epoch"]) * total)
+
+    return progress
 
 
 def parse_ridges(text: str) -> list[float]:
@@ -165,13 +278,34 @@ def _check_sizes(sizes: str | None, has_test: bool, n: int) -> None:
 
 
 def _compute_inputs(data: str, model: str, test: str | None, output: str, method: str, weights, seed: int,
-                    data_dir, batch_size, memory, device, quiet: bool,
+                    data_dir, batch_size, memory, device, phases: _Phases,
                     sizes: str | None = None, num_classes: int | None = None) -> tuple[_Inputs, dict[str, float]]:
     """The eNTK of MODEL on DATA (train x train), and test x train when there is test data."""
+    timings: dict[str, float] = {}
+    with phases.phase(f"load {data} and build {model}"):
+        rows, train, xtr, ytr, xte, yte, net = _load_inputs(data, model, test, weights, seed, data_dir, sizes,
+                                                            num_classes)
+    kw = dict(method=method, output=output, batch_size=batch_size, memory=memory, device=device)
+    t = time.perf_counter()
+    K = _ntk_with_bar(net, xtr, None, f"eNTK train x train ({len(xtr)} x {len(xtr)})", phases, **kw)
+    Kt = _ntk_with_bar(net, xte, xtr, f"eNTK test x train ({len(xte)} x {len(xtr)})", phases, **kw) \
+        if xte is not None and len(xte) else None
+    timings["entk_s"] = time.perf_counter() - t
+    facts = {"data": train.spec, "test": None if Kt is None else (test or rows.spec), "model": model,
+             "output": output, "n_params": sum(p.numel() for p in net.parameters() if p.requires_grad)}
+    facts["context"] = (f"eNTK of {model} ({output} output) on {train.spec}"
+                        + (f", tested on {facts['test']}" if Kt is not None else ""))
+    return _Inputs(K=K, y=ytr.numpy(), Kt=Kt, yt=None if yte is None else yte.numpy(),
+                   num_classes=train.num_classes, facts=facts, model=net, x_train=xtr,
+                   ntk_kwargs=dict(batch_size=batch_size, memory=memory, device=device)), timings
+
+
+def _load_inputs(data: str, model: str, test: str | None, weights, seed: int, data_dir, sizes: str | None,
+                 num_classes: int | None):
+    """The training (and test) inputs and labels, and the network."""
     from ntkit.data import load_data, resolve_kernel_data
     from ntkit.models import build_model
 
-    timings: dict[str, float] = {}
     rows, cols = resolve_kernel_data(data, data_dir, num_classes=num_classes)
     if cols is not None:  # the empirical-ntks form: rows train + test, columns train
         if test is not None:
@@ -190,27 +324,15 @@ def _compute_inputs(data: str, model: str, test: str | None, output: str, method
         raise UserError(f"data {train.spec} has no labels, so there is nothing to predict")
     _check_sizes(sizes, xte is not None and len(xte) > 0, len(xtr))  # before the eNTK, which takes a while
     net = build_model(model, train.input_shape, train.num_classes, seed=seed, weights=weights)
-    kw = dict(method=method, output=output, batch_size=batch_size, memory=memory, device=device)
-    t = time.perf_counter()
-    K = _ntk_with_bar(net, xtr, None, f"eNTK train x train ({len(xtr)})", quiet, **kw)
-    Kt = _ntk_with_bar(net, xte, xtr, f"eNTK test x train ({len(xte)} x {len(xtr)})", quiet, **kw) \
-        if xte is not None and len(xte) else None
-    timings["entk_s"] = time.perf_counter() - t
-    facts = {"data": train.spec, "test": None if Kt is None else (test or rows.spec), "model": model,
-             "output": output, "n_params": sum(p.numel() for p in net.parameters() if p.requires_grad)}
-    return _Inputs(K=K, y=ytr.numpy(), Kt=Kt, yt=None if yte is None else yte.numpy(),
-                   num_classes=train.num_classes, facts=facts, model=net, x_train=xtr,
-                   ntk_kwargs=dict(batch_size=batch_size, memory=memory, device=device)), timings
+    return rows, train, xtr, ytr, xte, yte, net
 
 
-def _ntk_with_bar(net, x1, x2, label: str, quiet: bool, **kw):
+def _ntk_with_bar(net, x1, x2, label: str, phases: _Phases, **kw):
+    """The eNTK as float64 numpy, its blocks counted on the phase named `label`."""
     import ntkit
 
-    bar = _Bar(label, enabled=not quiet)
-    try:
-        return ntkit.ntk(net, x1, x2, progress=bar, **kw).detach().cpu().double().numpy()
-    finally:
-        bar.close()
+    with phases.phase(label):
+        return ntkit.ntk(net, x1, x2, progress=phases, **kw).detach().cpu().double().numpy()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,12 +349,16 @@ class _Report:
 
 def _analyze(inp: _Inputs, out_dir: Path, *, ridges: list[float], sizes: str | None, k: int | None,
              center: bool, layers: bool, layer_samples: int, max_dense: int,
-             timings: dict[str, float], allow_indefinite: bool = False) -> _Report:
+             timings: dict[str, float], allow_indefinite: bool = False, extend: bool = False,
+             phases: _Phases | None = None) -> _Report:
+    """Spectrum, alignment, GCV (extended past an edge of the λ grid when `extend`), per-layer
+    eNTK and the figures, each a named phase of `phases`."""
     import numpy as np
 
     from ntkit.analysis import alignment, layer_decomposition, plots, power_law_fit, predicted_vs_actual, spectrum
     from ntkit.analysis._kernel import is_stored
 
+    phases = phases if phases is not None else _Phases(enabled=False)
     n = int(inp.K.shape[0])
     out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"n_train": n, "n_test": None if inp.Kt is None else int(inp.Kt.shape[0]),
@@ -240,14 +366,17 @@ def _analyze(inp: _Inputs, out_dir: Path, *, ridges: list[float], sizes: str | N
     figures: dict[str, str] = {}
     md: list[str] = []
     result = None
+    context = inp.facts.get("context") or _context(inp.facts)
+    draw: list[tuple[str, Any]] = []  # figures, drawn last in their own phase
 
     t = time.perf_counter()
     stored = is_stored(inp.K)
     dense = not stored or n <= max_dense
     if k is None and stored:
         k = min(n, 200)
-    sp = spectrum(inp.K, k=k)
-    psd = _psd_check(inp.K, sp, dense)
+    with phases.phase(f"spectrum of the {n} x {n} kernel" + (f" (top {k})" if k is not None and k < n else "")):
+        sp = spectrum(inp.K, k=k)
+        psd = _psd_check(inp.K, sp, dense)
     summary["psd"] = psd
     if not psd["ok"]:
         if not allow_indefinite:
@@ -273,8 +402,10 @@ def _analyze(inp: _Inputs, out_dir: Path, *, ridges: list[float], sizes: str | N
                            "mean_diagonal": scale,
                            "power_law": None if fit is None else {"alpha": fit.alpha, "C": fit.C, "start": fit.start,
                                                                   "stop": fit.stop, "r2": fit.r2}}
-    figures["spectrum"] = plots.plot_spectrum(sp, out_dir / "spectrum.png", fit=fit or None)[0].name
-    summary["alignment"] = alignment(inp.K, inp.y, num_classes=inp.num_classes) if inp.y is not None else None
+    draw.append(("spectrum", lambda: plots.plot_spectrum(sp, out_dir / "spectrum.png", fit=fit or None,
+                                                         context=context)))
+    with phases.phase("kernel-target alignment"):
+        summary["alignment"] = alignment(inp.K, inp.y, num_classes=inp.num_classes) if inp.y is not None else None
     timings["spectrum_alignment_s"] = time.perf_counter() - t
 
     if not dense:
@@ -285,32 +416,78 @@ def _analyze(inp: _Inputs, out_dir: Path, *, ridges: list[float], sizes: str | N
 
         Kn = _as_dense(inp.K) / scale
         if inp.Kt is not None and inp.yt is not None:
-            res = predicted_vs_actual(Kn, np.asarray(inp.Kt, dtype=np.float64) / scale, inp.y, inp.yt, ridges,
-                                      sizes=parse_sizes(sizes, n), center=center, num_classes=inp.num_classes)
-            summary["gcv"] = _gcv_summary(res)
-            figures["risk_vs_ridge"] = plots.plot_risk_vs_ridge(res, out_dir / "risk_vs_ridge.png")[0].name
+            size_list = parse_sizes(sizes, n)
+            with phases.phase(f"GCV and test risk over λ at n = {', '.join(map(str, size_list))}"):
+                res = predicted_vs_actual(Kn, np.asarray(inp.Kt, dtype=np.float64) / scale, inp.y, inp.yt, ridges,
+                                          sizes=size_list, center=center, num_classes=inp.num_classes,
+                                          extend=extend, progress=phases)
+            summary["gcv"] = _gcv_summary(res, ridges)
+            draw.append(("risk_vs_ridge", lambda: plots.plot_risk_vs_ridge(res, out_dir / "risk_vs_ridge.png",
+                                                                           context=context)))
             if len(res.sizes) > 1:
-                figures["risk_vs_size"] = plots.plot_risk_vs_size(res, out_dir / "risk_vs_size.png")[0].name
+                draw.append(("risk_vs_size", lambda: plots.plot_risk_vs_size(res, out_dir / "risk_vs_size.png",
+                                                                             context=context)))
             result = res
         else:
-            g = gcv(Kn, inp.y, ridges, num_classes=inp.num_classes)
+            with phases.phase(f"GCV over λ at n = {n}"):
+                g = gcv(Kn, inp.y, ridges, num_classes=inp.num_classes, extend=extend)
             summary["gcv"] = {"ridges": g.ridges.tolist(), "gcv": g.gcv.tolist(), "best_ridge": g.best_ridge,
-                              "best_gcv": g.best_gcv, "note": "no test data: GCV only"}
+                              "best_gcv": g.best_gcv, "note": "no test data: GCV only",
+                              **_grid_facts(g, ridges, [g.best_on_edge], [g.edge_is_flat])}
         timings["gcv_s"] = time.perf_counter() - t
     summary["centered_targets"] = center
 
     if layers and inp.model is not None:
         t = time.perf_counter()
         m = min(layer_samples, len(inp.x_train))
-        dec = layer_decomposition(inp.model, inp.x_train[:m], output=inp.facts.get("output", "trace"),
-                                  **inp.ntk_kwargs)
+        n_groups = sum(1 for _ in _parameter_groups(inp.model))
+        with phases.phase(f"per-layer eNTK ({n_groups} layers, {m} points)", total=n_groups):
+            dec = layer_decomposition(inp.model, inp.x_train[:m], output=inp.facts.get("output", "trace"),
+                                      layer_progress=phases, **inp.ntk_kwargs)
         summary["layers"] = {"samples": m, "layers": dec.layers, "modules": dec.kinds, "n_params": dec.n_params,
                              "share": dec.share.tolist()}
-        figures["layers"] = plots.plot_layer_decomposition(dec, out_dir / "layers.png")[0].name
+        draw.append(("layers", lambda: plots.plot_layer_decomposition(dec, out_dir / "layers.png", context=context)))
         timings["layers_s"] = time.perf_counter() - t
 
+    t = time.perf_counter()
+    with phases.phase(f"figures ({len(draw)})", total=len(draw)):
+        for i, (name, plot) in enumerate(draw):
+            figures[name] = plot()[0].name
+            phases(i + 1, len(draw))
+    timings["figures_s"] = time.perf_counter() - t
     md += _markdown(summary, figures)
     return _Report(summary=summary, figures=figures, markdown=md, result=result)
+
+
+def _parameter_groups(model) -> list[str]:
+    from ntkit.analysis import parameter_groups
+
+    try:
+        return list(parameter_groups(model))
+    except ValueError:
+        return []
+
+
+def _context(facts: dict[str, Any]) -> str:
+    """What a figure is about, for its heading: the kernel (file, model, output) and the data."""
+    output = facts.get("output") or "?"
+    if facts.get("kernel"):
+        what = f"kernel {Path(str(facts['kernel'])).name} ({output})"
+        if facts.get("model"):
+            what += f" of {facts['model']}"
+        data = facts.get("cols") or facts.get("rows")
+        what += f" on {data}" if data else ""
+        if facts.get("split"):
+            what += f", tested on the rest of {facts['rows']}"
+        return what
+    what = f"eNTK of {facts.get('model') or '?'} ({output} output) on {facts.get('data') or '?'}"
+    return what + (f", tested on {facts['test']}" if facts.get("test") else "")
+
+
+def _grid_facts(res: Any, asked: list[float], edges: list[str | None], flat: list[bool]) -> dict[str, Any]:
+    """How the λ grid was extended and whether GCV's choice is still on an edge, for the summary."""
+    return {"asked_ridges": [min(asked), max(asked)], "extended": list(res.extended),
+            "limits": None if res.limits is None else list(res.limits), "edge": edges, "edge_flat": flat}
 
 
 def _psd_check(K: Any, sp: Any, dense: bool) -> dict[str, Any]:
@@ -356,12 +533,13 @@ def _as_dense(K):
     return as_array(K, square=True)
 
 
-def _gcv_summary(res) -> dict[str, Any]:
+def _gcv_summary(res, asked: list[float] | None = None) -> dict[str, Any]:
     best = res.at_best()
     return {"ridges": res.ridges.tolist(), "sizes": res.sizes.tolist(), "predicted": res.predicted.tolist(),
             "actual": res.actual.tolist(), "ratio": res.ratio.tolist(),
             "accuracy": None if res.accuracy is None else res.accuracy.tolist(), "at_best": best,
-            "final": best[-1]}
+            "final": best[-1], **_grid_facts(res, list(asked if asked is not None else res.ridges),
+                                             res.best_on_edge, res.edge_is_flat)}
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -408,8 +586,9 @@ def _markdown(summary: dict[str, Any], figures: dict[str, str]) -> list[str]:
             lines.append(f"| {b['n']} | {b['ridge']:.3g} | {b['predicted']:.4f} | {b['actual']:.4f} | "
                          f"{b['ratio']:.3f} | {_fmt(b.get('accuracy'))} | {b['oracle_actual']:.4f} "
                          f"({b['oracle_ridge']:.3g}) |")
+        lines += [""] + _grid_note(g, g["sizes"])
         i = len(g["sizes"]) - 1
-        lines += ["", f"Ratio GCV / measured over the ridge grid at n = {g['sizes'][i]}:", "",
+        lines += [f"Ratio GCV / measured over the ridge grid at n = {g['sizes'][i]}:", "",
                   "| λ | " + " | ".join(f"{r:.3g}" for r in g["ridges"]) + " |",
                   "|---" * (len(g["ridges"]) + 1) + "|",
                   "| ratio | " + " | ".join(f"{r:.3f}" for r in g["ratio"][i]) + " |", ""]
@@ -418,7 +597,7 @@ def _markdown(summary: dict[str, Any], figures: dict[str, str]) -> list[str]:
                 lines += [f"![{name}]({figures[name]})", ""]
     elif g is not None:
         lines += [f"No test data, so GCV alone: best λ = {g['best_ridge']:.3g} with predicted risk "
-                  f"{g['best_gcv']:.4f}.", ""]
+                  f"{g['best_gcv']:.4f}.", ""] + _grid_note(g, [summary["n_train"]])
     if "layers" in summary:
         ly = summary["layers"]
         lines += ["## Per-layer eNTK", "", f"Share of tr Θ per layer on the first {ly['samples']} training points:",
@@ -427,6 +606,43 @@ def _markdown(summary: dict[str, Any], figures: dict[str, str]) -> list[str]:
                   for name, kind, p, s in zip(ly["layers"], ly["modules"], ly["n_params"], ly["share"])]
         lines += ["", f"![layers]({figures['layers']})", ""]
     return lines
+
+
+def _grid_note(g: dict[str, Any], sizes: list[int]) -> list[str]:
+    """Markdown lines: how the λ grid was extended, and a warning when GCV's λ is on its edge."""
+    lines = []
+    ridges = g["ridges"]
+    below, above = g.get("extended") or (0, 0)
+    if below or above:
+        lo, hi = g["asked_ridges"]
+        lines += [f"The λ grid asked for ({lo:.3g} … {hi:.3g}) was extended to {min(ridges):.3g} … {max(ridges):.3g} "
+                  f"({below} values below, {above} above) until GCV's minimum lay inside it or GCV went flat.", ""]
+    edges = g.get("edge") or []
+    flats = g.get("edge_flat") or [False] * len(edges)
+    for edge in ("lower", "upper"):
+        lam = min(ridges) if edge == "lower" else max(ridges)
+        flat = [str(n) for n, e, f in zip(sizes, edges, flats) if e == edge and f]
+        steep = [str(n) for n, e, f in zip(sizes, edges, flats) if e == edge and not f]
+        if flat:
+            lines += [f"At n = {', '.join(flat)} GCV's λ = {lam:.3g} is on the {edge} edge of the λ grid, where GCV "
+                      f"is flat (within 0.01% of the next λ): {'smaller' if edge == 'lower' else 'larger'} λ "
+                      "predict the same risk.", ""]
+        if steep:
+            limits = g.get("limits")
+            why = (f"the grid stops there, at the limit of its extension ({'λ ≥' if edge == 'lower' else 'λ ≤'} "
+                   f"{limits[0 if edge == 'lower' else 1]:.3g})" if limits is not None else
+                   "pass a wider --ridges, or LOW:HIGH:COUNT to extend it automatically")
+            lines += [f"**GCV's λ = {lam:.3g} is on the {edge} edge of the λ grid** at n = {', '.join(steep)}: its "
+                      f"minimum may lie beyond it ({why}).", ""]
+    return lines
+
+
+def _edge_text(edge: str | None, flat: bool = False) -> str:
+    if not edge:
+        return ""
+    if flat:
+        return f" (GCV flat {'below' if edge == 'lower' else 'above'} it)"
+    return f" (on the {edge} edge of the λ grid)"
 
 
 def _write_outputs(out_dir: Path, title: str, head: list[str], report: _Report) -> Path:
@@ -491,7 +707,12 @@ def analyze(
     max_dense: int = typer.Option(DEFAULT_MAX_DENSE, "--max-dense", help="Largest n for GCV's dense "
                                                                           "eigendecomposition."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing report."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Nothing on the terminal: no phase names, progress "
+                                                         "or summary (errors only)."),
+    extend_ridges: Optional[bool] = typer.Option(None, "--extend-ridges/--no-extend-ridges", help="Extend the λ "
+                                                 "grid past an edge where GCV's minimum lies, until it is inside "
+                                                 "(within 1e-12 … 1e4): the default for a LOW:HIGH:COUNT grid, "
+                                                 "not for a list. The report says when λ stays on an edge."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="Number of classes (model outputs) when the labels do not say it, e.g. a subset of ImageNet-21k by class id (default: the data set's own, or max(y) + 1 of an npz file when that is under max(2 x distinct labels, 1024))."),
     allow_indefinite: bool = typer.Option(False, "--allow-indefinite", help="Write the report for a kernel "
                                           "with significantly negative eigenvalues (refused by default), "
@@ -502,6 +723,7 @@ def analyze(
     TARGET is a kernel written by `ntkit compute` (train x train, or the empirical-ntks layout
     train + test rows x train columns, which adds the measured test risk), or a DATA spec with a
     MODEL, whose eNTK is computed here (with --test DATA for the measured test risk).
+    Each phase (eNTK, spectrum, GCV, per-layer eNTK, figures) is named on stderr as it runs.
     Example: ntkit analyze K.npy -o report
     """
     from ntkit.engine.api import parse_method
@@ -518,46 +740,52 @@ def analyze(
     path = Path(target)
     if path.suffix == ".zarr" and not path.exists():
         raise UserError(f"no kernel store at {path}: compute one with `ntkit compute DATA MODEL -o {path}`")
-    is_kernel = path.suffix in (".npy", ".json") or (path.is_dir() and (path / "zarr.json").exists())
-    if is_kernel:
-        if model is not None:
-            raise UserError(f"{target} is a kernel file; MODEL ({model}) is only for the DATA MODEL form")
-        if test is not None:
-            raise UserError("--test is for the DATA MODEL form; a kernel file brings its own test rows "
-                            "(compute it with the empirical-ntks layout, e.g. CIFAR-10_0_2500_0_1000)")
-        _check_dir(output_dir, overwrite)
-        t = time.perf_counter()
-        inp = _from_kernel_file(path, labels, data_dir, num_classes)
-        timings["load_s"] = time.perf_counter() - t
-        _check_sizes(sizes, inp.Kt is not None, int(inp.K.shape[0]))
-    else:
-        if model is None:
-            if path.exists():
-                raise UserError(f"{target} is neither a .npy kernel nor a kernel store directory")
-            raise UserError(f"{target!r} is a data spec: pass a MODEL spec too (e.g. `ntkit analyze "
-                            f"{target} cnn -o report`), or give a kernel file")
-        method = parse_method(method)
-        if parse_output(output).kind in ("full", "diagonal"):
-            raise UserError(f"--output {output!r} gives a kernel per logit pair; analyze needs one value per "
-                            "pair of inputs: trace, logit:K or pntk")
-        _check_dir(output_dir, overwrite)
-        inp, tm = _compute_inputs(target, model, test, output, method, weights, seed, data_dir, batch_size,
-                                  memory, device, quiet, sizes, num_classes)
-        timings.update(tm)
-    created = not output_dir.exists()
+    phases = _Phases(enabled=not quiet)
     try:
-        report = _analyze(inp, output_dir, ridges=grid, sizes=sizes, k=k, center=center, layers=layers,
-                          layer_samples=layer_samples, max_dense=max_dense, timings=timings,
-                          allow_indefinite=allow_indefinite)
-        report.summary["timings"] = {k_: round(v, 3) for k_, v in timings.items()}
-        path_md = _write_outputs(output_dir, "ntkit analyze", [f"`ntkit analyze {target}"
-                                                               f"{' ' + model if model else ''}`", ""], report)
-    except BaseException:
-        if created:  # a failed analysis leaves no half-written report behind
-            import shutil
+        is_kernel = path.suffix in (".npy", ".json") or (path.is_dir() and (path / "zarr.json").exists())
+        if is_kernel:
+            if model is not None:
+                raise UserError(f"{target} is a kernel file; MODEL ({model}) is only for the DATA MODEL form")
+            if test is not None:
+                raise UserError("--test is for the DATA MODEL form; a kernel file brings its own test rows "
+                                "(compute it with the empirical-ntks layout, e.g. CIFAR-10_0_2500_0_1000)")
+            _check_dir(output_dir, overwrite)
+            t = time.perf_counter()
+            with phases.phase(f"read {path.name} and its data"):
+                inp = _from_kernel_file(path, labels, data_dir, num_classes)
+            timings["load_s"] = time.perf_counter() - t
+            _check_sizes(sizes, inp.Kt is not None, int(inp.K.shape[0]))
+        else:
+            if model is None:
+                if path.exists():
+                    raise UserError(f"{target} is neither a .npy kernel nor a kernel store directory")
+                raise UserError(f"{target!r} is a data spec: pass a MODEL spec too (e.g. `ntkit analyze "
+                                f"{target} cnn -o report`), or give a kernel file")
+            method = parse_method(method)
+            if parse_output(output).kind in ("full", "diagonal"):
+                raise UserError(f"--output {output!r} gives a kernel per logit pair; analyze needs one value per "
+                                "pair of inputs: trace, logit:K or pntk")
+            _check_dir(output_dir, overwrite)
+            inp, tm = _compute_inputs(target, model, test, output, method, weights, seed, data_dir, batch_size,
+                                      memory, device, phases, sizes, num_classes)
+            timings.update(tm)
+        created = not output_dir.exists()
+        try:
+            report = _analyze(inp, output_dir, ridges=grid, sizes=sizes, k=k, center=center, layers=layers,
+                              layer_samples=layer_samples, max_dense=max_dense, timings=timings,
+                              allow_indefinite=allow_indefinite, phases=phases,
+                              extend=(":" in ridges) if extend_ridges is None else extend_ridges)
+            report.summary["timings"] = {k_: round(v, 3) for k_, v in timings.items()}
+            path_md = _write_outputs(output_dir, "ntkit analyze", [f"`ntkit analyze {target}"
+                                                                   f"{' ' + model if model else ''}`", ""], report)
+        except BaseException:
+            if created:  # a failed analysis leaves no half-written report behind
+                import shutil
 
-            shutil.rmtree(output_dir, ignore_errors=True)
-        raise
+                shutil.rmtree(output_dir, ignore_errors=True)
+            raise
+    finally:
+        phases.close()  # the live lines stop before the summary (or an error) is printed
     if not quiet:
         _print_analysis(report, path_md, output_dir)
     return 0
@@ -582,10 +810,11 @@ def _print_analysis(report: _Report, path_md: Path, out_dir: Path) -> None:
     g = s.get("gcv")
     if isinstance(g, dict) and "final" in g:
         f = g["final"]
-        table.add_row("GCV's λ", f"{f['ridge']:.3g}")
+        table.add_row("GCV's λ", f"{f['ridge']:.3g}{_edge_text(f.get('edge'), f.get('edge_flat', False))}")
         table.add_row("GCV / measured test MSE", f"{f['predicted']:.4f} / {f['actual']:.4f} = {f['ratio']:.3f}")
     elif isinstance(g, dict):
-        table.add_row("GCV's λ (no test data)", f"{g['best_ridge']:.3g}")
+        table.add_row("GCV's λ (no test data)", f"{g['best_ridge']:.3g}"
+                      f"{_edge_text((g.get('edge') or [None])[0], (g.get('edge_flat') or [False])[0])}")
     out.print(table)
     out.print(f"report: {path_md}", markup=False, highlight=False)
     for name in report.figures.values():
@@ -633,14 +862,15 @@ def _digits_split(split: str, n_train: int | None, n_test: int | None, seed: int
     return xtr, ytr, xte, yte, what
 
 
-def _train(net, x, y, epochs: int, seed: int, lr: float = 3e-3, batch: int = 64) -> None:
-    """Adam on cross-entropy, seeded batch order; the model ends in eval mode."""
+def _train(net, x, y, epochs: int, seed: int, lr: float = 3e-3, batch: int = 64, progress: Any = None) -> None:
+    """Adam on cross-entropy, seeded batch order; the model ends in eval mode. ``progress(epoch,
+    epochs)`` after each epoch."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     net.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), batch):
             idx = perm[i : i + batch]
@@ -648,6 +878,8 @@ def _train(net, x, y, epochs: int, seed: int, lr: float = 3e-3, batch: int = 64)
             opt.zero_grad()
             loss.backward()
             opt.step()
+        if progress is not None:
+            progress(epoch + 1, epochs)
     net.eval()
 
 
@@ -664,23 +896,20 @@ def demo(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default 20; 40 with --quick)."),
     ridges: str = typer.Option(DEFAULT_RIDGES, "--ridges", help="Ridge grid λ relative to the mean diagonal."),
     seed: int = typer.Option(0, "--seed", help="Seed of the split, the weights and the batch order."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or table."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Nothing on the terminal: no phase names, progress "
+                                                         "or table (errors only)."),
+    extend_ridges: Optional[bool] = typer.Option(None, "--extend-ridges/--no-extend-ridges", help="Extend the λ "
+                                                 "grid past an edge where GCV's minimum lies (default for a "
+                                                 "LOW:HIGH:COUNT grid)."),
 ) -> int:
-    """The whole story on the embedded digits data, in about a minute on a laptop CPU.
+    """The whole story on the embedded digits data, in about 15 s on a 2-core laptop CPU.
 
     Trains a small CNN briefly, computes its eNTK (train x train and test x train, trace output),
     fits kernel ridge regression and EigenPro3 on it, predicts the test risk from the training
     kernel alone with GCV and compares it with the measured one, saves the figures (spectrum,
-    risk against λ and n, per-layer shares) and prints a summary table.
+    risk against λ and n, per-layer shares) and prints a summary table. Each stage is named on
+    stderr as it runs; --quick takes a few seconds.
     """
-    import warnings
-
-    import numpy as np
-    import torch
-
-    from ntkit.analysis._kernel import as_array
-    from ntkit.models import build_model
-
     if split not in ("random", "standard"):
         raise UserError(f"--split {split!r}: use random or standard")
     grid = parse_ridges(ridges)
@@ -692,11 +921,40 @@ def demo(
 
     check_seed(seed)
     check_writable(output_dir, "report directory", directory=True)  # created when the report is written
+    command = ("ntkit demo" + (" --quick" if quick else "") + (f" --split {split}" if split != "random" else "")
+               + (f" --epochs {epochs}" if epochs != (40 if quick else 20) else "")
+               + (f" --model {model}" if model != ("cnn:depth=2,channels=16" if quick else "cnn") else "")
+               + (f" --ridges {ridges}" if ridges != DEFAULT_RIDGES else "") + (f" --seed {seed}" if seed else ""))
+
+    phases = _Phases(enabled=not quiet)
+    try:
+        stages, report = _demo_run(output_dir, quick=quick, split=split, model=model, epochs=epochs, grid=grid,
+                                   seed=seed, phases=phases, extend=(":" in ridges) if extend_ridges is None
+                                   else extend_ridges, command=command)
+    finally:
+        phases.close()  # the live lines stop before the table (or an error) is printed
+    if not quiet:
+        out.print(demo_console({**report.summary, "figures": report.figures}, output_dir), markup=False,
+                  highlight=False, end="")
+    return 0
+
+
+def _demo_run(output_dir: Path, *, quick: bool, split: str, model: str, epochs: int, grid: list[float], seed: int,
+              phases: _Phases, extend: bool, command: str) -> tuple[list[_Stage], _Report]:
+    """The demo's stages, each a named phase; writes the report and returns the stages and it."""
+    import warnings
+
+    import numpy as np
+    import torch
+
+    from ntkit.analysis._kernel import as_array
+    from ntkit.models import build_model
+
     stages: list[_Stage] = []
     timings: dict[str, float] = {}
-
     t = time.perf_counter()
-    xtr, ytr, xte, yte, what = _digits_split(split, 200 if quick else None, 100 if quick else None, seed)
+    with phases.phase("load the digits"):
+        xtr, ytr, xte, yte, what = _digits_split(split, 200 if quick else None, 100 if quick else None, seed)
     n, m = len(xtr), len(xte)
     stages.append(_Stage("data", f"digits: {what}" + (" (--quick: a subset)" if quick else ""),
                          time.perf_counter() - t))
@@ -711,9 +969,10 @@ def demo(
     except Exception as e:  # noqa: BLE001 - the user's model, not ntkit, failed
         raise UserError(f"--model {model} does not fit the digits (inputs (N, {', '.join(map(str, xtr.shape[1:]))}), "
                         f"10 classes): {type(e).__name__}: {e}") from None
-    _train(net, xtr, ytr, epochs, seed, lr=1e-2 if quick else 3e-3)  # a few steps per epoch when quick
-    with torch.no_grad():
-        net_acc = float((net(xte).argmax(1) == yte).float().mean())
+    with phases.phase(f"train {model} ({epochs} epochs on {n} digits)", total=max(epochs, 1)):
+        _train(net, xtr, ytr, epochs, seed, lr=1e-2 if quick else 3e-3, progress=phases)  # a few steps per epoch when quick
+        with torch.no_grad():
+            net_acc = float((net(xte).argmax(1) == yte).float().mean())
     n_params = sum(p.numel() for p in net.parameters())
     stages.append(_Stage(f"train {model} ({n_params:,} params, {epochs} epochs, Adam)",
                          f"network test accuracy {100 * net_acc:.1f}%", time.perf_counter() - t))
@@ -722,19 +981,22 @@ def demo(
     import ntkit
 
     method = ntkit.plan(net, xtr, output="trace").method
-    K = _ntk_with_bar(net, xtr, None, f"eNTK train x train ({n} x {n}, {method})", quiet, output="trace",
+    K = _ntk_with_bar(net, xtr, None, f"eNTK train x train ({n} x {n}, {method})", phases, output="trace",
                       method=method)
-    Kt = _ntk_with_bar(net, xte, xtr, f"eNTK test x train ({m} x {n}, {method})", quiet, output="trace",
+    Kt = _ntk_with_bar(net, xte, xtr, f"eNTK test x train ({m} x {n}, {method})", phases, output="trace",
                        method=method)
     stages.append(_Stage(f"eNTK, trace output ({method})", f"{n} x {n} and {m} x {n}", time.perf_counter() - t))
     timings["entk_s"] = stages[-1].seconds
 
+    context = (f"eNTK of {model} (trace output, {epochs} epochs of training) on digits: {what}"
+               + (" (--quick: a subset)" if quick else ""))
     inp = _Inputs(K=K, y=ytr.numpy(), Kt=Kt, yt=yte.numpy(), num_classes=10, model=net, x_train=xtr,
                   facts={"data": what, "model": model, "output": "trace", "n_params": n_params,
-                         "network_test_accuracy": net_acc, "split": split})
+                         "network_test_accuracy": net_acc, "split": split, "context": context})
     t = time.perf_counter()
     report = _analyze(inp, output_dir, ridges=grid, sizes=None, k=None, center=False, layers=True,
-                      layer_samples=50 if quick else 200, max_dense=DEFAULT_MAX_DENSE, timings=timings)
+                      layer_samples=50 if quick else 200, max_dense=DEFAULT_MAX_DENSE, timings=timings,
+                      extend=extend, phases=phases)
     t_an = time.perf_counter() - t
     res = report.result
     best = report.summary["gcv"]["final"]
@@ -753,25 +1015,26 @@ def demo(
     except ImportError:  # pragma: no cover - only while the solvers are not installed
         KernelRidgeClassifier = EigenPro3Classifier = None
     t = time.perf_counter()
-    if KernelRidgeClassifier is not None:
-        # the solvers' ridge multiplies the identity directly: α = nλ in the units of K / scale
-        krr = KernelRidgeClassifier(kernel=kern, alpha=n * lam).fit(itr, ytr_np)
-        krr_acc = float(krr.score(ite, yte_np))
-    else:
-        krr_acc = float(res.accuracy[-1, res.best_index[-1]])  # the closed form of predicted_vs_actual
-    stages.append(_Stage(f"kernel ridge on the eNTK (λ = {lam:.3g}, GCV's choice)",
+    with phases.phase(f"kernel ridge on the eNTK (λ = {lam:.3g})"):
+        if KernelRidgeClassifier is not None:
+            # the solvers' ridge multiplies the identity directly: α = nλ in the units of K / scale
+            krr = KernelRidgeClassifier(kernel=kern, alpha=n * lam).fit(itr, ytr_np)
+            krr_acc = float(krr.score(ite, yte_np))
+        else:
+            krr_acc = float(res.accuracy[-1, res.best_index[-1]])  # the closed form of predicted_vs_actual
+    stages.append(_Stage(f"kernel ridge on the eNTK (λ = {lam:.3g}, GCV's choice{_edge_text(best.get('edge'), best.get('edge_flat', False))})",
                          f"eNTK test accuracy {100 * krr_acc:.1f}%", time.perf_counter() - t))
     ep_acc = None
     if EigenPro3Classifier is not None:
         t = time.perf_counter()
         ep_epochs = 5 if quick else 10
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), phases.phase(f"EigenPro3 on the eNTK ({ep_epochs} epochs)"):
             # a few thousand points are below the solver's default Nyström sample: expected here
             warnings.filterwarnings("ignore", message=".*[Nn]ystr.*")
             warnings.filterwarnings("ignore", message=".*top_q.*")
             ep = EigenPro3Classifier(kernel=kern, centers=itr, epochs=ep_epochs, nystrom_size=min(n, 2000),
-                                     seed=seed).fit(itr, ytr_np)
-        ep_acc = float(ep.score(ite, yte_np))
+                                     seed=seed).fit(itr, ytr_np, progress=_epochs(phases, ep_epochs))
+            ep_acc = float(ep.score(ite, yte_np))
         stages.append(_Stage(f"EigenPro3 on the eNTK ({ep_epochs} epochs, {n} centers)",
                              f"eNTK test accuracy {100 * ep_acc:.1f}%", time.perf_counter() - t))
     else:  # pragma: no cover
@@ -782,32 +1045,46 @@ def demo(
                          f"(ratio {best['ratio']:.3f})", timings.get("gcv_s", 0.0)))
     sp = report.summary["spectrum"]
     pl = sp["power_law"]
-    stages.append(_Stage("spectrum, alignment, per-layer eNTK",
+    stages.append(_Stage("spectrum, alignment, per-layer eNTK, figures",
                          (f"decay α = {pl['alpha']:.2f}, " if pl else "") + f"alignment "
                          f"{report.summary['alignment']:.3f}", t_an - timings.get("gcv_s", 0.0)))
     report.summary["demo"] = {"network_test_accuracy": net_acc, "krr_test_accuracy": krr_acc,
-                              "eigenpro3_test_accuracy": ep_acc, "gcv_ridge": lam,
+                              "eigenpro3_test_accuracy": ep_acc, "gcv_ridge": lam, "command": command,
                               "stages": [{"stage": s.name, "result": s.result, "seconds": round(s.seconds, 3)}
                                          for s in stages]}
     report.summary["timings"] = {s.name: round(s.seconds, 3) for s in stages}
-    head = ["`ntkit demo" + (" --quick" if quick else "") + (f" --split {split}" if split != "random" else "")
-            + "`", "", "| stage | result | seconds |", "|---|---|---|"]
+    head = [f"`{command}`", "", "| stage | result | seconds |", "|---|---|---|"]
     head += [f"| {s.name} | {s.result} | {s.seconds:.1f} |" for s in stages] + [""]
-    path_md = _write_outputs(output_dir, "ntkit demo: the eNTK of a small CNN on digits", head, report)
-    if not quiet:
-        from rich.table import Table
+    _write_outputs(output_dir, "ntkit demo: the eNTK of a small CNN on digits", head, report)
+    return stages, report
 
-        table = Table(title="ntkit demo: digits, a small CNN and its eNTK")
-        table.add_column("stage")
-        table.add_column("result")
-        table.add_column("s", justify="right")
-        from rich.markup import escape
 
-        for s in stages:  # the names hold the model spec: user text, shown literally
-            table.add_row(escape(s.name), escape(s.result), f"{s.seconds:.1f}")
-        table.add_row("total", "", f"{sum(s.seconds for s in stages):.1f}")
-        out.print(table)
-        out.print(f"report: {path_md}", markup=False, highlight=False)
-        for name in report.figures.values():
-            out.print(f"figure: {output_dir / name}", markup=False, highlight=False)
-    return 0
+DEMO_TITLE = "ntkit demo: digits, a small CNN and its eNTK"
+
+
+def demo_console(summary: dict[str, Any], output_dir: Path | str, width: int | None = None) -> str:
+    """What `ntkit demo` prints (its table, then the report's and the figures' paths), from the
+    demo's summary.json: the README's copy of it is generated by this function, so it cannot drift.
+    `width`: render at that many columns (default: the terminal's)."""
+    import io
+
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=DEMO_TITLE)
+    table.add_column("stage")
+    table.add_column("result")
+    table.add_column("s", justify="right")
+    stages = summary["demo"]["stages"]
+    for s in stages:  # the names hold the model spec: user text, shown literally
+        table.add_row(escape(s["stage"]), escape(s["result"]), f"{s['seconds']:.1f}")
+    table.add_row("total", "", f"{sum(s['seconds'] for s in stages):.1f}")
+    buf = io.StringIO()
+    console = Console(file=buf, width=width or out.width, emoji=False, color_system=None, force_terminal=False,
+                      legacy_windows=False)
+    console.print(table)
+    out_dir = Path(output_dir)
+    lines = [f"report: {out_dir / 'report.md'}"] + [f"figure: {out_dir / name}"
+                                                   for name in (summary.get("figures") or {}).values()]
+    return buf.getvalue() + "\n".join(lines) + "\n"
