@@ -153,3 +153,62 @@ def test_rerun_of_a_complete_store_and_a_refused_resume_say_what_happened(tmp_pa
     assert main([*args[:-2], "--output", "trace"]) == 2
     o = capsys.readouterr()
     assert "cannot resume" in o.err and "resuming" not in o.out + o.err, o
+
+
+def _wait(predicate, seconds=5.0):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_first_ctrl_c_is_acknowledged_while_the_main_thread_is_busy():
+    """Python runs signal handlers only between bytecodes; the watcher thread reads the signal from
+    the wakeup fd (written by the C-level handler) and says so at once. Here the byte is written
+    by hand, so the Python-level handler never runs: only the watcher can have answered."""
+    import os
+    import signal as sig
+
+    from ntkit.engine.progress import Interrupt
+
+    said = []
+    with Interrupt(on_first=lambda: said.append("first")) as stop:
+        assert stop._pipe is not None
+        os.write(stop._pipe[1], bytes([sig.SIGINT]))
+        assert _wait(lambda: said == ["first"]), said
+        assert stop.requested
+    assert sig.getsignal(sig.SIGINT) is not stop._handler
+    assert sig.set_wakeup_fd(-1) == -1  # restored: no wakeup fd left behind
+
+
+def test_second_ctrl_c_in_a_long_operation_ends_the_process_with_the_last_word(monkeypatch):
+    import os
+    import signal as sig
+
+    from ntkit.engine.progress import Interrupt
+
+    said, exits = [], []
+    monkeypatch.setattr(os, "_exit", lambda code: exits.append(code))
+    with Interrupt(on_first=lambda: said.append("first"), on_stuck=lambda: said.append("stuck"), grace=0.2) as stop:
+        os.write(stop._pipe[1], bytes([sig.SIGINT, sig.SIGINT]))
+        assert _wait(lambda: exits == [130]), (said, exits)
+    assert said == ["first", "stuck"]
+
+
+def test_a_library_interrupt_never_ends_the_process(monkeypatch):
+    """Without on_stuck (ntkit.compute's own stop flag) a second Ctrl-C only raises KeyboardInterrupt."""
+    import os
+    import signal as sig
+    import time
+
+    from ntkit.engine.progress import Interrupt
+
+    exits = []
+    monkeypatch.setattr(os, "_exit", lambda code: exits.append(code))
+    with Interrupt(grace=0.05) as stop:
+        os.write(stop._pipe[1], bytes([sig.SIGINT, sig.SIGINT]))
+        assert _wait(lambda: stop.signals == 2)
+        time.sleep(0.2)
+    assert exits == []

@@ -341,8 +341,16 @@ def compute(
     # Ctrl-C from here on: the first stops at the next step of the engine (said at once, with
     # how long that step still needs), the second at once; nothing is written either way.
     bars: list[_Bar] = []
-    stop = Interrupt(on_first=lambda: bars[0].ack_npy() if bars else _Bar("", enabled=False).ack_npy())
     written: list[Path] = []
+
+    def stuck() -> None:  # a second Ctrl-C inside one long torch operation: the process ends now
+        for f in (*written, output_path.with_name(f".{output_path.name}.{os.getpid()}.tmp"),
+                  sidecar_path(output_path).with_name(f".{sidecar_path(output_path).name}.{os.getpid()}.tmp")):
+            f.unlink(missing_ok=True)
+        err.print("[red]interrupted[/red]: stopped now; nothing was written")
+
+    stop = Interrupt(on_first=lambda: bars[0].ack_npy() if bars else _Bar("", enabled=False).ack_npy(),
+                     on_stuck=stuck)
     try:
         with stop:
             plan = ntkit.plan(net, x1, x2, **kw)

@@ -104,6 +104,8 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
             out.print(f"resuming {output_path}: {done}/{total} tiles already done", highlight=False, markup=False,
                       soft_wrap=True)
 
+    from rich.markup import escape
+
     from ntkit.cli.interrupts import mark_reported
     from ntkit.engine.progress import Interrupt
 
@@ -111,7 +113,14 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
                    on_start=on_start)
     bar.distributed = bool(workers or scheduler or client)
     t = time.perf_counter()
-    stop = Interrupt(on_first=bar.ack_store)
+    def stuck() -> None:  # a second Ctrl-C inside one long torch operation: the process ends now
+        done, total = bar.tiles or (None, None)
+        kept = f"the {done}/{total} finished tiles" if done is not None else "the finished tiles"
+        err.print(f"[red]interrupted[/red]: stopped now, during a tile; {kept} in {escape(str(output_path))} are "
+                  "kept; run the same command again to resume")
+
+    # Dask: the main thread waits on futures in Python, so a second Ctrl-C acts without a hard stop
+    stop = Interrupt(on_first=bar.ack_store, on_stuck=None if bar.distributed else stuck)
     try:
         with stop:
             ks = ntkit.compute(net, rows, cols, store=output_path, method=method, output=output,

@@ -87,31 +87,104 @@ class Interrupt:
     the work checks `requested` at its boundaries and stops there. The second SIGINT raises
     KeyboardInterrupt at the next Python bytecode. The previous handler is restored on exit, and
     `Interrupt.active()` is the innermost one in force (None outside).
+
+    Python runs signal handlers only between bytecodes, so while the main thread is inside one
+    long torch operation (a vmapped backward over a block of images can take a minute on a
+    CPU) a handler alone would say nothing until it returns. A watcher thread therefore reads
+    the signal from Python's wakeup fd, which the C-level handler writes at once: it calls
+    `on_first()` immediately, and on a second Ctrl-C that the main thread does not act on within
+    `grace` seconds it calls `on_stuck()` (the last word) and ends the process with status 130
+    — only when `on_stuck` is given, i.e. by the command line, never inside a library call.
     """
 
     _stack: list[Interrupt] = []
 
-    def __init__(self, on_first: Callable[[], None] | None = None) -> None:
+    def __init__(self, on_first: Callable[[], None] | None = None, on_stuck: Callable[[], None] | None = None,
+                 grace: float = 3.0) -> None:
         self.on_first = on_first
+        self.on_stuck = on_stuck
+        self.grace = grace
         self.requested = False
-        self.count = 0
+        self.count = 0  # SIGINTs the Python-level handler saw (two may arrive as one call)
+        self.signals = 0  # SIGINTs the watcher saw (every one, at once)
         self._old = None
         self._installed = False
+        self._acked = False
+        self._lock = threading.Lock()
+        self._pipe: tuple[int, int] | None = None
 
     @classmethod
     def active(cls) -> Interrupt | None:
         return cls._stack[-1] if cls._stack else None
 
-    def _handler(self, signum, frame) -> None:
-        self.count += 1
-        if self.requested:
-            raise KeyboardInterrupt
+    def _first(self) -> None:
+        with self._lock:
+            if self._acked:
+                return
+            self._acked = True
         self.requested = True
         if self.on_first is not None:
             try:
                 self.on_first()
             except Exception:  # noqa: BLE001 - a message that fails must not turn into a crash
                 pass
+
+    def _handler(self, signum, frame) -> None:
+        self.count += 1
+        if max(self.count, self.signals) >= 2:
+            raise KeyboardInterrupt
+        self._first()
+
+    def _watch(self, fd: int) -> None:
+        import os
+        import time
+
+        try:
+            while True:
+                data = os.read(fd, 64)
+                if not data:  # the write end closed: the block is over
+                    return
+                for byte in data:
+                    if byte != signal.SIGINT:
+                        continue
+                    self.signals += 1
+                    if self.signals == 1:
+                        self._first()
+                        continue
+                    if self.on_stuck is None:
+                        continue
+                    deadline = time.monotonic() + self.grace
+                    while self._installed and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    if self._installed:  # the main thread is still inside one long operation
+                        try:
+                            self.on_stuck()
+                        finally:
+                            os._exit(130)
+        except OSError:
+            return
+        finally:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _start_watcher(self) -> None:
+        import os
+
+        try:
+            r, w = os.pipe()
+            os.set_blocking(w, False)
+            old = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        except (ValueError, OSError, AttributeError):
+            return
+        if old != -1:  # someone else's (an asyncio loop): keep theirs, go without the watcher
+            signal.set_wakeup_fd(old)
+            os.close(r)
+            os.close(w)
+            return
+        self._pipe = (r, w)
+        threading.Thread(target=self._watch, args=(r,), name="ntkit-ctrl-c", daemon=True).start()
 
     def __enter__(self) -> Interrupt:
         # off the main thread signals cannot be caught; an ignored SIGINT (a background job) stays ignored
@@ -121,6 +194,7 @@ class Interrupt:
             signal.signal(signal.SIGINT, self._handler)
             self._installed = True
             Interrupt._stack.append(self)
+            self._start_watcher()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -129,3 +203,9 @@ class Interrupt:
             self._installed = False
             if self in Interrupt._stack:
                 Interrupt._stack.remove(self)
+            if self._pipe is not None:
+                import os
+
+                signal.set_wakeup_fd(-1)
+                os.close(self._pipe[1])  # the watcher reads EOF, closes its end and returns
+                self._pipe = None
