@@ -128,3 +128,18 @@ def test_spec_grammars_are_one_command_away(tmp_path):
     for heading in ("Data spec grammar:", "Model spec grammar:", "Kernel specs"):
         assert heading in result.stdout
     assert "  SPEC   := NAME ['[' SEL (',' SEL)* ']']       samples of a named data set\n" in result.stdout
+
+
+def test_kernel_files_of_the_wrong_kind_are_named_with_the_fix(tmp_path):
+    """A full (N, N, O, O) eNTK given to `fit`, and an unlabeled kernel given to `analyze`."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "x.npz", x=rng.standard_normal((8, 5)).astype(np.float32), y=np.arange(8) % 2)
+    np.savez(tmp_path / "u.npz", x=rng.standard_normal((8, 5)).astype(np.float32))
+    assert run_cli(["compute", "npz:x.npz", MODEL, "-o", "F.npy", "--output", "full", "-q"], cwd=tmp_path).returncode == 0
+    assert run_cli(["compute", "npz:u.npz", MODEL, "-o", "U.npy", "--num-classes", "2", "-q"],
+                   cwd=tmp_path).returncode == 0
+    fit = run_cli(["fit", "npz:x.npz", "--kernel", "npy:F.npy", "--solver", "ridge", "-o", "m.npz"], cwd=tmp_path)
+    assert fit.returncode == 2 and "--output trace" in _one_error_line(fit)
+    analyze = run_cli(["analyze", "U.npy", "-o", "rep", "-q"], cwd=tmp_path)
+    assert analyze.returncode == 2 and "pass --labels DATA" in _one_error_line(analyze)
+    assert not (tmp_path / "rep").exists()

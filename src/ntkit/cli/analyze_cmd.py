@@ -251,6 +251,9 @@ def _from_kernel_file(path: Path, labels: str | None, data_dir: Path | None,
         raise UserError(f"the kernel has {n1} rows but its data {rows.spec} has {len(rows)} samples")
     facts = {"kernel": str(path), "output": output, "rows": rows.spec,
              "cols": None if cols is None else cols.spec, "model": (meta.get("model") or {}).get("spec")}
+    if len(rows) and (rows.raw[1] < 0).any():  # unlabeled (-1): an eNTK needed none, alignment and GCV do
+        raise UserError(f"the data of {path} ({rows.spec}) has no labels, which the alignment and GCV need: "
+                        "pass --labels DATA, a data spec with the labels of the kernel's rows")
     y = rows.labels.numpy()
     if cols is None or n1 == n2:
         if n1 != n2:

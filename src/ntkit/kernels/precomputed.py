@@ -41,7 +41,9 @@ class Precomputed(Kernel):
                             "or the spec 'npy:PATH' / 'store:PATH'")
         shape = tuple(getattr(source, "shape", ()))
         if len(shape) != 2:
-            raise ValueError(f"a precomputed kernel must be a 2-D matrix (rows, cols), got shape {shape}")
+            fix = (": an eNTK with its O x O blocks (output full or diagonal) is not one; compute it with "
+                   "--output trace, logit:K or pntk (output= in Python)") if len(shape) in (3, 4) else ""
+            raise ValueError(f"a precomputed kernel must be a 2-D matrix (rows, cols), got shape {shape}{fix}")
         self.source = source
         self.shape = shape
         self.path = None if path is None else str(path)
