@@ -8,6 +8,7 @@ the training inputs). Saved models are one `.npz` file: the arrays plus a JSON d
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -15,13 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from ntkit.kernels import Kernel, Precomputed, as_kernel, kernel_config, kernel_from_config, parse_kernel
 from ntkit.kernels.base import KernelInputError, as_tensor
 
-__all__ = ["SolverInputError", "NotPSDError", "SavedModelError", "KernelMachine", "load", "FORMAT"]
+__all__ = ["SolverInputError", "NotPSDError", "SavedModelError", "KernelMachine", "load", "FORMAT", "check_inputs",
+           "check_targets", "class_targets", "check_ridge", "n_rows", "peek_tensor", "is_precomputed"]
 
 FORMAT = "ntkit.kernel_machine.v1"
 
@@ -41,6 +44,40 @@ def _is_sparse(x: Any) -> bool:
         return sp.issparse(x)
     except ImportError:  # pragma: no cover
         return False
+
+
+def n_rows(X: Any) -> int:
+    """Rows of X (N, ...) before any other check, so that a label/row mismatch is reported first."""
+    if X is None:
+        raise ValueError("X is None; pass an array of shape (N, *input)")
+    shape = getattr(X, "shape", None)
+    if shape is None:
+        try:
+            shape = np.asarray(X).shape
+        except Exception:  # noqa: BLE001
+            raise ValueError(f"X must be an array of shape (N, *input), got {type(X).__name__}") from None
+    if len(shape) == 0:
+        raise ValueError("X is a scalar; pass an array of shape (N, *input)")
+    return int(shape[0])
+
+
+def peek_tensor(X: Any) -> torch.Tensor | None:
+    """X (N, *input) as a tensor when that is cheap, for building ntk:MODEL kernels (input shape only)."""
+    try:
+        return as_tensor(X)
+    except Exception:  # noqa: BLE001 - the proper check with its message comes right after
+        return None
+
+
+def is_precomputed(kernel: Any) -> bool:
+    """Whether a `kernel` parameter (a Kernel or a spec) is a precomputed matrix (inputs are indices)."""
+    return isinstance(kernel, Precomputed) or (isinstance(kernel, str) and kernel.startswith(("npy:", "store:")))
+
+
+def check_ridge(alpha: Any) -> None:
+    """Raise ValueError unless the ridge `alpha` is a finite number >= 0."""
+    if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"alpha (the ridge) must be a finite number >= 0, got {alpha!r}")
 
 
 def check_inputs(X: Any, name: str = "X", *, indices: bool = False) -> torch.Tensor:
@@ -164,6 +201,11 @@ class KernelMachine:
     def _check_X_predict(self, X: Any) -> torch.Tensor:
         check_is_fitted(self, self._fitted_attr)
         t = check_inputs(X, "X", indices=self._uses_indices(self.kernel_))
+        self._check_input_shape(t)
+        return t
+
+    def _check_input_shape(self, t: torch.Tensor) -> None:
+        """Raise SolverInputError when the samples of t (N, *input) are not shaped like the training data."""
         shape = tuple(self.input_shape_)
         if not self._uses_indices(self.kernel_) and tuple(t.shape[1:]) != shape:
             if t.ndim == 2 and len(shape) == 1:
@@ -171,7 +213,6 @@ class KernelMachine:
                                        f"{shape[0]} features as input: pass data shaped like the training data")
             raise SolverInputError(f"X has samples of shape {tuple(t.shape[1:])}, but {type(self).__name__} was "
                                    f"fit on samples of shape {shape}: pass data shaped like the training data")
-        return t
 
     def _set_input_info(self, X: torch.Tensor, X_raw: Any) -> None:
         self.input_shape_ = tuple(X.shape[1:])
@@ -180,6 +221,13 @@ class KernelMachine:
         names = getattr(X_raw, "columns", None)
         if names is not None and all(isinstance(c, str) for c in names):
             self.feature_names_in_ = np.asarray(list(names), dtype=object)
+
+    def __sklearn_tags__(self):
+        # a mixin ahead of BaseEstimator: super() is scikit-learn's
+        tags = super().__sklearn_tags__()
+        tags.input_tags.pairwise = is_precomputed(self.kernel)
+        tags.target_tags.multi_output = not isinstance(self, ClassifierMixin)
+        return tags
 
     # -- save / load -----------------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:  # pragma: no cover - per solver

@@ -15,8 +15,8 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 
 from ntkit.kernels.base import as_tensor
-from ntkit.solvers.base import (KernelMachine, NotPSDError, SolverInputError, check_inputs, check_targets,
-                                class_targets)
+from ntkit.solvers.base import (KernelMachine, NotPSDError, SolverInputError, check_inputs, check_ridge,
+                                check_targets, class_targets, n_rows, peek_tensor)
 from ntkit.solvers.nystrom import psd_tolerance
 
 __all__ = ["KernelRidge", "KernelRidgeClassifier", "cholesky_solve_psd", "check_kernel_matrix", "check_symmetric"]
@@ -155,8 +155,7 @@ class _RidgeBase(KernelMachine, BaseEstimator):
     def _fit_targets(self, X: torch.Tensor, Y: torch.Tensor, X_raw: Any, progress: Any = "auto") -> None:
         from ntkit.solvers.progress import phase, resolve_progress
 
-        if not isinstance(self.alpha, (int, float)) or not np.isfinite(self.alpha) or self.alpha < 0:
-            raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
+        check_ridge(self.alpha)
         n = X.shape[0]
         with resolve_progress(progress) as report:
             with phase(report, f"kernel {n} x {n}"):
@@ -173,12 +172,6 @@ class _RidgeBase(KernelMachine, BaseEstimator):
         self.jitter_ = jitter
         self.dual_coef_ = A if Y.ndim == 2 else A[:, 0]
         self._set_input_info(X, X_raw)
-
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.pairwise = _precomputed(self.kernel)
-        tags.target_tags.multi_output = not isinstance(self, ClassifierMixin)
-        return tags
 
     def _decision(self, X: Any) -> torch.Tensor:
         Xt = self._check_X_predict(X)
@@ -229,8 +222,8 @@ class KernelRidge(RegressorMixin, _RidgeBase):
         `progress`: the kernel evaluation and the solve, reported to a callable(done, total), as a
         bar on stderr (True), not at all (False), or "auto": the bar when stderr is a terminal
         (see `ntkit.solvers.progress`)."""
-        Y = check_targets(y, _n_rows(X))
-        self.kernel_ = self._resolve_kernel(_peek(X), Y.shape[1] if Y.ndim == 2 else 1)
+        Y = check_targets(y, n_rows(X))
+        self.kernel_ = self._resolve_kernel(peek_tensor(X), Y.shape[1] if Y.ndim == 2 else 1)
         Xt = check_inputs(X, indices=self._uses_indices(self.kernel_))
         self._fit_targets(Xt, Y, X, progress)
         return self
@@ -249,8 +242,8 @@ class KernelRidgeClassifier(ClassifierMixin, _RidgeBase):
 
     def fit(self, X: Any, y: Any, progress: Any = "auto") -> KernelRidgeClassifier:
         """Fit on X (N, *input) and labels y (N,); returns self. `progress` as in `KernelRidge.fit`."""
-        classes, Y = class_targets(y, _n_rows(X))
-        self.kernel_ = self._resolve_kernel(_peek(X), len(classes))
+        classes, Y = class_targets(y, n_rows(X))
+        self.kernel_ = self._resolve_kernel(peek_tensor(X), len(classes))
         Xt = check_inputs(X, indices=self._uses_indices(self.kernel_))
         self.classes_ = classes
         self._fit_targets(Xt, Y, X, progress)
@@ -264,32 +257,3 @@ class KernelRidgeClassifier(ClassifierMixin, _RidgeBase):
         """The class with the largest score, (N,)."""
         scores = self.decision_scores(X)
         return self.classes_[scores.argmax(1)]
-
-
-def _n_rows(X: Any) -> int:
-    """Rows of X before any other check (so label/row mismatches are reported first)."""
-    if X is None:
-        raise ValueError("X is None; pass an array of shape (N, *input)")
-    shape = getattr(X, "shape", None)
-    if shape is None:
-        try:
-            shape = np.asarray(X).shape
-        except Exception:  # noqa: BLE001
-            raise ValueError(f"X must be an array of shape (N, *input), got {type(X).__name__}") from None
-    if len(shape) == 0:
-        raise ValueError("X is a scalar; pass an array of shape (N, *input)")
-    return int(shape[0])
-
-
-def _precomputed(kernel: Any) -> bool:
-    from ntkit.kernels import Precomputed
-
-    return isinstance(kernel, Precomputed) or (isinstance(kernel, str) and kernel.startswith(("npy:", "store:")))
-
-
-def _peek(X: Any) -> torch.Tensor | None:
-    """X as a tensor when that is cheap, for building ntk:MODEL kernels (input shape only)."""
-    try:
-        return as_tensor(X)
-    except Exception:  # noqa: BLE001 - the proper check with its message comes right after
-        return None
