@@ -260,7 +260,7 @@ def _spy(monkeypatch, owner, name):
 def test_plan_cache_replans_only_when_the_structure_changes(monkeypatch):
     """Repeated calls on one model and shape do not profile or gradient-check again; new values
     are read at every call; a new width, a frozen parameter or train mode start a fresh plan."""
-    import ntkit.engine.structured as structured_mod
+    import ntkit.engine.structured_coverage as structured_mod
     from ntkit.engine.functional import FunctionalModel
 
     probes = _spy(monkeypatch, FunctionalModel, "_profiled_call")
@@ -295,7 +295,7 @@ def test_plan_cache_replans_only_when_the_structure_changes(monkeypatch):
 
 
 def test_plan_cache_follows_the_parameter_selection_and_rule_registry(monkeypatch):
-    import ntkit.engine.structured as structured_mod
+    import ntkit.engine.structured_coverage as structured_mod
     from ntkit.engine.structured import StructuredFallbackWarning
     from ntkit.rules import GradFactor, Rule, register_rule
     from ntkit.rules.registry import RULES

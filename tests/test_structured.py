@@ -523,6 +523,7 @@ def test_kept_sides_hold_gradients_only_so_more_of_them_are_cached(monkeypatch):
     but not their cotangents: each block is captured once (4 captures, not 4 + 6 column
     recomputations), and the kernel matches the reference."""
     import ntkit.engine.structured as engine_structured
+    import ntkit.engine.structured_coverage as engine_coverage
 
     monkeypatch.setattr(conv_rules, "CONV_BACKWARD_MIN_IN", 0)
     case = next(c for c in ZOO if c.name == "convzoo")
@@ -534,7 +535,8 @@ def test_kept_sides_hold_gradients_only_so_more_of_them_are_cached(monkeypatch):
         captures.append(1)
         return orig(*a, **kw)
 
-    monkeypatch.setattr(engine_structured, "capture", counted)
+    monkeypatch.setattr(engine_structured, "capture", counted)  # the sides
+    monkeypatch.setattr(engine_coverage, "capture", counted)  # the check's capture, reused as the first block
     x = torch.randn(12, *case.input_shape, generator=torch.Generator().manual_seed(3), dtype=D)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StructuredFallbackWarning)
