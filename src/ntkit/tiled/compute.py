@@ -8,7 +8,7 @@ One call:
 3. picks the method once for the whole kernel and fixes the engine's budget, so every tile — this
    run's or a resumed run's — is computed the same way. auto: the cost model on a full tile; when
    the budget splits a tile into blocks, both methods' per-sample work is timed on the tile's
-   inputs and counted as the engine loops instead (`ntkit.distributed.choice`);
+   inputs and counted as the engine loops instead (`ntkit.tiled.choice`);
 4. creates the store, or reopens it and checks that model, data and options are the same;
 5. decides whether the tiles recompute their Jacobian rows or read them back from a cache of
    each input's rows on disk, in the store, shared by Dask workers (`ntkit.schedule.features`:
@@ -40,11 +40,11 @@ from ntkit.engine.memory import acc_entry_bytes, engine_minimum, host_overhead
 from ntkit.schedule import Tile, TilePlan, plan_tiles
 from ntkit.schedule.features import STRATEGIES as FEATURE_STRATEGIES
 from ntkit.schedule.features import FeaturePlan, plan_features
-from ntkit.store.features import DIR as FEATURES_DIR
-from ntkit.store.features import FeatureCache, FeatureSpec, tile_keys, unique_inputs
 from ntkit.store.kernel_store import KernelStore, StoreError, StoreMismatchError, StoreRepairWarning
 from ntkit.store.lock import holds_lock, store_lock
-from ntkit.store.worker import PRECISIONS, TileJob, compute_tile, features_tile, run_tile_to_store
+from ntkit.tiled.features import DIR as FEATURES_DIR
+from ntkit.tiled.features import FeatureCache, FeatureSpec, tile_keys, unique_inputs
+from ntkit.tiled.worker import PRECISIONS, TileJob, compute_tile, features_tile
 
 __all__ = ["compute", "ComputeInterrupted", "DataSource"]
 
@@ -321,7 +321,7 @@ def compute(
         min_engine = engine_minimum(row_bytes, p_max, acts, acc_entry_bytes(spec.kind, n_logits, itemsize))
         buffers = sum(b.numel() * b.element_size() for b in model.buffers())
         fixed += MODEL_COPIES * fm.n_params * itemsize + buffers
-        n_workers = workers or _n_workers(client)
+        n_workers = workers or (1 if client is None else _cluster_workers(client))
         shared = 0 if symmetric else _shared_prefix(src_rows, src_cols, prep)
         tplan = plan_tiles(n1, n2, symmetric=symmetric, entry_bytes=entry_bytes, input_bytes=input_bytes,
                            budget=budget, fixed=fixed, min_engine=min_engine, tile=tile,
@@ -438,13 +438,10 @@ def _release_between_tiles() -> None:
     _malloc.trim()
 
 
-def _n_workers(client: Any) -> int:
-    if client is None:
-        return 1
-    try:
-        return max(1, len(client.scheduler_info().get("workers", {})))
-    except Exception:  # noqa: BLE001
-        return 1
+def _cluster_workers(client: Any) -> int:
+    from ntkit.distributed.run import n_workers  # Dask is imported only when asked for
+
+    return n_workers(client)
 
 
 def _versions() -> dict[str, Any]:
@@ -627,43 +624,20 @@ def _run_local(job, ks, todo, rows, cols, prep, progress, entries_done, total_en
 
 def _run_dask(job, ks, todo, rows, cols, prep, progress, entries_done, total_entries, *, client, workers,
               **_) -> None:
-    from distributed import Client, LocalCluster, as_completed
+    from ntkit.distributed.run import dask_client, submit_tiles
 
-    own = None
-    if client is None:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        own = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=40)
-        client = Client(own)
-    else:
-        threads = None
-    try:
-        n_workers = _n_workers(client)
-        job_f = client.scatter(job, broadcast=True)
-        store_id = ks.metadata["store_id"]
-        pending = list(todo)
-        in_flight = 2 * n_workers  # bounded, so the inputs of all tiles are never in flight at once
+    def done(rec: dict) -> None:
+        nonlocal entries_done
+        entries_done += int(rec["entries"])
+        if progress is not None:
+            progress(entries_done, total_entries)
 
-        def submit(t: Tile):
-            xr, xc = _tile_inputs(t, rows, cols, prep)
-            return client.submit(run_tile_to_store, job_f, str(ks.path), store_id, t, xr, xc, threads,
-                                 key=f"ntkit-tile-{store_id[:8]}-{t.key}", pure=False, retries=2)
-
+    with dask_client(client, workers) as (client, threads):
         with _StopFlag() as flag:
-            ac = as_completed([submit(pending.pop(0)) for _ in range(min(in_flight, len(pending)))])
-            for fut in ac:
-                rec = fut.result()
-                entries_done += int(rec["entries"])
-                if progress is not None:
-                    progress(entries_done, total_entries)
-                if pending and not flag.stop:
-                    ac.add(submit(pending.pop(0)))
-            if flag.stop and pending:
+            left = submit_tiles(client, threads, job, str(ks.path), ks.metadata["store_id"], todo,
+                                lambda t: _tile_inputs(t, rows, cols, prep), done, lambda: flag.stop)
+            if flag.stop and left:
                 raise _interrupted(ks)
-    finally:
-        if own is not None:
-            client.close()
-            own.close()
 
 
 def _features_tile(job: TileJob, cache: FeatureCache, t: Tile, rows: DataSource, cols: DataSource | None,
@@ -686,7 +660,7 @@ def _plan_features(model, tile_call, tplan: TilePlan, symmetric: bool, requested
     Returns the plan (with both estimates, even when `requested` is "recompute"), the measured
     rates, and the factor from the first tile's entries to all the tiles'."""
     from ntkit.engine.memory import make_plan
-    from ntkit.store.features import measure_rates
+    from ntkit.tiled.features import measure_rates
 
     call = tile_call
     cpu = call.cache_bytes is not None
@@ -730,9 +704,9 @@ def _auto_reason(fplan: FeaturePlan, method: str) -> FeaturePlan:
 
 def _auto_method(tile_call, tplan: TilePlan, fplan: FeaturePlan, rates, scale: float) -> tuple[str, float]:
     """Jacobian contraction or structured derivatives for a tiled kernel, from measured
-    per-sample costs counted as the engine loops (see `ntkit.distributed.choice`); returns the
+    per-sample costs counted as the engine loops (see `ntkit.tiled.choice`); returns the
     method and structured derivatives' estimated seconds (inf when they cover nothing)."""
-    from ntkit.distributed.choice import measure_side, structured_seconds
+    from ntkit.tiled.choice import measure_side, structured_seconds
 
     side = measure_side(tile_call)
     if side is None:

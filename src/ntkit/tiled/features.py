@@ -209,7 +209,7 @@ class FeatureCache:
         engine does."""
         from ntkit.engine.jacobian_contraction import _contract_diagonal_block, contract_rows
         from ntkit.engine.symmetry import mirror
-        from ntkit.store.worker import _to_device
+        from ntkit.tiled.worker import _to_device
 
         diagonal = row == col
         out = torch.zeros(spec.shape(row.n, col.n, n_logits), dtype=self.dtype, device=device)
