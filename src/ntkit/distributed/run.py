@@ -7,13 +7,15 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ntkit.distributed.worker import run_tile_to_store
 from ntkit.schedule import Tile
-from ntkit.tiled.worker import TileJob
+
+if TYPE_CHECKING:
+    from ntkit.tiled.worker import TileJob
 
 
 def n_workers(client: Any) -> int:

@@ -1,5 +1,6 @@
 """The inputs of a tiled kernel: rows or columns read in slices from a tensor, an array or a
-Dataset (`DataSource`), the inputs of one tile, and the rows shared with the columns."""
+Dataset (`DataSource`), the inputs of one tile, the rows shared with the columns, and their copy
+to the device."""
 
 from __future__ import annotations
 
@@ -98,3 +99,10 @@ def tile_inputs(tile: Tile, rows: DataSource, cols: DataSource | None, prep) -> 
     if tile.diagonal:
         return xr, None
     return xr, prep((cols or rows).take(tile.c0, tile.c1))
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`x` on `device`; from the host to a GPU through pinned memory, without waiting for the copy."""
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)

@@ -15,6 +15,7 @@ from torch import nn
 from ntkit.engine.precision import cuda_tf32, gram_precision
 from ntkit.schedule import Tile
 from ntkit.tiled.features import FeatureSpec, tile_from_features
+from ntkit.tiled.sources import to_device
 
 PRECISIONS = ("float32", "tf32", "tf32x3")
 
@@ -49,12 +50,6 @@ def matmul_precision(device: torch.device, precision: str) -> Iterator[None]:
         yield
 
 
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda" and x.device.type == "cpu":
-        return x.pin_memory().to(device, non_blocking=True)
-    return x.to(device)
-
-
 def compute_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.Tensor | None,
                  device: str | None = None, progress=None) -> np.ndarray:
     """The kernel block of `tile` as a host numpy array (rows r0:r1, columns c0:c1).
@@ -67,8 +62,8 @@ def compute_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.T
 
     name = device or job.device
     device = next(iter(job.model.parameters()), torch.empty(0)).device if name is None else torch.device(name)
-    x1 = _to_device(x_rows, device)
-    x2 = None if x_cols is None else _to_device(x_cols, device)
+    x1 = to_device(x_rows, device)
+    x2 = None if x_cols is None else to_device(x_cols, device)
     with matmul_precision(device, job.precision):
         call = _prepare(job.model, x1, x2, job.output, list(job.params) if job.params else None, None,
                         None if name is None else device, job.engine_memory)
@@ -84,8 +79,8 @@ def features_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.
     name = device or job.device
     dev = next(iter(job.model.parameters())).device if name is None else torch.device(name)
     with matmul_precision(dev, job.precision):
-        k = tile_from_features(job, tile, _to_device(x_rows, dev),
-                               None if x_cols is None else _to_device(x_cols, dev), root, dev, cache)
+        k = tile_from_features(job, tile, to_device(x_rows, dev),
+                               None if x_cols is None else to_device(x_cols, dev), root, dev, cache)
     _check_tile(k, tile, x_rows, x_cols)
     return _host(k)
 
