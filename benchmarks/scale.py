@@ -46,7 +46,7 @@ def rss(field):
         if line.startswith(field):
             return int(line.split()[1]) * 1024
     return 0
-import torch, numpy, zarr, ntkit, ntkit.cli, ntkit.distributed
+import torch, numpy, zarr, ntkit, ntkit.cli, ntkit.tiled
 # The interpreter's baseline: every module loaded, including what torch imports lazily on first
 # use (functorch's vmap, the FLOP counter, autograd's engine): a tiny kernel by every method.
 _net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Conv1d(1, 2, 2), torch.nn.Flatten())

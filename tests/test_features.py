@@ -21,7 +21,7 @@ from ntkit.schedule import Tile, iter_tiles
 from ntkit.schedule.features import (GRAM_WIDTH, MIN_CHUNK, MIN_SUB, feature_layout, plan_features,
                                      tile_evaluations, tile_reads)
 from ntkit.store import StoreMismatchError
-from ntkit.store.features import BlockKey, FeatureCache, tile_keys, unique_inputs
+from ntkit.tiled.features import BlockKey, FeatureCache, tile_keys, unique_inputs
 
 OUTPUTS = ["full", "trace", "diagonal", "logit:1", "pntk"]
 
@@ -113,7 +113,7 @@ def test_a_tile_from_disk_never_plans_over_the_engine_budget(tr, tc, row_bytes, 
 
 
 def test_tile_reads_counts_what_the_gram_step_reads(tmp_path, monkeypatch):
-    from ntkit.store import features as fmod
+    from ntkit.tiled import features as fmod
 
     rows_read = [0]
     orig = fmod.FeatureCache.read
@@ -195,7 +195,7 @@ def test_disk_features_for_train_plus_test_rows(tmp_path):
 
 
 def test_interrupted_run_keeps_its_features_and_resumes_bit_identical(tmp_path, monkeypatch):
-    from ntkit.store import features as fmod
+    from ntkit.tiled import features as fmod
 
     net, x = _cnn(), torch.randn(20, 1, 8, 8, dtype=torch.float64)
     ref = ntkit.compute(net, x, store=tmp_path / "ref.zarr", output="trace", features="disk", tile=5)
@@ -262,7 +262,7 @@ def test_auto_records_its_estimates(tmp_path):
     # A structured-derivatives run never caches Jacobian rows, and does not measure for it.
     import sys
 
-    cmod = sys.modules["ntkit.distributed.compute"]
+    cmod = sys.modules["ntkit.tiled.compute"]
     calls = []
     orig = cmod._plan_features
     cmod._plan_features = lambda *a, **k: calls.append(1) or orig(*a, **k)
@@ -326,7 +326,7 @@ def test_a_full_disk_is_an_error_that_names_the_fix_and_leaves_no_partial_block(
 @pytest.mark.parametrize("diagonal", [False, True])
 @pytest.mark.parametrize("budget", [200_000, 10**9])
 def test_structured_side_builds_are_counted_as_the_engine_loops(monkeypatch, diagonal, budget):
-    from ntkit.distributed.choice import measure_side
+    from ntkit.tiled.choice import measure_side
     from ntkit.engine import structured as smod
 
     net = _cnn()

@@ -142,9 +142,10 @@ def test_in_memory_compute_refuses_a_huge_tile():
 
 def test_dask_task_does_not_record_a_nonfinite_tile(tmp_path):
     """`run_tile_to_store` (what a Dask worker runs) checks before it writes."""
+    from ntkit.distributed.worker import run_tile_to_store
     from ntkit.schedule import Tile
     from ntkit.store import KernelStore
-    from ntkit.store.worker import TileJob, run_tile_to_store
+    from ntkit.tiled.worker import TileJob
 
     path = tmp_path / "K.zarr"
     ks = KernelStore.create(path, shape=(4, 4), dtype="float32", tile_rows=4, tile_cols=4, symmetric=True,

@@ -104,7 +104,7 @@ def test_cuda_flags_are_set_by_the_new_api_and_restored():
     m, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
     if not hasattr(conv, "fp32_precision"):
         pytest.skip("torch without fp32_precision")
-    from ntkit.store.worker import matmul_precision
+    from ntkit.tiled.worker import matmul_precision
 
     before = (m.fp32_precision, conv.fp32_precision)
     cuda = torch.device("cuda")  # only flags are set: no CUDA device is needed

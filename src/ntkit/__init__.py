@@ -24,7 +24,7 @@ def __getattr__(name: str):  # lazy, so `import ntkit.data` stays light and cycl
 
         return getattr(engine, name)
     if name == "compute":
-        from ntkit.distributed import compute
+        from ntkit.tiled import compute
 
         return compute
     if name == "open":

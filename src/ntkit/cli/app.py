@@ -336,7 +336,7 @@ def compute(
     kw = dict(output=output, params=params or None, batch_size=batch_size, memory=memory)
     from ntkit.cli.interrupts import mark_reported
     from ntkit.engine.progress import Interrupt
-    from ntkit.store.worker import matmul_precision
+    from ntkit.tiled.worker import matmul_precision
 
     # Ctrl-C from here on: the first stops at the next step of the engine (said at once, with
     # how long that step still needs), the second at once; nothing is written either way.
@@ -374,7 +374,7 @@ def compute(
                 raise KeyboardInterrupt
             t = time.perf_counter()
             try:
-                # --precision is honoured here as by a store's tiles (see ntkit.store.worker).
+                # --precision is honoured here as by a store's tiles (see ntkit.tiled.worker).
                 with matmul_precision(next(net.parameters()).device, precision):
                     K = ntkit.ntk(net, x1, x2, method=chosen, progress=progress, **kw)
                 if K.is_cuda:
@@ -471,7 +471,7 @@ def _bare_npy_info(path: Path, sidecar: Path) -> int:
 
 def _check_compute_options(method: str, precision: str, batch_size: int | None, to_store: bool) -> None:
     """Options `ntkit compute` would otherwise ignore: refused here, each with the fix."""
-    from ntkit.store.worker import PRECISIONS
+    from ntkit.tiled.worker import PRECISIONS
 
     if precision not in PRECISIONS:
         raise UserError(f"unknown --precision {precision!r}; use one of {', '.join(PRECISIONS)}")

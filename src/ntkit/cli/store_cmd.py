@@ -296,10 +296,10 @@ def _recompute_fn(ks, trust_code: Any = False, num_classes: int | None = None) -
     `_rebuild_from_store`)."""
     import torch
 
-    from ntkit.distributed.compute import DataSource, _tile_inputs
+    from ntkit.tiled.sources import DataSource, tile_inputs
     from ntkit.models import model_fingerprint
     from ntkit.store.kernel_store import PRECISION_RTOL
-    from ntkit.store.worker import TileJob, compute_tile
+    from ntkit.tiled.worker import TileJob, compute_tile
 
     net, rows, cols, dtype = _rebuild_from_store(
         ks, trust_code, num_classes, "tiles cannot be recomputed here; use --sample 0, or "
@@ -324,7 +324,7 @@ def _recompute_fn(ks, trust_code: Any = False, num_classes: int | None = None) -
         return x.to(dtype).to(work) if x.is_floating_point() else x
 
     def recompute(tile):
-        xr, xc = _tile_inputs(tile, src_r, src_c, prep)
+        xr, xc = tile_inputs(tile, src_r, src_c, prep)
         return compute_tile(job, tile, xr, xc)
 
     return recompute

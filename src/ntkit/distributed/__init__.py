@@ -1,5 +1,4 @@
-"""Filling kernel stores tile by tile: in this process or as tasks on a Dask cluster."""
-
-from ntkit.distributed.compute import ComputeInterrupted, DataSource, compute
-
-__all__ = ["ComputeInterrupted", "DataSource", "compute"]
+"""Only what runs on Dask: the loop that ships `ntkit.tiled`'s per-tile work to workers
+(`run`), and what a worker runs: a tile written to the store, the per-worker store cache and
+its GPU (`worker`). `ntkit.compute` (`ntkit.tiled.compute`) imports it only when asked for
+`workers=` or `client=`."""

@@ -11,7 +11,7 @@ into short chunks whose float32 results are summed in float64.
 Only the Gram step of Jacobian contraction (`contract_rows`) and the per-sample-gradient
 contractions of structured derivatives (`ntkit.rules.contract.contract_grads`) go through here;
 everything else (Jacobian passes, convolutions, structured derivatives' direct contractions)
-runs in plain float32 with TF32 off (`ntkit.store.worker.matmul_precision`).
+runs in plain float32 with TF32 off (`ntkit.tiled.worker.matmul_precision`).
 
 On CPU there are no tensor cores: the same algorithm runs on float32 BLAS, where the product of
 two TF32 numbers (11 × 11 significant bits) is exact, so the products are those a tensor core

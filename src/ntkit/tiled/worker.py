@@ -1,10 +1,9 @@
-"""Computing one tile: the unit of work of `ntkit.compute`, in-process or on a Dask worker."""
+"""Computing one tile: the unit of work of `ntkit.compute`, in this process or shipped to a Dask
+worker by `ntkit.distributed.worker.run_tile_to_store`."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +14,8 @@ from torch import nn
 
 from ntkit.engine.precision import cuda_tf32, gram_precision
 from ntkit.schedule import Tile
-from ntkit.store.features import DIR as FEATURES_DIR
-from ntkit.store.features import FeatureSpec, tile_from_features
+from ntkit.tiled.features import FeatureSpec, tile_from_features
+from ntkit.tiled.sources import to_device
 
 PRECISIONS = ("float32", "tf32", "tf32x3")
 
@@ -51,12 +50,6 @@ def matmul_precision(device: torch.device, precision: str) -> Iterator[None]:
         yield
 
 
-def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    if device.type == "cuda" and x.device.type == "cpu":
-        return x.pin_memory().to(device, non_blocking=True)
-    return x.to(device)
-
-
 def compute_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.Tensor | None,
                  device: str | None = None, progress=None) -> np.ndarray:
     """The kernel block of `tile` as a host numpy array (rows r0:r1, columns c0:c1).
@@ -69,8 +62,8 @@ def compute_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.T
 
     name = device or job.device
     device = next(iter(job.model.parameters()), torch.empty(0)).device if name is None else torch.device(name)
-    x1 = _to_device(x_rows, device)
-    x2 = None if x_cols is None else _to_device(x_cols, device)
+    x1 = to_device(x_rows, device)
+    x2 = None if x_cols is None else to_device(x_cols, device)
     with matmul_precision(device, job.precision):
         call = _prepare(job.model, x1, x2, job.output, list(job.params) if job.params else None, None,
                         None if name is None else device, job.engine_memory)
@@ -81,13 +74,13 @@ def compute_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.T
 
 def features_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.Tensor | None, root: Path,
                   device: str | None = None, cache=None) -> np.ndarray:
-    """`compute_tile` from the Jacobian rows cached in `root` (`ntkit.store.features`): the
+    """`compute_tile` from the Jacobian rows cached in `root` (`ntkit.tiled.features`): the
     blocks the tile needs are computed and recorded first when missing."""
     name = device or job.device
     dev = next(iter(job.model.parameters())).device if name is None else torch.device(name)
     with matmul_precision(dev, job.precision):
-        k = tile_from_features(job, tile, _to_device(x_rows, dev),
-                               None if x_cols is None else _to_device(x_cols, dev), root, dev, cache)
+        k = tile_from_features(job, tile, to_device(x_rows, dev),
+                               None if x_cols is None else to_device(x_cols, dev), root, dev, cache)
     _check_tile(k, tile, x_rows, x_cols)
     return _host(k)
 
@@ -107,49 +100,3 @@ def _host(k: torch.Tensor) -> np.ndarray:
         torch.cuda.current_stream(k.device).synchronize()
         return host.numpy()
     return k.detach().numpy()
-
-
-def run_tile_to_store(job: TileJob, store_path: str, store_id: str, tile: Tile, x_rows: torch.Tensor,
-                      x_cols: torch.Tensor | None, threads: int | None = None) -> dict:
-    """Compute a tile and write it durably to the store at `store_path` (a Dask task)."""
-    if threads:
-        torch.set_num_threads(threads)
-    t = time.perf_counter()
-    device = _worker_device(job.device)
-    if job.features is not None:
-        data = features_tile(job, tile, x_rows, x_cols, Path(store_path) / FEATURES_DIR, device)
-    else:
-        data = compute_tile(job, tile, x_rows, x_cols, device=device)
-    seconds = time.perf_counter() - t
-    store = _open_cached(store_path, store_id)
-    return store.write_tile(tile, data, seconds, worker=f"{os.uname().nodename}:{os.getpid()}")
-
-
-_STORES: dict[tuple[str, str], object] = {}
-
-
-def _open_cached(path: str, store_id: str):
-    """One open store per worker process (keyed by its id: an overwritten store is a new one)."""
-    from ntkit.store.kernel_store import KernelStore
-
-    s = _STORES.get((path, store_id))
-    if s is None:
-        s = KernelStore(path, mode="r+")
-        if s.metadata.get("store_id") != store_id:
-            raise RuntimeError(f"the store at {path} was replaced while this run was writing to it")
-        _STORES[(path, store_id)] = s
-    return s
-
-
-def _worker_device(device: str | None) -> str | None:
-    """"cuda" on a machine with several GPUs: worker k of a cluster takes GPU k mod count."""
-    if device != "cuda" or not torch.cuda.is_available() or torch.cuda.device_count() < 2:
-        return device
-    try:
-        from distributed import get_worker
-
-        name = get_worker().name
-        index = int(name) if str(name).isdigit() else abs(hash(name))
-    except Exception:  # noqa: BLE001 - not on a Dask worker
-        return device
-    return f"cuda:{index % torch.cuda.device_count()}"

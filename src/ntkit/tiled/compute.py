@@ -8,7 +8,7 @@ One call:
 3. picks the method once for the whole kernel and fixes the engine's budget, so every tile — this
    run's or a resumed run's — is computed the same way. auto: the cost model on a full tile; when
    the budget splits a tile into blocks, both methods' per-sample work is timed on the tile's
-   inputs and counted as the engine loops instead (`ntkit.distributed.choice`);
+   inputs and counted as the engine loops instead (`ntkit.tiled.choice`);
 4. creates the store, or reopens it and checks that model, data and options are the same;
 5. decides whether the tiles recompute their Jacobian rows or read them back from a cache of
    each input's rows on disk, in the store, shared by Dask workers (`ntkit.schedule.features`:
@@ -22,10 +22,8 @@ two-stage handler (`ntkit.engine.progress.Interrupt`), that one decides, and pri
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -37,16 +35,20 @@ import torch
 from torch import nn
 
 from ntkit.engine.memory import acc_entry_bytes, engine_minimum, host_overhead
-from ntkit.schedule import Tile, TilePlan, plan_tiles
+from ntkit.schedule import Tile, plan_tiles
 from ntkit.schedule.features import STRATEGIES as FEATURE_STRATEGIES
-from ntkit.schedule.features import FeaturePlan, plan_features
-from ntkit.store.features import DIR as FEATURES_DIR
-from ntkit.store.features import FeatureCache, FeatureSpec, tile_keys, unique_inputs
-from ntkit.store.kernel_store import KernelStore, StoreError, StoreMismatchError, StoreRepairWarning
+from ntkit.schedule.features import FeaturePlan
+from ntkit.store.kernel_store import KernelStore, StoreError, StoreMismatchError
 from ntkit.store.lock import holds_lock, store_lock
-from ntkit.store.worker import PRECISIONS, TileJob, compute_tile, features_tile, run_tile_to_store
+from ntkit.tiled.features import DIR as FEATURES_DIR
+from ntkit.tiled.choice import _auto_method, _auto_reason, _budget_bound, _plan_features
+from ntkit.tiled.features import FeatureCache, FeatureSpec, tile_keys
+from ntkit.tiled.metadata import (_check_identity, _check_resume_plan, _features_from_meta, _features_meta, _identity,
+                                  _plan_from_meta, _plan_meta, _repair_on_resume, _versions)
+from ntkit.tiled.sources import DataSource, _shared_prefix, tile_inputs
+from ntkit.tiled.worker import PRECISIONS, TileJob, compute_tile, features_tile
 
-__all__ = ["compute", "ComputeInterrupted", "DataSource"]
+__all__ = ["compute", "ComputeInterrupted"]
 
 # Parameters, their functional copy, and the gradients of one backward pass.
 MODEL_COPIES = 3
@@ -56,101 +58,6 @@ ENGINE_SLACK = 4 * 2**20
 
 class ComputeInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped `compute` at a tile boundary; every recorded tile is complete."""
-
-
-class DataSource:
-    """Rows or columns of a kernel: a tensor, an array, an `ntkit.data` dataset or any map-style
-    `torch.utils.data.Dataset` whose items are `x` or `(x, y)`; read in slices, never all at once
-    on the device."""
-
-    def __init__(self, obj: Any, name: str) -> None:
-        self.name = name
-        self.spec: str | None = None
-        self._tensor: torch.Tensor | None = None
-        self._ds = None
-        if isinstance(obj, np.ndarray):
-            obj = torch.from_numpy(np.ascontiguousarray(obj))
-        if isinstance(obj, torch.Tensor):
-            if obj.ndim < 1 or obj.shape[0] == 0:
-                raise ValueError(f"{name} must have shape (N, *input) with N >= 1, got {tuple(obj.shape)}")
-            self._tensor = obj.detach()
-            self.n = int(obj.shape[0])
-        elif hasattr(obj, "__len__") and hasattr(obj, "__getitem__") and not isinstance(obj, (str, bytes)):
-            self._ds = obj
-            self.n = len(obj)
-            if self.n == 0:
-                raise ValueError(f"{name} is an empty data set")
-            self.spec = getattr(obj, "spec", None)
-        else:
-            raise TypeError(f"{name} must be a tensor (N, *input), a numpy array or a Dataset, "
-                            f"got {type(obj).__name__}")
-        self._fingerprint: str | None = None
-
-    def take(self, start: int, stop: int) -> torch.Tensor:
-        """Inputs start:stop as one tensor on the host."""
-        if self._tensor is not None:
-            return self._tensor[start:stop]
-        ds = self._ds
-        try:
-            item = ds[start:stop]
-            x = item[0] if isinstance(item, tuple) else item
-            if isinstance(x, torch.Tensor) and x.shape[0] == stop - start:
-                return x
-        except Exception:  # noqa: BLE001 - not sliceable: one item at a time below
-            pass
-        xs = []
-        for i in range(start, stop):
-            item = ds[i]
-            x = item[0] if isinstance(item, (tuple, list)) else item
-            xs.append(torch.as_tensor(x))
-        return torch.stack(xs)
-
-    def fingerprint(self) -> str:
-        """sha256 identifying the inputs (the dataset's own when it has one)."""
-        if self._fingerprint is None:
-            if self._ds is not None and hasattr(self._ds, "fingerprint"):
-                self._fingerprint = str(self._ds.fingerprint())
-            else:
-                h = hashlib.sha256()
-                step = 4096
-                for s in range(0, self.n, step):
-                    x = self.take(s, min(self.n, s + step)).contiguous().cpu()
-                    if s == 0:
-                        h.update(f"{x.dtype}{tuple(x.shape[1:])}{self.n}".encode())
-                    h.update(x.reshape(-1).view(torch.uint8).numpy().tobytes())
-                self._fingerprint = h.hexdigest()
-        return self._fingerprint
-
-
-def _identity(model: nn.Module, rows: DataSource, cols: DataSource | None, output: str, params,
-              method: str, dtype: torch.dtype, precision: str, shape) -> dict[str, Any]:
-    from ntkit.models import model_fingerprint
-
-    return {"model": model_fingerprint(model), "rows": rows.fingerprint(),
-            "cols": None if cols is None else cols.fingerprint(), "output": output,
-            "params": None if params is None else list(params), "method": method,
-            "dtype": str(dtype).replace("torch.", ""), "precision": precision, "shape": list(shape)}
-
-
-_IDENTITY_WORDS = {"model": "the model's weights or architecture", "rows": "the row data",
-                   "cols": "the column data", "output": "--output", "params": "--params",
-                   "method": "--method", "dtype": "--dtype", "precision": "--precision", "shape": "the kernel's shape"}
-
-
-def _check_identity(store: KernelStore, identity: dict[str, Any]) -> None:
-    old = store.metadata.get("identity", {})
-    diffs = [k for k in identity if old.get(k) != identity[k]]
-    if diffs:
-        what = "; ".join(f"{_IDENTITY_WORDS.get(k, k)} differ{'s' if k not in ('rows', 'cols') else ''} "
-                         f"(store: {_short(old.get(k))}, now: {_short(identity[k])})" for k in diffs)
-        raise StoreMismatchError(
-            f"cannot resume {store.path}: {what}. Run the original command to finish it, or pass "
-            "overwrite=True (--overwrite) to start a new kernel there")
-
-
-def _short(v: Any) -> str:
-    s = str(v)
-    return s[:12] + "…" if isinstance(v, str) and len(s) == 64 else s
 
 
 def compute(
@@ -321,7 +228,7 @@ def compute(
         min_engine = engine_minimum(row_bytes, p_max, acts, acc_entry_bytes(spec.kind, n_logits, itemsize))
         buffers = sum(b.numel() * b.element_size() for b in model.buffers())
         fixed += MODEL_COPIES * fm.n_params * itemsize + buffers
-        n_workers = workers or _n_workers(client)
+        n_workers = workers or (1 if client is None else _cluster_workers(client))
         shared = 0 if symmetric else _shared_prefix(src_rows, src_cols, prep)
         tplan = plan_tiles(n1, n2, symmetric=symmetric, entry_bytes=entry_bytes, input_bytes=input_bytes,
                            budget=budget, fixed=fixed, min_engine=min_engine, tile=tile,
@@ -408,27 +315,6 @@ def compute(
     return KernelStore(ks.path, mode="r")
 
 
-def _repair_on_resume(ks: KernelStore, tplan: TilePlan, rows: DataSource, cols: DataSource | None, prep) -> None:
-    """Under the store's lock, before any tile: remove dead writers' temporaries, and un-record
-    (so recompute) every recorded tile whose chunks are missing or differ from their checksums,
-    saying which. One read of the store, one tile at a time."""
-    import warnings
-
-    # The plan is read back from the metadata: damaged, it would write tiles of another shape,
-    # or mirror tiles whose rows are not the columns.
-    if ((tplan.tile_rows, tplan.tile_cols) != ks.tile_shape
-            or (cols is not None and tplan.shared and _shared_prefix(rows, cols, prep) != tplan.shared)):
-        raise StoreError(f"cannot resume {ks.path}: its metadata's plan (tiles {tplan.tile_rows} x "
-                         f"{tplan.tile_cols}, shared rows {tplan.shared}) does not fit the store or the data "
-                         "(damaged zarr.json?); pass overwrite=True (--overwrite) to compute it again")
-    ks.clean_temporaries()
-    bad = ks.check_tiles()
-    if bad:
-        ks.discard(t for t, _ in bad)
-        keys = ", ".join(t.key for t, _ in bad[:20]) + (", ..." if len(bad) > 20 else "")
-        warnings.warn(f"{ks.path}: {len(bad)} recorded tile(s) had missing or corrupt data and are "
-                      f"recomputed now: {keys} (first: {bad[0][1].split(';')[0]})", StoreRepairWarning,
-                      stacklevel=3)
 def _release_between_tiles() -> None:
     """Give back what the last tile freed (pooled scratch buffers, the heap's free pages), so
     the allocator does not keep one tile's memory while the next allocates its own."""
@@ -438,96 +324,10 @@ def _release_between_tiles() -> None:
     _malloc.trim()
 
 
-def _n_workers(client: Any) -> int:
-    if client is None:
-        return 1
-    try:
-        return max(1, len(client.scheduler_info().get("workers", {})))
-    except Exception:  # noqa: BLE001
-        return 1
+def _cluster_workers(client: Any) -> int:
+    from ntkit.distributed.run import n_workers  # Dask is imported only when asked for
 
-
-def _versions() -> dict[str, Any]:
-    import platform
-    from datetime import datetime, timezone
-
-    import ntkit
-
-    return {"ntkit_version": ntkit.__version__, "torch_version": torch.__version__,
-            "python_version": platform.python_version(),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-
-
-def _shared_prefix(rows: DataSource, cols: DataSource, prep, step: int = 4096) -> int:
-    """n2 when the first n2 rows are exactly the columns (the empirical-ntks train+test x train
-    layout), else 0; compared bitwise, a slice at a time."""
-    if rows.n < cols.n:
-        return 0
-    for s in range(0, cols.n, step):
-        e = min(cols.n, s + step)
-        a, b = prep(rows.take(s, e)), prep(cols.take(s, e))
-        if a.shape != b.shape or a.dtype != b.dtype or not torch.equal(a, b):
-            return 0
-    return cols.n
-
-
-def _plan_meta(p: TilePlan) -> dict[str, Any]:
-    return {"tile_rows": p.tile_rows, "tile_cols": p.tile_cols, "engine_memory": p.engine, "shared": p.shared,
-            "budget": p.budget, "fixed": p.fixed, "planned_peak": p.peak, "n_tiles": p.n_tiles,
-            "jacobian_passes": round(p.jacobian_passes, 3)}
-
-
-def _check_resume_plan(ks: KernelStore, meta: dict[str, Any], tile: int | None, memory: int | str | None,
-                       dev: torch.device, n1: int, n2: int) -> None:
-    """Refuse a resume whose `tile` or `memory` the store's fixed plan cannot honour.
-
-    A store's tiles and engine budget are fixed when it is created: a tile's bits depend on the
-    engine's blocking (block sizes, parameter groups, summation order), so a resumed run keeps
-    them to stay bit-identical with the tiles already done. So a different `tile` is refused
-    (naming the store's), and so is a `memory` below the store's planned peak; a `memory` at or
-    above it is honoured as it is (the plan already fits under it).
-    """
-    from ntkit.engine.memory import parse_memory
-    from ntkit.schedule.tiles import DEFAULT_MAX_TILE
-
-    p = meta["plan"]
-    tr, tc = int(p["tile_rows"]), int(p["tile_cols"])
-    if tile is not None:
-        m = min(tile, DEFAULT_MAX_TILE)
-        same = {(min(m, n1), min(m, n2)), (min(m, n1, n2),) * 2}
-        if (tr, tc) not in same:
-            raise StoreMismatchError(
-                f"cannot resume {ks.path} with tile={tile} (--tile {tile}): its tiles are {tr} x {tc}, fixed "
-                f"when it was created; resume without --tile (or with --tile {tr}), or pass overwrite=True "
-                f"(--overwrite) to start again with tiles of {tile}")
-    if memory is not None:
-        budget = parse_memory(memory, dev)
-        peak = int(p.get("planned_peak", p["budget"]))
-        if budget < peak:
-            mib = 2**20
-            raise StoreMismatchError(
-                f"cannot resume {ks.path} under memory={memory!r} ({budget / mib:.0f} MiB): it was planned for "
-                f"{int(p['budget']) / mib:.0f} MiB (tiles {tr} x {tc}, engine memory "
-                f"{int(p['engine_memory']) / mib:.0f} MiB, planned peak {peak / mib:.0f} MiB), and a smaller plan "
-                "would not be bit-identical with the tiles already done; resume with --memory "
-                f"{-(-peak // 10**6)}MB or more (or without --memory), or pass "
-                "overwrite=True (--overwrite) to recompute under the new budget")
-
-
-def _plan_from_meta(meta: dict[str, Any], n1: int, n2: int, symmetric: bool, entry_bytes: int,
-                    input_bytes: int) -> TilePlan:
-    p = meta["plan"]
-    return TilePlan(n_rows=n1, n_cols=n2, tile_rows=int(p["tile_rows"]), tile_cols=int(p["tile_cols"]),
-                    symmetric=symmetric, entry_bytes=entry_bytes, input_bytes=input_bytes,
-                    fixed=int(p["fixed"]), engine=int(p["engine_memory"]), budget=int(p["budget"]),
-                    shared=int(p.get("shared", 0)))
-
-
-def _tile_inputs(tile: Tile, rows: DataSource, cols: DataSource | None, prep) -> tuple[torch.Tensor, torch.Tensor | None]:
-    xr = prep(rows.take(tile.r0, tile.r1))
-    if tile.diagonal:
-        return xr, None
-    return xr, prep((cols or rows).take(tile.c0, tile.c1))
+    return n_workers(client)
 
 
 class _StopFlag:
@@ -610,7 +410,7 @@ def _run_local(job, ks, todo, rows, cols, prep, progress, entries_done, total_en
                 raise _interrupted(ks)
             t0 = time.perf_counter()
             if cache is None:
-                xr, xc = _tile_inputs(t, rows, cols, prep)
+                xr, xc = tile_inputs(t, rows, cols, prep)
                 data = compute_tile(job, t, xr, xc, progress=None if progress is None else
                                     progress.tile(t, total_entries))
             else:
@@ -627,43 +427,20 @@ def _run_local(job, ks, todo, rows, cols, prep, progress, entries_done, total_en
 
 def _run_dask(job, ks, todo, rows, cols, prep, progress, entries_done, total_entries, *, client, workers,
               **_) -> None:
-    from distributed import Client, LocalCluster, as_completed
+    from ntkit.distributed.run import dask_client, submit_tiles
 
-    own = None
-    if client is None:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        own = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=40)
-        client = Client(own)
-    else:
-        threads = None
-    try:
-        n_workers = _n_workers(client)
-        job_f = client.scatter(job, broadcast=True)
-        store_id = ks.metadata["store_id"]
-        pending = list(todo)
-        in_flight = 2 * n_workers  # bounded, so the inputs of all tiles are never in flight at once
+    def done(rec: dict) -> None:
+        nonlocal entries_done
+        entries_done += int(rec["entries"])
+        if progress is not None:
+            progress(entries_done, total_entries)
 
-        def submit(t: Tile):
-            xr, xc = _tile_inputs(t, rows, cols, prep)
-            return client.submit(run_tile_to_store, job_f, str(ks.path), store_id, t, xr, xc, threads,
-                                 key=f"ntkit-tile-{store_id[:8]}-{t.key}", pure=False, retries=2)
-
+    with dask_client(client, workers) as (client, threads):
         with _StopFlag() as flag:
-            ac = as_completed([submit(pending.pop(0)) for _ in range(min(in_flight, len(pending)))])
-            for fut in ac:
-                rec = fut.result()
-                entries_done += int(rec["entries"])
-                if progress is not None:
-                    progress(entries_done, total_entries)
-                if pending and not flag.stop:
-                    ac.add(submit(pending.pop(0)))
-            if flag.stop and pending:
+            left = submit_tiles(client, threads, job, str(ks.path), ks.metadata["store_id"], todo,
+                                lambda t: tile_inputs(t, rows, cols, prep), done, lambda: flag.stop)
+            if flag.stop and left:
                 raise _interrupted(ks)
-    finally:
-        if own is not None:
-            client.close()
-            own.close()
 
 
 def _features_tile(job: TileJob, cache: FeatureCache, t: Tile, rows: DataSource, cols: DataSource | None,
@@ -673,105 +450,10 @@ def _features_tile(job: TileJob, cache: FeatureCache, t: Tile, rows: DataSource,
     if cache.done(rk) and cache.done(ck):
         xr = xc = None
     else:
-        xr, xc = _tile_inputs(t, rows, cols, prep)
+        xr, xc = tile_inputs(t, rows, cols, prep)
     empty = torch.empty(0)
     return features_tile(job, t, empty if xr is None else xr, None if t.diagonal else (empty if xc is None else xc),
                          cache.root, cache=cache)
-
-
-def _plan_features(model, tile_call, tplan: TilePlan, symmetric: bool, requested: str, store: Path,
-                   output, params, device) -> tuple[FeaturePlan, Any, float]:
-    """Measure this machine's rates and let `plan_features` choose (see `ntkit.schedule.features`).
-
-    Returns the plan (with both estimates, even when `requested` is "recompute"), the measured
-    rates, and the factor from the first tile's entries to all the tiles'."""
-    from ntkit.engine.memory import make_plan
-    from ntkit.store.features import measure_rates
-
-    call = tile_call
-    cpu = call.cache_bytes is not None
-    eplan = make_plan(**call._plan_kw, split_passes=cpu) if cpu else call.plan
-    tiles = tplan.tiles()
-    row_bytes = call.spec.n_out(call.n_logits) * call.itemsize
-    group_sizes = [sum(call.fm.sizes[n] for n in g) for g in eplan.groups]
-    n_unique = unique_inputs(tiles, symmetric, tplan.shared)
-    acc_entry = call.itemsize * {"full": call.n_logits**2, "trace": call.n_logits,
-                                 "diagonal": call.n_logits}.get(call.spec.kind, 1)
-    root = store.parent if not store.exists() else store
-    rates = measure_rates(model, call.x1, output, params, device, tplan.engine, root)
-    est = call.estimates()
-    first = tiles[0]
-    scale = sum(t.n_entries for t in tiles) / max(1, first.n_entries)
-    gram_s = est["jacobian"].matmul_flops / rates.matmul_flops_per_s * scale
-    try:
-        free = shutil.disk_usage(root).free
-    except OSError:
-        free = 0
-    fplan = plan_features(tiles, n_unique=n_unique, n_params=call.fm.n_params, row_bytes=row_bytes,
-                          block=eplan.block, group_sizes=group_sizes, feature_groups=rates.feature_groups,
-                          engine=tplan.engine, acc_entry_bytes=acc_entry, t_eval=rates.t_eval,
-                          write_bps=rates.write_bps, read_bps=rates.read_bps, disk_free=free,
-                          requested="auto" if requested == "recompute" else requested, gram_s=gram_s)
-    if requested == "recompute":
-        fplan = FeaturePlan("recompute", 0, 0, 0, fplan.recompute_s, fplan.disk_s, "asked for")
-    return fplan, rates, scale
-
-
-def _auto_reason(fplan: FeaturePlan, method: str) -> FeaturePlan:
-    """`fplan` with its reason saying that features="auto" decided (and why)."""
-    import dataclasses
-
-    why = fplan.reason
-    if why in ("", "asked for"):
-        why = ("each tile computes its inputs' Jacobian rows in memory" if method == "jacobian"
-               else f"method {method!r} computes no Jacobian rows to cache")
-    return dataclasses.replace(fplan, reason=why if why.startswith("auto:") else f"auto: {why}")
-
-
-def _auto_method(tile_call, tplan: TilePlan, fplan: FeaturePlan, rates, scale: float) -> tuple[str, float]:
-    """Jacobian contraction or structured derivatives for a tiled kernel, from measured
-    per-sample costs counted as the engine loops (see `ntkit.distributed.choice`); returns the
-    method and structured derivatives' estimated seconds (inf when they cover nothing)."""
-    from ntkit.distributed.choice import measure_side, structured_seconds
-
-    side = measure_side(tile_call)
-    if side is None:
-        return "jacobian", float("inf")
-    contraction_s = tile_call.estimates()["structured"].matmul_flops / rates.matmul_flops_per_s * scale
-    struct_s = structured_seconds(tplan.tiles(), side, tplan.engine, contraction_s)
-    jac_s = fplan.disk_s if fplan.strategy == "disk" else fplan.recompute_s
-    return ("jacobian" if jac_s < struct_s else "structured"), struct_s
-
-
-def _budget_bound(call) -> bool:
-    """The budget splits the tile into blocks for Jacobian contraction or structured derivatives."""
-    from ntkit.engine.memory import make_plan
-    from ntkit.engine.structured import structured_plan
-
-    side = max(call.n1, call.n2)
-    plan = make_plan(**call._plan_kw, split_passes=True) if call.cache_bytes is not None else call.plan
-    if plan.block < side or plan.n_groups > 1:
-        return True
-    try:
-        sp = structured_plan(call.fm, call.x1, call.n2, call.spec, call.symmetric, call.plan,
-                             call.profile.activations)
-    except Exception:  # noqa: BLE001 - no structured analysis: nothing to compare
-        return False
-    return sp.block < side
-
-
-def _features_meta(f: FeaturePlan) -> dict[str, Any]:
-    def num(v: float) -> float | None:
-        return None if v != v or v in (float("inf"), float("-inf")) else round(float(v), 4)
-
-    return {"strategy": f.strategy, "chunk": f.chunk, "sub": f.sub, "disk_bytes": f.disk_bytes,
-            "recompute_s": num(f.recompute_s), "disk_s": num(f.disk_s), "reason": f.reason}
-
-
-def _features_from_meta(meta: dict[str, Any]) -> FeaturePlan:
-    f = meta.get("plan", {}).get("features") or {}
-    return FeaturePlan(f.get("strategy", "recompute"), int(f.get("chunk", 0)), int(f.get("sub", 0)),
-                       int(f.get("disk_bytes", 0)), reason=f.get("reason", ""))
 
 
 def _compute_in_memory(job, tiles, rows, cols, prep, shape, dtype, progress, total_entries) -> torch.Tensor:
@@ -781,7 +463,7 @@ def _compute_in_memory(job, tiles, rows, cols, prep, shape, dtype, progress, tot
     done = 0
     progress = _Reporter(progress, len(tiles), 1) if progress is not None else None
     for t in tiles:
-        xr, xc = _tile_inputs(t, rows, cols, prep)
+        xr, xc = tile_inputs(t, rows, cols, prep)
         data = compute_tile(job, t, xr, xc, progress=None if progress is None else progress.tile(t, total_entries))
         out[t.r0:t.r1, t.c0:t.c1] = data
         if t.mirror:

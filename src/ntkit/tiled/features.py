@@ -32,6 +32,7 @@ import torch
 from ntkit.schedule.features import chunks
 from ntkit.schedule.tiles import Tile
 from ntkit.store.kernel_store import _fsync_path, atomic_write_bytes
+from ntkit.tiled.sources import to_device
 
 DIR = "features"
 
@@ -209,7 +210,6 @@ class FeatureCache:
         engine does."""
         from ntkit.engine.jacobian_contraction import _contract_diagonal_block, contract_rows
         from ntkit.engine.symmetry import mirror
-        from ntkit.store.worker import _to_device
 
         diagonal = row == col
         out = torch.zeros(spec.shape(row.n, col.n, n_logits), dtype=self.dtype, device=device)
@@ -218,11 +218,11 @@ class FeatureCache:
         for i, p in enumerate(rs):
             for q in (cs[i:] if diagonal else cs):
                 for k in range(len(self.ranges)):
-                    a = _to_device(self.read(row, k, p), device)
+                    a = to_device(self.read(row, k, p), device)
                     if diagonal and q == p:
                         _contract_diagonal_block({"f": a}, spec, out, p, self.n_out)
                         continue
-                    b = _to_device(self.read(col, k, q), device)
+                    b = to_device(self.read(col, k, q), device)
                     out[p, q] += contract_rows({"f": a}, {"f": b}, spec)
         if diagonal:
             mirror(out, rs)
