@@ -211,12 +211,10 @@ def _ntkit_auto_choice(ntkit, net, x, output):
         est = getattr(p, "estimates", None)
         return str(getattr(p, "method", p)), (dict(est) if est else None), "ntkit.plan"
     try:
-        from ntkit.engine import api
-        from ntkit.engine.functional import FunctionalModel
+        from ntkit.engine.call import prepare
 
-        call = api._Call(FunctionalModel(net, None, None), x, None, api.parse_output(output),
-                         None, None)
-        return call.choose(), None, "ntkit.engine.api._Call.choose (private)"
+        call = prepare(net, x, None, output)
+        return call.choose(), None, "ntkit.engine.call.KernelCall.choose"
     except Exception as e:  # noqa: BLE001 -- the private planner moved: record no choice
         return None, None, f"unavailable ({type(e).__name__})"
 

@@ -54,7 +54,7 @@ def test_progress_without_detail_keyword_and_uncached_structured_sides(monkeypat
     from ntkit.engine import structured
 
     if not fits:
-        monkeypatch.setattr(structured._Side, "nbytes", lambda self, *a: 2**62)
+        monkeypatch.setattr(structured.Side, "nbytes", lambda self, *a: 2**62)
     model, x = _cnn(), torch.randn(12, 1, 6, 6, dtype=D)
     x2 = None if symmetric else torch.randn(9, 1, 6, 6, dtype=D)
     calls = []

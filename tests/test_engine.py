@@ -27,9 +27,9 @@ METHODS = ["jacobian", "ntk-vp", "auto"]
 def engine_ntk(model, x1, x2=None, *, method="auto", output="full", params=None, batch_size=None, memory=None):
     """`ntkit.ntk` through the engine's own planner: tiny budgets as a knob for blocks and
     groups (the public entry points refuse budgets below one input's working memory)."""
-    from ntkit.engine.api import _prepare
+    from ntkit.engine.call import prepare
 
-    call = _prepare(model, x1, x2, output, params, batch_size, None, memory)
+    call = prepare(model, x1, x2, output, params, batch_size, None, memory)
     return call.run(call.choose() if method == "auto" else method)
 
 
@@ -171,7 +171,7 @@ class _NoRuleLinear(nn.Linear):
 def test_auto_follows_the_cost_model():
     """Dense nets and (on CPU) convolution nets go to structured; dense layers without rules:
     `full` with many logits to ntk-vp, traces to jacobian."""
-    from ntkit.engine.api import _Call
+    from ntkit.engine.call import KernelCall
     from ntkit.engine.functional import FunctionalModel
     from ntkit.engine.outputs import parse_output
 
@@ -182,14 +182,14 @@ def test_auto_follows_the_cost_model():
                          nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
 
     def choice(model, x, output):
-        return _Call(FunctionalModel(model), x, None, parse_output(output), None, None).choose()
+        return KernelCall(FunctionalModel(model), x, None, parse_output(output), None, None).choose()
 
     for output in ("full", "trace", "diagonal", "logit:3", "pntk"):
         assert choice(wide, torch.randn(32, 3), output) == "structured"
     for output in ("full", "trace", "diagonal"):
         assert choice(conv, torch.randn(16, 3, 32, 32), output) == "structured"
     for output in ("logit:3", "pntk"):  # one output: a close call either way (benchmarks/cost_model.py)
-        est = _Call(FunctionalModel(conv), torch.randn(16, 3, 32, 32), None, parse_output(output), None,
+        est = KernelCall(FunctionalModel(conv), torch.randn(16, 3, 32, 32), None, parse_output(output), None,
                     None).estimates()
         assert 0.8 < est["structured"].time / est["jacobian"].time < 1.25
     assert choice(no_rule, torch.randn(32, 3), "full") == "ntk-vp"
@@ -522,11 +522,11 @@ def test_jacobian_blocks_bounded_by_rows_not_by_activations_when_passes_are_spli
 @pytest.mark.parametrize("output", ["full", "diagonal", "pntk"])
 def test_jacobian_rows_in_cache_sized_passes_match_reference(monkeypatch, output):
     """A tiny cache budget splits every block into one-sample passes: same kernel."""
-    from ntkit.engine import api
+    from ntkit.engine import call as engine_call
 
-    monkeypatch.setattr(api, "CACHE_BYTES", 1)
+    monkeypatch.setattr(engine_call, "CACHE_BYTES", 1)
     case = Case(ZOO[3].name, ZOO[3].build, ZOO[3].input_shape, ZOO[3].last, n1=7, n2=5)
-    call = api._prepare(case.model(), *case.inputs(), output, None, None, None, None)
+    call = engine_call.prepare(case.model(), *case.inputs(), output, None, None, None, None)
     assert call.plan.rows_batch == 1
     for symmetric in (True, False):
         for kw in ({}, {"batch_size": 3}):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import ntkit
 import ntkit.engine.jacobian_contraction as jc
-from ntkit.engine.api import _prepare
+from ntkit.engine.call import prepare
 from ntkit.engine.memory import make_plan
 from ntkit.reference import ntk_reference
 from ntkit.schedule import Tile, iter_tiles
@@ -54,8 +54,8 @@ def test_tile_evaluations_counts_what_the_engine_computes(monkeypatch, rows, col
     net = _net()
     x1 = torch.randn(rows, 6, dtype=torch.float64)
     x2 = None if diagonal else torch.randn(cols, 6, dtype=torch.float64)
-    call = _prepare(net, x1, x2, "trace", None, None, None, budget)
-    plan = make_plan(**call._plan_kw, split_passes=True)
+    call = prepare(net, x1, x2, "trace", None, None, None, budget)
+    plan = make_plan(**call.plan_kw, split_passes=True)
     call.run("jacobian")
     sizes = [sum(call.fm.sizes[n] for n in g) for g in plan.groups]
     assert seen[0] == tile_evaluations(rows, cols, diagonal, plan.block, sizes, 3 * 8, budget)
@@ -332,18 +332,18 @@ def test_structured_side_builds_are_counted_as_the_engine_loops(monkeypatch, dia
     net = _cnn()
     x1 = torch.randn(40, 1, 8, 8, dtype=torch.float64)
     x2 = None if diagonal else torch.randn(30, 1, 8, 8, dtype=torch.float64)
-    call = _prepare(net, x1, x2, "trace", None, None, None, budget)
+    call = prepare(net, x1, x2, "trace", None, None, None, budget)
     side = measure_side(call)
     assert side is not None and side.t_side > 0 and side.bytes_per_sample > 0
     built = [0]
-    orig = smod._Side.__init__
+    orig = smod.Side.__init__
 
     def counting(self, fm, an, x, *a, **k):
         built[0] += x.shape[0]
         return orig(self, fm, an, x, *a, **k)
 
-    monkeypatch.setattr(smod._Side, "__init__", counting)
-    call = _prepare(net, x1, x2, "trace", None, None, None, budget)
+    monkeypatch.setattr(smod.Side, "__init__", counting)
+    call = prepare(net, x1, x2, "trace", None, None, None, budget)
     call.run("structured")
     want = tile_evaluations(40, 40 if diagonal else 30, diagonal, side.block, [1], side.bytes_per_sample, budget)
     assert built[0] == want

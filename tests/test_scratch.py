@@ -13,7 +13,7 @@ from zoo import OUTPUTS, RTOL64, ZOO, D, rel_err
 import ntkit
 from ntkit import scratch
 from ntkit.engine import cache
-from ntkit.engine.api import _prepare
+from ntkit.engine.call import prepare
 from ntkit.reference import ntk_reference
 from ntkit.rules import conv as conv_rules
 
@@ -144,7 +144,7 @@ def test_pool_does_not_grow_with_the_number_of_block_pairs(monkeypatch):
         x2 = torch.randn(n, *case.input_shape, generator=g, dtype=D)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            k = _prepare(model, x1, x2, "full", None, 2, None, "300KB").run("structured")  # engine planner: tiny budget
+            k = prepare(model, x1, x2, "full", None, 2, None, "300KB").run("structured")  # engine planner: tiny budget
         assert rel_err(k, ntk_reference(model, x1, x2, "full")) < RTOL64
         held.append(scratch.pooled_bytes())
     assert held[0] > 0 and held[0] == held[1] == held[2]

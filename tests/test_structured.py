@@ -28,9 +28,9 @@ from ntkit.rules import conv as conv_rules
 def engine_ntk(model, x1, x2=None, *, method="auto", output="full", params=None, batch_size=None, memory=None):
     """`ntkit.ntk` through the engine's own planner: tiny budgets as a knob for blocks and
     groups (the public entry points refuse budgets below one input's working memory)."""
-    from ntkit.engine.api import _prepare
+    from ntkit.engine.call import prepare
 
-    call = _prepare(model, x1, x2, output, params, batch_size, None, memory)
+    call = prepare(model, x1, x2, output, params, batch_size, None, memory)
     return call.run(call.choose() if method == "auto" else method)
 
 
@@ -81,13 +81,13 @@ def test_both_contraction_modes_blocks_and_triangles(case, mode, monkeypatch):
 def test_blocks_bounded_by_activations_not_parameter_rows():
     """Dense layers form no per-sample gradients: a budget that limits Jacobian contraction to blocks
     of 1-2 samples still lets structured derivatives take all 12 at once, exactly."""
-    from ntkit.engine.api import _prepare
+    from ntkit.engine.call import prepare
     from ntkit.engine.structured import structured_plan
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 4)).to(D)
     x = torch.randn(12, 3, dtype=D)
-    call = _prepare(model, x, None, "full", None, None, None, 8_000_000)
+    call = prepare(model, x, None, "full", None, None, None, 8_000_000)
     sp = structured_plan(call.fm, call.x1, call.n2, call.spec, call.symmetric, call.plan, call.profile.activations)
     assert call.plan.block <= 2 and sp.block == 12
     k = engine_ntk(model, x, method="structured", memory=8_000_000)  # the engine planner: under its minimum
@@ -548,12 +548,12 @@ def test_kept_sides_hold_gradients_only_so_more_of_them_are_cached(monkeypatch):
 def test_structured_blocks_are_sized_by_their_own_memory():
     """Per-output capture holds O' cotangents per layer output and one backward's activations, not
     the O'·activations of a vmapped Jacobian pass: its blocks are larger under the same budget."""
-    from ntkit.engine.api import _prepare
+    from ntkit.engine.call import prepare
     from ntkit.engine.structured import structured_plan
 
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
     x = torch.randn(200, 3, 16, 16)
-    call = _prepare(model, x, None, "trace", None, None, None, "20MB")
+    call = prepare(model, x, None, "trace", None, None, None, "20MB")
     sp = structured_plan(call.fm, x, 200, call.spec, True, call.plan, call.profile.activations)
     assert sp.block >= 2 * call.plan.block

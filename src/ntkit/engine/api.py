@@ -9,35 +9,24 @@ from __future__ import annotations
 
 import difflib
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 from torch.func import jvp, vjp
 
-from ntkit import _malloc, _rss
-from ntkit.engine.cost import StructuredCost, estimate
-from ntkit.engine.finite import NonFiniteError, check_kernel, check_weights
+from ntkit import _rss
+from ntkit.engine.call import ForwardADFallbackWarning, LayerCost, as_tensor, blocks, functional_model, prepare
+from ntkit.engine.finite import NonFiniteError, check_kernel
 from ntkit.engine.functional import FunctionalModel, ParamSelection
-from ntkit.engine.jacobian_contraction import jacobian_contraction
-from ntkit.engine.memory import (ALLOCATOR_RESERVE, CACHE_BYTES, Plan, acc_entry_bytes, engine_minimum,
-                                 host_overhead, make_plan, parse_memory)
-from ntkit.engine.ntk_vector_products import forward_ad_error, ntk_vector_products
-from ntkit.engine.outputs import OUTPUTS, OutputSpec, parse_output
-from ntkit.engine.progress import Progress, ProgressCallback
-from ntkit.engine.structured import StructuredFallbackWarning, analyze, structured, structured_plan
-from ntkit.engine.symmetry import mirror
+from ntkit.engine.outputs import OUTPUTS, parse_output
+from ntkit.engine.progress import ProgressCallback
+from ntkit.engine.structured import StructuredFallbackWarning
 
 METHODS: tuple[str, ...] = ("auto", "jacobian", "ntk-vp", "structured")
 
 
-class ForwardADFallbackWarning(UserWarning):
-    """method='ntk-vp' was asked for a model without forward-mode AD; Jacobian contraction ran."""
-
-_STRATEGIES = {"jacobian": jacobian_contraction, "ntk-vp": ntk_vector_products, "structured": structured}
 _ALIASES = {"jc": "jacobian", "jacobian-contraction": "jacobian", "jacobian_contraction": "jacobian",
             "ntkvp": "ntk-vp", "ntk_vp": "ntk-vp", "ntk-vector-products": "ntk-vp",
             "sd": "structured", "structured-derivatives": "structured", "structured_derivatives": "structured"}
@@ -54,139 +43,6 @@ def parse_method(method: str) -> str:
     near = difflib.get_close_matches(m, list(METHODS), n=1)
     hint = f" (did you mean {near[0]!r}?)" if near else ""
     raise ValueError(f"unknown method {method!r}{hint}; valid methods: {', '.join(METHODS)}")
-
-
-def _as_tensor(x: Any, name: str, device: torch.device | None) -> torch.Tensor:
-    if x is None:
-        return None
-    if not isinstance(x, torch.Tensor):
-        try:
-            import numpy as np
-
-            if isinstance(x, np.ndarray):
-                x = torch.from_numpy(x)
-            else:
-                raise TypeError
-        except TypeError:
-            raise TypeError(f"{name} must be a torch.Tensor of shape (N, *input), got {type(x).__name__}") from None
-    return x.to(device) if device is not None else x
-
-
-def _blocks(n: int, size: int) -> list[slice]:
-    return [slice(s, min(s + size, n)) for s in range(0, n, size)]
-
-
-class _Call:
-    """One validated kernel computation: model function, inputs, output mode, plan."""
-
-    def __init__(self, fm, x1, x2, spec, batch_size, memory, start=None):
-        self.fm, self.x1, self.x2 = fm, x1, x2
-        self.batch_size = batch_size
-        self.symmetric = x2 is None
-        n_logits = fm.check_inputs(x1, x2)
-        self.spec = spec.resolve(n_logits)
-        self.n_logits = n_logits
-        self.n1 = x1.shape[0]
-        self.n2 = self.n1 if x2 is None else x2.shape[0]
-        self.profile = fm.profile(x1)
-        itemsize = torch.empty((), dtype=fm.dtype).element_size()
-        self.itemsize = itemsize
-        self.cache_bytes = CACHE_BYTES if fm.device.type == "cpu" else None
-        acc_entry = acc_entry_bytes(self.spec.kind, n_logits, itemsize)
-        budget = parse_memory(memory, fm.device)
-        if start is not None and fm.device.type == "cpu":
-            budget = _working_budget(budget, start, engine_minimum(
-                self.spec.n_out(n_logits) * itemsize, max(fm.sizes.values()), self.profile.activations, acc_entry))
-        self._plan_kw = dict(
-            names=fm.names, sizes=fm.sizes, n_max=max(self.n1, self.n2),
-            n_out=self.spec.n_out(n_logits), activations=self.profile.activations,
-            itemsize=itemsize, budget=budget, batch_size=batch_size,
-            peak=self.profile.peak, cache_bytes=self.cache_bytes, acc_entry=acc_entry,
-        )
-        self.plan: Plan = make_plan(**self._plan_kw)
-
-    def estimates(self) -> dict[str, Any]:
-        kw = dict(n1=self.n1, n2=self.n2, symmetric=self.symmetric, n_logits=self.n_logits,
-                  spec=self.spec, n_params=self.fm.n_params, flops=self.profile.flops, plan=self.plan,
-                  peak=self.profile.peak, itemsize=self.itemsize, cache_bytes=self.cache_bytes)
-        return {m: estimate(m, **kw, structured=self._structured_cost() if m == "structured" else None)
-                for m in _STRATEGIES}
-
-    def _structured_cost(self) -> StructuredCost | None:
-        """The rules' FLOPs and the fallback parameters (None if the analysis itself fails)."""
-        an = self._analysis(check=False)
-        if an is None:
-            return None
-        fb = [n for n in self.fm.names if n in an.fallback]
-        groups = sum(1 for g in self.plan.groups if any(n in an.fallback for n in g))
-        return StructuredCost(matmul_flops=an.matmul_flops, formation_flops=an.formation_flops,
-                              fallback_params=sum(self.fm.sizes[n] for n in fb), fallback_groups=groups,
-                              covered=bool(an.covered), formation_time=an.formation_time,
-                              per_output=an.per_output)
-
-    def _analysis(self, check: bool):
-        try:
-            return analyze(self.fm, self.x1, self.n2, self.spec, self.symmetric, check=check)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception:  # noqa: BLE001 - a model the rules cannot even run through: not a candidate
-            return None
-
-    def layers(self) -> list[LayerCost]:
-        """Structured derivatives per parameter group (gradient-checked): mode and FLOPs, or why
-        a parameter falls back to Jacobian contraction."""
-        an = self._analysis(check=True)
-        if an is None:
-            return []
-        rows = [LayerCost(", ".join(t.names), sum(t.sizes), t.mode, t.parts[t.mode][1], t.parts[t.mode][0], "")
-                for t in an.terms]
-        rows += [LayerCost(n, self.fm.sizes[n], "fallback to jacobian", 0.0, 0.0, why)
-                 for n, why in an.fallback.items()]
-        return rows
-
-    def choose(self) -> str:
-        est = self.estimates()
-        return min(est, key=lambda m: est[m].time)
-
-    def run(self, method: str, progress: ProgressCallback | None = None) -> torch.Tensor:
-        fm, spec = self.fm, self.spec
-        # Decide vmappability on one sample and the smallest parameter before the real work
-        # (structured derivatives need it only for fallback parameters, and find out then).
-        if fm.vmappable is None and method != "structured":
-            fm.jacobian_rows([min(fm.names, key=fm.sizes.get)], self.x1[:1], spec)
-        if method == "ntk-vp" and fm.vmappable is False:
-            method = "jacobian"  # forward-mode vmapping would fail the same way
-        if method == "ntk-vp":
-            reason = fm.memo.get(("forward_ad", fm.sig), False)
-            if reason is False:
-                reason = forward_ad_error(fm, self.x1, spec)
-                fm.memo.put(("forward_ad", fm.sig), reason)
-            if reason is not None:
-                warnings.warn(
-                    f"method='ntk-vp' needs forward-mode AD, which {type(fm.model).__name__} does "
-                    f"not support ({reason}); using Jacobian contraction instead",
-                    ForwardADFallbackWarning,
-                    stacklevel=3,
-                )
-                method = "jacobian"
-        out = torch.zeros(spec.shape(self.n1, self.n2, self.n_logits), dtype=fm.dtype, device=fm.device)
-        plan = self.plan
-        if method == "structured" and self.batch_size is None:
-            plan = structured_plan(fm, self.x1, self.n2, spec, self.symmetric, plan, self.profile.activations)
-        elif method == "jacobian" and self.batch_size is None and self.cache_bytes is not None:
-            plan = make_plan(**self._plan_kw, split_passes=True)
-        rows = _blocks(self.n1, plan.block)
-        cols = rows if self.symmetric else _blocks(self.n2, plan.block)
-        if self.symmetric:
-            pairs = [(r, c) for i, r in enumerate(rows) for c in rows[i:]]
-        else:
-            pairs = [(r, c) for r in rows for c in cols]
-        x2 = self.x1 if self.symmetric else self.x2
-        self.method_used = method
-        _STRATEGIES[method](fm, self.x1, x2, spec, plan, out, pairs, self.symmetric, Progress(progress))
-        if self.symmetric:
-            mirror(out, rows)
-        return out
 
 
 def ntk(
@@ -237,51 +93,10 @@ def ntk(
     """
     start = _rss.mark()
     method = parse_method(method)
-    call = _prepare(model, x1, x2, output, params, batch_size, device, memory, start=start)
+    call = prepare(model, x1, x2, output, params, batch_size, device, memory, start=start)
     K = call.run(call.choose() if method == "auto" else method, progress)
     check_kernel(K, f"the kernel (rows 0:{call.n1}, cols 0:{call.n2})", (call.x1, call.x2), call.fm.dtype)
     return K
-
-
-def _working_budget(budget: int, start, minimum: int) -> int:
-    """The engine's share of a CPU `budget` for a call that began at `start` (`ntkit._rss`):
-    less what `host_overhead` sets aside. Raises BudgetTooSmallError, naming the least budget,
-    when that leaves less than `minimum` (`engine_minimum`)."""
-    from ntkit.schedule.tiles import BudgetTooSmallError, format_bytes, suggest_memory
-
-    held, reserve = host_overhead(budget, start)
-    if budget - held - reserve < minimum:
-        least = (held + minimum) * ALLOCATOR_RESERVE / (ALLOCATOR_RESERVE - 1)
-        raise BudgetTooSmallError(
-            f"memory budget {format_bytes(budget)} is too small: this call already took "
-            f"{format_bytes(held)} (code loaded on first use, the probe forward) and one "
-            f"input needs {format_bytes(minimum)} of working memory; pass memory='{suggest_memory(least * 1.1)}' "
-            f"(--memory {suggest_memory(least * 1.1)}) or more")
-    return budget - held - reserve
-
-
-def _prepare(model, x1, x2, output, params, batch_size, device, memory, start=None) -> _Call:
-    if x2 is x1:
-        x2 = None  # the same tensor twice: exploit the symmetry
-    spec = parse_output(output)
-    fm = FunctionalModel(model, params, device)
-    check_weights(fm)  # before the probe forward: NaN weights must not pass for batch coupling
-    if fm.device.type == "cpu":
-        _malloc.tune()
-    dev = fm.device if device is not None else None
-    return _Call(fm, _as_tensor(x1, "x1", dev), _as_tensor(x2, "x2", dev), spec, batch_size, memory, start)
-
-
-@dataclass(frozen=True)
-class LayerCost:
-    """One parameter group under structured derivatives (see `ntkit.rules.contract`)."""
-
-    params: str  # the group's parameter names
-    size: int  # parameters in the group
-    mode: str  # "direct" (never forms gradients), "grads" (per-sample gradients) or a fallback
-    matmul_flops: float
-    formation_flops: float
-    reason: str  # why a parameter falls back to Jacobian contraction ("" otherwise)
 
 
 @dataclass(frozen=True)
@@ -338,7 +153,7 @@ def plan(
     memory: int | str | None = None,
 ) -> NtkPlan:
     """The method `auto` picks for this call, the cost estimates behind it and the block plan."""
-    call = _prepare(model, x1, x2, output, params, batch_size, device, memory, start=_rss.mark())
+    call = prepare(model, x1, x2, output, params, batch_size, device, memory, start=_rss.mark())
     est = call.estimates()
     return NtkPlan(
         method=call.choose(), estimates={m: e.time for m, e in est.items()}, n1=call.n1, n2=call.n2,
@@ -396,14 +211,11 @@ def ntk_vp(
     v may carry a trailing axis of k vectors: (N2, O, k) / (N2, k) -> (N1, O, k) / (N1, k).
     """
     spec = parse_output(output)
-    fm = FunctionalModel(model, params, device)
-    check_weights(fm)
-    if fm.device.type == "cpu":
-        _malloc.tune()
+    fm = functional_model(model, params, device)
     dev = fm.device if device is not None else None
-    x1 = _as_tensor(x1, "x1", dev)
-    x2 = x1 if x2 is None else _as_tensor(x2, "x2", dev)
-    v = _as_tensor(v, "v", fm.device)
+    x1 = as_tensor(x1, "x1", dev)
+    x2 = x1 if x2 is None else as_tensor(x2, "x2", dev)
+    v = as_tensor(v, "v", fm.device)
     n_logits = fm.check_inputs(x1, x2)
     spec = spec.resolve(n_logits)
     n2 = x2.shape[0]
@@ -441,7 +253,7 @@ def ntk_vp(
             else:
                 cot = vc[:, None].expand(n2, n_logits) / math.sqrt(n_logits)
             u = _vjp_sum(f2, fm.theta, x2, cot, bs)
-            y = torch.cat([jvp(lambda th: f2(th, x1[s]), (fm.theta,), (u,))[1] for s in _blocks(x1.shape[0], bs)])
+            y = torch.cat([jvp(lambda th: f2(th, x1[s]), (fm.theta,), (u,))[1] for s in blocks(x1.shape[0], bs)])
             if spec.kind == "logit":
                 y = y[:, spec.logit]
             elif spec.kind == "pntk":
@@ -452,7 +264,7 @@ def ntk_vp(
                 cot = torch.zeros(n2, n_logits, dtype=fm.dtype, device=fm.device)
                 cot[:, a] = vc[:, a] if spec.kind == "diagonal" else vc
                 u = _vjp_sum(f2, fm.theta, x2, cot, bs)
-                ya = torch.cat([jvp(lambda th: f2(th, x1[s]), (fm.theta,), (u,))[1][:, a] for s in _blocks(x1.shape[0], bs)])
+                ya = torch.cat([jvp(lambda th: f2(th, x1[s]), (fm.theta,), (u,))[1][:, a] for s in blocks(x1.shape[0], bs)])
                 cols.append(ya)
             y = torch.stack(cols, 1)
             if spec.kind == "trace":
@@ -469,7 +281,7 @@ def ntk_vp(
 def _vjp_sum(f, theta, x, cot, bs):
     """Σ over blocks of J(x_block)ᵀ cot_block: a dict of parameter-shaped tensors."""
     total = None
-    for s in _blocks(x.shape[0], bs):
+    for s in blocks(x.shape[0], bs):
         _, pull = vjp(lambda th: f(th, x[s]), theta)
         (g,) = pull(cot[s])
         total = g if total is None else {n: total[n] + g[n] for n in g}
@@ -477,4 +289,4 @@ def _vjp_sum(f, theta, x, cot, bs):
 
 
 __all__ = ["METHODS", "OUTPUTS", "ForwardADFallbackWarning", "NonFiniteError", "LayerCost", "NtkPlan", "StructuredFallbackWarning", "ntk",
-           "ntk_fn", "ntk_vp", "plan", "parse_method", "OutputSpec"]
+           "ntk_fn", "ntk_vp", "plan", "parse_method"]

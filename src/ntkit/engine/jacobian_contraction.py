@@ -78,7 +78,7 @@ def contract_rows(j1: Rows, j2: Rows, spec: OutputSpec) -> torch.Tensor:
     return acc.to(first.dtype)
 
 
-def _contract_diagonal_block(j: Rows, spec: OutputSpec, out: torch.Tensor, r: slice, n_out: int,
+def contract_diagonal_block(j: Rows, spec: OutputSpec, out: torch.Tensor, r: slice, n_out: int,
                              progress: Progress | None = None) -> None:
     """Add J Jᵀ for one diagonal block, upper chunk-triangle only, then fill its lower part
     (one progress step per sub-block: a large block's contraction is long)."""
@@ -201,7 +201,7 @@ def jacobian_contraction(
             j1 = column_rows(r) if symmetric else block_rows(fm, group, x1[r], spec, plan, progress)
             for c in cols:
                 if symmetric and (c.start, c.stop) == (r0, r1):
-                    _contract_diagonal_block(j1, spec, out, r, n_out, progress)
+                    contract_diagonal_block(j1, spec, out, r, n_out, progress)
                 else:
                     out[r, c] += contract_rows(j1, column_rows(c), spec)
                     progress.advance(1, {"blocks": 1})

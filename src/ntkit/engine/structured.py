@@ -80,7 +80,7 @@ def structured_plan(fm: FunctionalModel, x1: torch.Tensor, n2: int, spec: Output
 
 
 # ------------------------------------------------------------------------------------- strategy
-class _Side:
+class Side:
     """One block of samples: its factors, direct-mode operands and (memoized) gradients."""
 
     def __init__(self, fm, an: Analysis, x: torch.Tensor, spec: OutputSpec, direct: list[Term], keep: bool,
@@ -169,7 +169,7 @@ def _side_counts(by_row: dict[tuple[int, int], list[slice]], symmetric: bool, pe
     return cached, uncached, rows_c, rows_u, blocks
 
 
-def _contract_pair(s1: _Side, s2: _Side, terms: list[Term], kind: str, block: torch.Tensor, rows: slice,
+def _contract_pair(s1: Side, s2: Side, terms: list[Term], kind: str, block: torch.Tensor, rows: slice,
                    cols: slice) -> None:
     """block[rows, cols] += Θ between samples `rows` of s1 and `cols` of s2 (all terms)."""
     view = block[rows, cols]
@@ -247,16 +247,16 @@ def _structured(fm: FunctionalModel, x1: torch.Tensor, x2: torch.Tensor, spec: O
     if not an.covered:
         return
     n_col_blocks = len({(c.start, c.stop) for _, c in pairs})
-    cache: dict[tuple[int, int], _Side] = {}
+    cache: dict[tuple[int, int], Side] = {}
     cache_ok: bool | None = None
 
-    def side(x: torch.Tensor, s: slice, keep: bool) -> _Side:
+    def side(x: torch.Tensor, s: slice, keep: bool) -> Side:
         facs = None
         if an.first is not None and x is x1 and (an.first[0].start, an.first[0].stop) == (s.start, s.stop):
             facs, an.first = an.first[1], None
         if not keep:  # no step of its own: its gradients are formed with its contraction
             progress.advance(0, {"rows": s.stop - s.start})
-        return _Side(fm, an, x[s], spec, direct, keep, facs, grad_terms, progress if keep else None)
+        return Side(fm, an, x[s], spec, direct, keep, facs, grad_terms, progress if keep else None)
 
     for (r0, r1), cols in by_row.items():
         r = slice(r0, r1)

@@ -47,7 +47,7 @@ class SideCost:
 def measure_side(call) -> SideCost | None:
     """Time structured derivatives' sides on the first samples of a tile call (`_Call`);
     None when the rules cover nothing (then structured derivatives are Jacobian contraction)."""
-    from ntkit.engine.structured import _Side, analyze, structured_plan
+    from ntkit.engine.structured import Side, analyze, structured_plan
 
     fm, spec = call.fm, call.spec
     try:
@@ -64,12 +64,12 @@ def measure_side(call) -> SideCost | None:
     grad_elems = sum(t.size for t in grads) * spec.n_out(call.n_logits)
     sync = torch.cuda.synchronize if fm.device.type == "cuda" else (lambda *a: None)
     most = int(min(call.x1.shape[0], plan.block))
-    _Side(fm, an, call.x1[:1], spec, direct, True, None, grads)  # warm-up
+    Side(fm, an, call.x1[:1], spec, direct, True, None, grads)  # warm-up
     k = min(4, most)
     while True:
         sync()
         t = time.perf_counter()
-        side = _Side(fm, an, call.x1[:k], spec, direct, True, None, grads)
+        side = Side(fm, an, call.x1[:k], spec, direct, True, None, grads)
         sync()
         seconds = time.perf_counter() - t
         nbytes = side.nbytes(grad_elems, call.itemsize)
@@ -93,7 +93,7 @@ def _budget_bound(call) -> bool:
     from ntkit.engine.structured import structured_plan
 
     side = max(call.n1, call.n2)
-    plan = make_plan(**call._plan_kw, split_passes=True) if call.cache_bytes is not None else call.plan
+    plan = make_plan(**call.plan_kw, split_passes=True) if call.cache_bytes is not None else call.plan
     if plan.block < side or plan.n_groups > 1:
         return True
     try:
@@ -115,7 +115,7 @@ def _plan_features(model, tile_call, tplan: TilePlan, symmetric: bool, requested
 
     call = tile_call
     cpu = call.cache_bytes is not None
-    eplan = make_plan(**call._plan_kw, split_passes=cpu) if cpu else call.plan
+    eplan = make_plan(**call.plan_kw, split_passes=cpu) if cpu else call.plan
     tiles = tplan.tiles()
     row_bytes = call.spec.n_out(call.n_logits) * call.itemsize
     group_sizes = [sum(call.fm.sizes[n] for n in g) for g in eplan.groups]

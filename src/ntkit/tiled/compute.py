@@ -132,7 +132,8 @@ def compute(
         with store_lock(store):
             return compute(**{k: args[k] for k in inspect.signature(compute).parameters})
     from ntkit import _rss
-    from ntkit.engine.api import _prepare, parse_method
+    from ntkit.engine.api import parse_method
+    from ntkit.engine.call import prepare
     from ntkit.engine.memory import parse_memory
     from ntkit.engine.outputs import parse_output
 
@@ -175,7 +176,7 @@ def compute(
         return x.to(dtype) if x.is_floating_point() else x
 
     # -- probe: sizes the planner needs ---------------------------------------------------------
-    probe = _prepare(model, prep(src_rows.take(0, min(2, src_rows.n))).to(dev), None, output, params, None,
+    probe = prepare(model, prep(src_rows.take(0, min(2, src_rows.n))).to(dev), None, output, params, None,
                      device, 2**40)
     fm, spec = probe.fm, probe.spec
     n_logits = probe.n_logits
@@ -240,7 +241,7 @@ def compute(
             t0 = next(iter(tplan.tiles()))
             xr = prep(src_rows.take(t0.r0, t0.r1)).to(dev)
             xc = None if t0.diagonal else prep((src_cols or src_rows).take(t0.c0, t0.c1)).to(dev)
-            tile_call = _prepare(model, xr, xc, output, params, None, device, tplan.engine)
+            tile_call = prepare(model, xr, xc, output, params, None, device, tplan.engine)
             if method == "auto":
                 # features="disk" makes auto's method Jacobian contraction; "auto" only caches
                 # the rows of the method auto picks (structured derivatives have none to cache).

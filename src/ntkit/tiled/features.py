@@ -208,7 +208,7 @@ class FeatureCache:
         columns, chunk by chunk. `row == col` (a diagonal tile): the upper sub-blocks only, the
         diagonal ones by their upper chunk-triangle, then mirrored bitwise symmetric, as the
         engine does."""
-        from ntkit.engine.jacobian_contraction import _contract_diagonal_block, contract_rows
+        from ntkit.engine.jacobian_contraction import contract_diagonal_block, contract_rows
         from ntkit.engine.symmetry import mirror
 
         diagonal = row == col
@@ -220,7 +220,7 @@ class FeatureCache:
                 for k in range(len(self.ranges)):
                     a = to_device(self.read(row, k, p), device)
                     if diagonal and q == p:
-                        _contract_diagonal_block({"f": a}, spec, out, p, self.n_out)
+                        contract_diagonal_block({"f": a}, spec, out, p, self.n_out)
                         continue
                     b = to_device(self.read(col, k, q), device)
                     out[p, q] += contract_rows({"f": a}, {"f": b}, spec)
@@ -232,14 +232,14 @@ class FeatureCache:
 def jacobian_feature_rows(model, output: str, params, device, engine: int):
     """rows_fn for `FeatureCache.ensure`: the engine's Jacobian rows of a block of inputs, planned
     under the engine budget `engine` exactly as a tile's Jacobian contraction plans them."""
-    from ntkit.engine.api import _prepare
+    from ntkit.engine.call import prepare
     from ntkit.engine.jacobian_contraction import block_rows
     from ntkit.engine.memory import make_plan
 
     def rows_fn(x: torch.Tensor):
-        call = _prepare(model, x, None, output, list(params) if params else None, None, device, engine)
+        call = prepare(model, x, None, output, list(params) if params else None, None, device, engine)
         fm, spec = call.fm, call.spec
-        plan = make_plan(**call._plan_kw, split_passes=call.cache_bytes is not None)
+        plan = make_plan(**call.plan_kw, split_passes=call.cache_bytes is not None)
         offsets, off = {}, 0
         for n in fm.names:
             offsets[n] = off
@@ -314,13 +314,13 @@ def _matmul_rate(device: torch.device, dtype: torch.dtype, budget: int | None = 
 def measure_rates(model, x: torch.Tensor, output: str, params, device, engine: int, root: Path) -> Rates:
     """Time a few Jacobian rows of `x` (n, *input) as a tile's engine computes them, the disk
     under `root`, and the matmul rate."""
-    from ntkit.engine.api import _prepare
+    from ntkit.engine.call import prepare
     from ntkit.engine.jacobian_contraction import block_rows
     from ntkit.engine.memory import make_plan
 
-    call = _prepare(model, x, None, output, list(params) if params else None, None, device, engine)
+    call = prepare(model, x, None, output, list(params) if params else None, None, device, engine)
     fm, spec = call.fm, call.spec
-    plan = make_plan(**call._plan_kw, split_passes=call.cache_bytes is not None)
+    plan = make_plan(**call.plan_kw, split_passes=call.cache_bytes is not None)
     group = plan.groups[0]
     block_rows(fm, group, call.x1[:1], spec, plan)  # warm-up: vmap decision, allocator
     sync = torch.cuda.synchronize if fm.device.type == "cuda" else (lambda *a: None)

@@ -58,14 +58,14 @@ def compute_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.T
     `device` overrides the job's (a Dask worker's own GPU). `progress`: the engine's
     `callback(done, total[, detail=])` within the tile (see `ntkit.engine.progress`).
     """
-    from ntkit.engine.api import _prepare
+    from ntkit.engine.call import prepare
 
     name = device or job.device
     device = next(iter(job.model.parameters()), torch.empty(0)).device if name is None else torch.device(name)
     x1 = to_device(x_rows, device)
     x2 = None if x_cols is None else to_device(x_cols, device)
     with matmul_precision(device, job.precision):
-        call = _prepare(job.model, x1, x2, job.output, list(job.params) if job.params else None, None,
+        call = prepare(job.model, x1, x2, job.output, list(job.params) if job.params else None, None,
                         None if name is None else device, job.engine_memory)
         k = call.run(job.method, progress)
     _check_tile(k, tile, x1, x2)
