@@ -46,7 +46,9 @@ def test_analyze_runs_every_phase_with_its_progress(tmp_path, recorded, capsys):
     assert ph.updates["per-layer eNTK (2 layers, 10 points)"] >= 2
     assert ph.updates["figures (4)"] == 4
     s = json.loads((rep / "summary.json").read_text())
-    assert s["timings"]["figures_s"] >= 0 and set(ph.seconds) == set(expected)
+    assert set(ph.seconds) == set(expected)
+    # the report's timing of the figures encloses their phase (rounded to ms in summary.json)
+    assert 0 < ph.seconds["figures (4)"] <= s["timings"]["figures_s"] + 5e-4
     # not a terminal (pytest's capture): each phase is one line on stderr, in order, as it starts
     err = capsys.readouterr().err
     assert [line.rstrip(" …") for line in err.splitlines() if line.endswith("…")] == expected
