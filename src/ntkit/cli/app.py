@@ -63,9 +63,6 @@ def _spec_errors() -> tuple[type[BaseException], ...]:
     return (DataSpecError, ModelSpecError, KernelSpecError)
 
 
-_ARGV: list[str] = []
-
-
 def main(args: list[str] | None = None) -> int:
     """Run the CLI with `args` (default: sys.argv[1:]) and return the exit status."""
     from ntkit.cli.interrupts import SigintSeen, reported
