@@ -43,7 +43,7 @@ def _lam(v: float) -> str:
 
 def demo_console(summary: dict) -> str:
     """`ntkit demo`'s output at 80 columns, as a user running it in ntkit_demo/ sees it."""
-    from ntkit.cli.analyze_cmd import demo_console as render
+    from ntkit.analysis.demo import demo_console as render
 
     text = render(summary, "ntkit_demo", width=80)
     # rich pads the centred title with spaces; editors strip trailing spaces, so the copy has none

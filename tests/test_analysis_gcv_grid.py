@@ -129,7 +129,8 @@ def test_predicted_vs_actual_extends_one_grid_for_all_sizes_and_matches_direct_s
 
 
 def test_analyze_report_says_how_the_grid_was_extended_and_when_lambda_stays_on_an_edge(tmp_path: Path):
-    from ntkit.cli.analyze_cmd import _analyze, _Inputs
+    from ntkit.analysis.report import AnalysisInputs as _Inputs
+    from ntkit.analysis.report import run_analysis as _analyze
 
     # three tight clusters (within-class spread 1e-3): nearly interpolable labels, GCV's optimum ~1e-8
     n, m, d = 60, 30, 100

@@ -37,8 +37,6 @@ TOP = {"__init__"}  # ntkit/__init__.py: the public API, imports anything
 ALLOWED_EDGES: set[tuple[str, str]] = set()
 
 KNOWN: set[str] = {
-    'long file: ntkit.cli.analyze_cmd',
-    'long file: ntkit.cli.app',
     'long file: ntkit.store.kernel_store',
     'private import: ntkit.cli.app -> ntkit._rss',
     'private import: ntkit.engine.api -> ntkit._rss',
@@ -48,7 +46,6 @@ KNOWN: set[str] = {
     'private import: ntkit.tiled.compute -> ntkit._malloc',
     'private import: ntkit.tiled.compute -> ntkit._rss',
     'private import: ntkit.tiled.features -> ntkit.store.kernel_store._fsync_path',
-    'private module: ntkit.cli.analyze_cmd -> ntkit.analysis._kernel',
     'upward import: ntkit.rules.contract -> ntkit.engine',
 }
 

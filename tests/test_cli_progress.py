@@ -109,7 +109,7 @@ def _render(progress, width: int = 80) -> str:
 def test_bar_keeps_times_uncut_at_80_columns_and_shows_the_steps():
     """At 80 columns the elapsed time was cut to '0:00:…'. The bar is two lines: what (data,
     tile, rows, blocks) above, the bar with percent, rate, elapsed and ETA below."""
-    from ntkit.cli.app import _Bar
+    from ntkit.cli._ui import Bar as _Bar
 
     bar = _Bar("eNTK cifar10[train:0:50000] x cifar10[test:0:10000] [structured]", delay=0.0,
                entries=50000 * 10000)
@@ -130,7 +130,7 @@ def test_bar_keeps_times_uncut_at_80_columns_and_shows_the_steps():
 
 def test_bar_appears_after_two_seconds_without_any_step(monkeypatch):
     """A step longer than the delay (one big block) no longer hides the bar: it appears on a timer."""
-    from ntkit.cli.app import _Bar
+    from ntkit.cli._ui import Bar as _Bar
 
     bar = _Bar("eNTK digits x same [jacobian]", delay=0.05)
     try:
@@ -150,7 +150,7 @@ def test_bar_appears_after_two_seconds_without_any_step(monkeypatch):
 
 
 def test_store_bar_counts_tiles_and_estimates_the_tile_left():
-    from ntkit.cli.store_cmd import _TileBar
+    from ntkit.cli.compute_cmd import _TileBar
 
     bar = _TileBar("eNTK digits x same", enabled=False)
     bar(0, 100, tiles=(0, 2))

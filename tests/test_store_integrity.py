@@ -266,7 +266,7 @@ def test_resume_removes_dead_writers_temporaries_before_computing(tmp_path):
 def test_failed_saves_leave_no_temporary(tmp_path, monkeypatch, which):
     import importlib
 
-    cli_app = importlib.import_module("ntkit.cli.app")
+    cli_ui = importlib.import_module("ntkit.cli._ui")
 
     def full_disk(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -275,9 +275,9 @@ def test_failed_saves_leave_no_temporary(tmp_path, monkeypatch, which):
     target = tmp_path / {"npy": "K.npy", "text": "K.json", "model": "m.npz"}[which]
     with pytest.raises(OSError, match="No space|disk is full"):
         if which == "npy":
-            cli_app._atomic_save_npy(target, np.ones((3, 3)))
+            cli_ui.atomic_save_npy(target, np.ones((3, 3)))
         elif which == "text":
-            cli_app._atomic_write_text(target, "{}")
+            cli_ui.atomic_write_text(target, "{}")
         else:
             from ntkit.solvers import KernelRidge
 

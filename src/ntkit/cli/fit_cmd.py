@@ -19,7 +19,10 @@ from typing import Any, Optional
 
 import typer
 
-from ntkit.cli.app import _ARGV, UserError, _atomic_save_npy, _atomic_write_text, app, err, out
+from ntkit.cli._ui import ARGV as _ARGV
+from ntkit.cli._ui import UserError, err, out
+from ntkit.cli._ui import atomic_save_npy as _atomic_save_npy
+from ntkit.cli._ui import atomic_write_text as _atomic_write_text
 
 SOLVERS = ("eigenpro3", "ridge")
 
@@ -122,7 +125,6 @@ class _EpochTable:
                 out.line()  # the last rendering ends without one
 
 
-@app.command()
 def fit(
     data: str = typer.Argument(..., help="Training data spec, e.g. digits, 'cifar10\\[train:0:10000]', npz:PATH."),
     kernel: str = typer.Option("laplacian:bandwidth=10", "--kernel", "-k",
@@ -292,7 +294,6 @@ def fit(
     return 0
 
 
-@app.command()
 def predict(
     model_path: Path = typer.Argument(..., help="A model saved by `ntkit fit` (or model.save) (.npz)."),
     data: str = typer.Argument(..., help="Data spec to predict, e.g. 'digits\\[test]'."),
@@ -359,7 +360,7 @@ def predict(
         X, y = predict_rows(model.kernel_, getattr(model, "kernel_rows_", None), ds, row_offset, data_dir), ds.labels
     else:
         X, y = _inputs(model.kernel_, ds, 0, dtype if dtype in ("float32", "float64") else "float32")
-    from ntkit.cli.app import _Bar
+    from ntkit.cli._ui import Bar as _Bar
     from ntkit.kernels.progress import kernel_progress
 
     t = time.perf_counter()
