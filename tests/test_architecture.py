@@ -38,15 +38,6 @@ ALLOWED_EDGES: set[tuple[str, str]] = set()
 
 KNOWN: set[str] = {
     'long file: ntkit.store.kernel_store',
-    'private import: ntkit.cli.app -> ntkit._rss',
-    'private import: ntkit.engine.api -> ntkit._rss',
-    'private import: ntkit.engine.call -> ntkit._malloc',
-    'private import: ntkit.engine.memory -> ntkit._malloc',
-    'private import: ntkit.engine.memory -> ntkit._rss',
-    'private import: ntkit.tiled.compute -> ntkit._malloc',
-    'private import: ntkit.tiled.compute -> ntkit._rss',
-    'private import: ntkit.tiled.features -> ntkit.store.kernel_store._fsync_path',
-    'upward import: ntkit.rules.contract -> ntkit.engine',
 }
 
 

@@ -197,7 +197,7 @@ def test_jacobian_plan_never_exceeds_its_budget():
 
 
 def test_used_since_counts_what_the_process_took():
-    from ntkit import _rss
+    from ntkit._runtime import rss as _rss
 
     if _rss.status() is None:
         pytest.skip("no /proc/self/status")

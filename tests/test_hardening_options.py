@@ -38,7 +38,7 @@ def test_tf32x3_with_ntk_vp_refused_for_npy(tmp_path, capsys):
 
 def test_precision_honoured_and_recorded_for_npy(tmp_path, capsys):
     from ntkit.data import resolve_kernel_data
-    from ntkit.engine.precision import gram_precision
+    from ntkit._runtime.precision import gram_precision
     from ntkit.models import build_model
 
     out = tmp_path / "K.npy"

@@ -3,7 +3,7 @@ TF32 product that these tolerances catch), the Gram step of both engines under t
 `ntkit.compute` + `verify` of a tf32x3 store against a float64 recompute, tampering included.
 
 On CPU the split products are an exact emulation of tensor-core products (see
-`ntkit.engine.precision`), so these are the mode's accuracy figures up to accumulation order.
+`ntkit._runtime.precision`), so these are the mode's accuracy figures up to accumulation order.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import ntkit
-from ntkit.engine import precision
+from ntkit._runtime import precision
 from ntkit.engine.jacobian_contraction import contract_rows
 from ntkit.engine.outputs import OutputSpec
-from ntkit.engine.precision import gram_precision, gram_tf32x3, round_tf32, split_tf32
+from ntkit._runtime.precision import gram_precision, gram_tf32x3, round_tf32, split_tf32
 from ntkit.reference import ntk_reference
 from ntkit.rules.contract import contract_grads
 from ntkit.store import KernelStore
@@ -104,7 +104,7 @@ def test_cuda_flags_are_set_by_the_new_api_and_restored():
     m, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
     if not hasattr(conv, "fp32_precision"):
         pytest.skip("torch without fp32_precision")
-    from ntkit.tiled.worker import matmul_precision
+    from ntkit._runtime.precision import matmul_precision
 
     before = (m.fp32_precision, conv.fp32_precision)
     cuda = torch.device("cuda")  # only flags are set: no CUDA device is needed

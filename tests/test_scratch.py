@@ -1,4 +1,4 @@
-"""The scratch pool (`ntkit.scratch`): reuse inside scopes, bounded idle memory, and kernels that
+"""The scratch pool (`ntkit._runtime.scratch`): reuse inside scopes, bounded idle memory, and kernels that
 stay exact when every buffer of a call is a reused one (checked against the float64 reference)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from zoo import OUTPUTS, RTOL64, ZOO, D, rel_err
 
 import ntkit
-from ntkit import scratch
+from ntkit._runtime import scratch
 from ntkit.engine import cache
 from ntkit.engine.call import prepare
 from ntkit.reference import ntk_reference
@@ -151,7 +151,7 @@ def test_pool_does_not_grow_with_the_number_of_block_pairs(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- malloc thresholds
-_PROBE = ("import torch, ntkit; from ntkit import _malloc; "
+_PROBE = ("import torch, ntkit; from ntkit._runtime import malloc as _malloc; "
           "ntkit.ntk(torch.nn.Linear(3, 2), torch.randn(4, 3)); print(_malloc._state.get('tuned'))")
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ntkit._runtime.files import atomic_open
 from ntkit.analysis.generalization import PredictedVsActual
 from ntkit.analysis.layers import LayerDecomposition
 from ntkit.analysis.spectra import PowerLawFit, Spectrum, power_law_fit
@@ -47,13 +48,11 @@ def _figure(ncols: int = 1, width: float = 5.5):
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(header)
         for row in rows:
             w.writerow([_fmt(v) for v in row])
-    os.replace(tmp, path)
 
 
 def _fmt(v: Any) -> Any:
@@ -142,13 +141,9 @@ def _save(fig, png: Path) -> None:
     heading = fig._suptitle.get_text() if getattr(fig, "_suptitle", None) is not None else ""
     axes = axes_text(fig)
     title = " — ".join(t for t in [heading.replace("\n", " "), *(a["title"] for a in axes)] if t)
-    tmp = png.with_name(f".{png.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png", metadata={"Title": title, "Software": "ntkit",
-                                                  "ntkit:axes": json.dumps(axes, ensure_ascii=False)})
-        os.replace(tmp, png)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_open(png) as fh:
+        fig.savefig(fh, format="png", metadata={"Title": title, "Software": "ntkit",
+                                                 "ntkit:axes": json.dumps(axes, ensure_ascii=False)})
 
 
 def plot_spectrum(spectrum: Spectrum | Any, path: str | os.PathLike[str], *,

@@ -154,9 +154,9 @@ def edge_text(edge: str | None, flat: bool = False) -> str:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """`text` written to `path` whole or not at all (fsync, rename; the temporary removed on failure)."""
-    from ntkit.store.kernel_store import atomic_write_bytes  # the package's one atomic write, for now
+    from ntkit._runtime.files import atomic_write
 
-    atomic_write_bytes(path, text.encode())
+    atomic_write(path, text)
 
 
 def write_report(out_dir: Path, title: str, head: list[str], summary: dict[str, Any], figures: dict[str, str],

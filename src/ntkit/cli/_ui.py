@@ -9,7 +9,6 @@ the Typer app from them.
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 import warnings
 from contextlib import contextmanager
@@ -61,44 +60,29 @@ class Bar(WorkBar):
 
 
 def atomic_save_npy(path: Path, array: Any) -> None:
-    """`array` saved as `path` (.npy) whole or not at all: a temporary file, fsync, rename; an
-    OSError becomes an `OutputWriteError` naming the file and the fix."""
+    """`array` saved as `path` (.npy) whole or not at all (`ntkit._runtime.files`); an OSError
+    becomes an `OutputWriteError` naming the file and the fix."""
     import numpy as np
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            np.save(fh, array)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        from ntkit.cli.errors import write_failed
+    from ntkit._runtime.files import atomic_open
+    from ntkit.cli.errors import write_failed
 
-        tmp.unlink(missing_ok=True)  # never a half-written file left behind
+    try:
+        with atomic_open(path) as fh:
+            np.save(fh, array)
+    except OSError as e:
         raise write_failed(path, int(getattr(array, "nbytes", 0)) + 128, e) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """`text` written to `path` whole or not at all (as `atomic_save_npy`)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        from ntkit.cli.errors import write_failed
+    from ntkit._runtime.files import atomic_write
+    from ntkit.cli.errors import write_failed
 
-        tmp.unlink(missing_ok=True)
+    try:
+        atomic_write(path, text)
+    except OSError as e:
         raise write_failed(path, len(text.encode()), e) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def sidecar_path(path: Path) -> Path:

@@ -86,7 +86,7 @@ def _print_interrupted() -> None:
 
 
 def _main(args: list[str] | None = None) -> int:
-    from ntkit import _rss
+    from ntkit._runtime import rss as _rss
 
     _ARGV[:] = list(sys.argv[1:] if args is None else args)
     if _ARGV[:1] == ["compute"] and not {"-h", "--help"} & set(_ARGV):

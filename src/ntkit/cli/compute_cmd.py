@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import platform
 import shlex
 import time
@@ -81,7 +80,7 @@ def compute(
     from ntkit.data import resolve_kernel_data
     from ntkit.engine.api import parse_method
     from ntkit.engine.outputs import parse_output
-    from ntkit.models import build_model, model_fingerprint, parse_model_spec
+    from ntkit.models import build_model, parse_model_spec
 
     timings: dict[str, float] = {}
     t = time.perf_counter()
@@ -137,7 +136,7 @@ def compute(
     kw = dict(output=output, params=params or None, batch_size=batch_size, memory=memory)
     from ntkit.cli.interrupts import mark_reported
     from ntkit.engine.progress import Interrupt
-    from ntkit.tiled.worker import matmul_precision
+    from ntkit._runtime.precision import matmul_precision
 
     # Ctrl-C from here on: the first stops at the next step of the engine (said at once, with
     # how long that step still needs), the second at once; nothing is written either way.
@@ -145,8 +144,11 @@ def compute(
     written: list[Path] = []
 
     def stuck() -> None:  # a second Ctrl-C inside one long torch operation: the process ends now
-        for f in (*written, output_path.with_name(f".{output_path.name}.{os.getpid()}.tmp"),
-                  sidecar_path(output_path).with_name(f".{sidecar_path(output_path).name}.{os.getpid()}.tmp")):
+        from ntkit._runtime.files import temporary_prefix
+
+        temporaries = [f for p in (output_path, sidecar_path(output_path))
+                       for f in p.parent.glob(f"{temporary_prefix(p)}*.tmp")]
+        for f in (*written, *temporaries):
             f.unlink(missing_ok=True)
         err.print("[red]interrupted[/red]: stopped now; nothing was written")
 
@@ -257,7 +259,7 @@ def _write_npy_sidecar(sidecar: Path, rows, col_ds, model: str, weights, seed: i
 
 def _check_compute_options(method: str, precision: str, batch_size: int | None, to_store: bool) -> None:
     """Options `ntkit compute` would otherwise ignore: refused here, each with the fix."""
-    from ntkit.tiled.worker import PRECISIONS
+    from ntkit._runtime.precision import PRECISIONS
 
     if precision not in PRECISIONS:
         raise UserError(f"unknown --precision {precision!r}; use one of {', '.join(PRECISIONS)}")

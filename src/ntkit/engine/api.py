@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.func import jvp, vjp
 
-from ntkit import _rss
+from ntkit._runtime import rss as _rss
 from ntkit.engine.call import ForwardADFallbackWarning, LayerCost, as_tensor, blocks, functional_model, prepare
 from ntkit.engine.finite import NonFiniteError, check_kernel
 from ntkit.engine.functional import FunctionalModel, ParamSelection

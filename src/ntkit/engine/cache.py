@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module
 
-from ntkit import scratch
+from ntkit._runtime import scratch
 from ntkit.rules.registry import registry_version
 
 # Entries per model structure (several shapes, outputs and selections); least recently used go.
@@ -109,7 +109,7 @@ def memo_for(model: nn.Module, base: Hashable) -> Memo:
 
 def clear(model: nn.Module | None = None) -> None:
     """Forget what planning learned about `model` (all models when None, which also frees the
-    scratch buffers kept between calls, `ntkit.scratch`)."""
+    scratch buffers kept between calls, `ntkit._runtime.scratch`)."""
     with _LOCK:
         if model is None:
             _MODELS.clear()

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ntkit import _malloc
+from ntkit._runtime import malloc as _malloc
 from ntkit.engine.cost import StructuredCost, estimate
 from ntkit.engine.finite import check_weights
 from ntkit.engine.functional import FunctionalModel, ParamSelection
@@ -186,7 +186,7 @@ class KernelCall:
 
 
 def _working_budget(budget: int, start, minimum: int) -> int:
-    """The engine's share of a CPU `budget` for a call that began at `start` (`ntkit._rss`):
+    """The engine's share of a CPU `budget` for a call that began at `start` (`ntkit._runtime.rss`):
     less what `host_overhead` sets aside. Raises BudgetTooSmallError, naming the least budget,
     when that leaves less than `minimum` (`engine_minimum`)."""
     from ntkit.schedule.tiles import BudgetTooSmallError, format_bytes, suggest_memory
@@ -215,7 +215,7 @@ def prepare(model: torch.nn.Module, x1: Any, x2: Any = None, output: str | Outpu
             params: ParamSelection = None, batch_size: int | None = None, device: Any = None,
             memory: int | str | None = None, start: Any = None) -> KernelCall:
     """A validated, planned kernel computation of `model` on x1: (N1, *input) and x2: (N2, *input)
-    or None (x1 against itself, symmetric). `start` (`ntkit._rss.mark()`): count what the call
+    or None (x1 against itself, symmetric). `start` (`ntkit._runtime.rss.mark()`): count what the call
     holds from there against a CPU `memory` budget. Raises the errors `ntkit.ntk` documents."""
     if x2 is x1:
         x2 = None  # the same tensor twice: exploit the symmetry

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ntkit.engine import precision
+from ntkit._runtime import precision
 from ntkit.engine.functional import FunctionalModel
 from ntkit.engine.memory import Plan
 from ntkit.engine.outputs import OutputSpec
@@ -52,7 +52,7 @@ def contract_rows(j1: Rows, j2: Rows, spec: OutputSpec) -> torch.Tensor:
 
     Returns the block in the output layout, in the rows' dtype: (b1, b2, O, O), (b1, b2, O) or
     (b1, b2). Under `gram_precision("tf32x3")` (float32 rows) the products are split TF32
-    products summed in float64 over chunks and parameters (`ntkit.engine.precision`); otherwise
+    products summed in float64 over chunks and parameters (`ntkit._runtime.precision`); otherwise
     they are the plain `addmm_` / `baddbmm_` of the rows' dtype.
     """
     first = next(iter(j1.values()))

@@ -9,7 +9,7 @@ A plan fixes three sizes so that the working set stays under a byte budget M:
 - `chunk`: basis samples per NTK-vector-product step (tangents plus vmapped JVP activations).
 The kernel that is returned is not part of the budget: it is the result the caller asked for.
 `ntkit.ntk`, `ntkit.plan` and `ntkit.compute` refuse a budget below `engine_minimum` (one
-input's rows and activations) plus what the call itself already took (see `ntkit._rss`) with
+input's rows and activations) plus what the call itself already took (see `ntkit._runtime.rss`) with
 BudgetTooSmallError naming the least budget.
 
 On CPU a fourth size keeps the vmapped Jacobian passes in cache: `rows_batch` samples per pass,
@@ -99,11 +99,11 @@ ALLOCATOR_RESERVE = 8
 
 def host_overhead(budget: int, start) -> tuple[int, int]:
     """What a CPU budget sets aside before planning, for a call that began at `start`
-    (`ntkit._rss.mark()`): what the process took since then (the code torch and ntkit import on
+    (`ntkit._runtime.rss.mark()`): what the process took since then (the code torch and ntkit import on
     first use, the probe; on the command line also the data set and model it loaded) and
     1/ALLOCATOR_RESERVE of the budget for the allocator. Lowers the allocator's thresholds to the
-    budget (`ntkit._malloc.limit`). Returns (held, reserve) in bytes."""
-    from ntkit import _malloc, _rss
+    budget (`ntkit._runtime.malloc.limit`). Returns (held, reserve) in bytes."""
+    from ntkit._runtime import malloc as _malloc, rss as _rss
 
     _malloc.limit(budget)
     return _rss.used_since(start), budget // ALLOCATOR_RESERVE

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ntkit import scratch
+from ntkit._runtime import scratch
 from ntkit.engine.functional import FunctionalModel
 from ntkit.engine.jacobian_contraction import column_caches, contraction_steps, jacobian_contraction, triangle_part
 from ntkit.engine.memory import ACTIVATION_COPIES, Plan, group_parameters

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ntkit import scratch
+from ntkit._runtime import scratch
 from ntkit.rules.factors import Factor
 from ntkit.rules.registry import Rule
 

@@ -294,9 +294,9 @@ def contract_grads(g1: torch.Tensor, g2: torch.Tensor, kind: str, acc: torch.Ten
     """acc += the kernel block from per-sample gradients g1: (n, O', P), g2: (m, O', P).
 
     These are Gram products like Jacobian contraction's, so `gram_precision("tf32x3")` splits
-    them the same way (`ntkit.engine.precision`); direct-mode contractions stay plain float32.
+    them the same way (`ntkit._runtime.precision`); direct-mode contractions stay plain float32.
     """
-    from ntkit.engine import precision  # here: ntkit.engine imports this module
+    from ntkit._runtime import precision
 
     n, o, p = g1.shape
     m = g2.shape[0]

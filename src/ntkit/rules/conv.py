@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ntkit import scratch
+from ntkit._runtime import scratch
 from ntkit.rules.factors import Lazy, LinearFactor
 from ntkit.rules.registry import Rule, register_rule
 

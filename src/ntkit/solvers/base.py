@@ -20,6 +20,7 @@ from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
+from ntkit._runtime.files import atomic_open
 from ntkit.kernels import Kernel, Precomputed, as_kernel, kernel_config, kernel_from_config, parse_kernel
 from ntkit.kernels.base import KernelInputError, as_tensor
 
@@ -269,17 +270,8 @@ class KernelMachine:
         for name, a in karrays.items():
             arrays[f"kernel_state/{name}"] = a
         arrays["__meta__"] = np.array(json.dumps(meta))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a full or read-only disk leaves nothing behind
-            raise
+        with atomic_open(path) as fh:  # a full or read-only disk leaves nothing behind
+            np.savez(fh, **arrays)
         return path
 
 

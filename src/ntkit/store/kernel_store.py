@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from ntkit._runtime.files import atomic_write, fsync_path
 from ntkit.schedule import Tile, iter_tiles
 
 FORMAT = "ntkit.kernelstore.v1"
@@ -70,36 +70,6 @@ class CorruptTileError(StoreError):
 
 class StoreRepairWarning(UserWarning):
     """Resuming found recorded tiles whose data were missing or corrupt: they are recomputed."""
-
-
-def _fsync_path(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems (and directories on some OSes) refuse fsync
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a reader sees the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The pid in the name: a resumed run removes the temporaries of processes that died.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_path(path.parent)
 
 
 def tile_checksum(data: np.ndarray) -> str:
@@ -234,7 +204,7 @@ class KernelStore:
                 "complete": False}
         arr.attrs["ntkit"] = meta
         (path / _RECORDS).mkdir(exist_ok=True)
-        _fsync_path(path / "zarr.json")
+        fsync_path(path / "zarr.json")
         return cls(path, mode="r+")
 
     # -- description ----------------------------------------------------------------------------
@@ -507,7 +477,7 @@ class KernelStore:
         recomputes them."""
         for t in tiles:
             (self.path / _RECORDS / f"{t.key}.json").unlink(missing_ok=True)
-        _fsync_path(self.path / _RECORDS)
+        fsync_path(self.path / _RECORDS)
 
     def clean_temporaries(self) -> int:
         """Remove the temporary files of writers that died (a killed run's feature block, zarr's
@@ -547,14 +517,14 @@ class KernelStore:
             chunks.append((tile.j, tile.i))
         sizes = []
         for ci, cj in chunks:
-            _fsync_path(self._chunk_path(ci, cj))
+            fsync_path(self._chunk_path(ci, cj))
             sizes.append(self._chunk_path(ci, cj).stat().st_size)
         record = {"tile": tile.key, "rows": [tile.r0, tile.r1], "cols": [tile.c0, tile.c1],
                   "sha256": tile_checksum(data), "seconds": round(float(seconds), 6),
                   "entries": tile.n_entries, "finished": time.time(), "worker": worker, "chunk_bytes": sizes}
         if low is not None:
             record["mirror_sha256"] = tile_checksum(low)
-        atomic_write_bytes(self.path / _RECORDS / f"{tile.key}.json", json.dumps(record).encode())
+        atomic_write(self.path / _RECORDS / f"{tile.key}.json", json.dumps(record).encode())
         return record
 
     def _chunk_path(self, ci: int, cj: int) -> Path:
@@ -565,7 +535,7 @@ class KernelStore:
         """Merge `changes` into ntkit's metadata (driver only)."""
         self._meta.update(json.loads(json.dumps(changes)))
         self._array.attrs["ntkit"] = self._meta
-        _fsync_path(self.path / "zarr.json")
+        fsync_path(self.path / "zarr.json")
 
     # -- checking -------------------------------------------------------------------------------
     @property

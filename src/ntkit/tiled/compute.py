@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ntkit._runtime.precision import PRECISIONS
 from ntkit.engine.memory import acc_entry_bytes, engine_minimum, host_overhead
 from ntkit.schedule import Tile, plan_tiles
 from ntkit.schedule.features import STRATEGIES as FEATURE_STRATEGIES
@@ -46,7 +47,7 @@ from ntkit.tiled.features import FeatureCache, FeatureSpec, tile_keys
 from ntkit.tiled.metadata import (_check_identity, _check_resume_plan, _features_from_meta, _features_meta, _identity,
                                   _plan_from_meta, _plan_meta, _repair_on_resume, _versions)
 from ntkit.tiled.sources import DataSource, _shared_prefix, tile_inputs
-from ntkit.tiled.worker import PRECISIONS, TileJob, compute_tile, features_tile
+from ntkit.tiled.worker import TileJob, compute_tile, features_tile
 
 __all__ = ["compute", "ComputeInterrupted"]
 
@@ -100,7 +101,7 @@ def compute(
         precision: "float32" (TF32 off on CUDA), "tf32" (faster tensor-core products, ~1e-3)
             or "tf32x3" (the Gram step as three TF32 products on a hi/lo split summed in float64
             chunks, ≤ 1e-5 of float64; everything else float32 with TF32 off; see
-            `ntkit.engine.precision`). It splits the Gram products of Jacobian contraction and
+            `ntkit._runtime.precision`). It splits the Gram products of Jacobian contraction and
             structured derivatives' per-sample-gradient terms; NTK-vector products have no
             Gram step and are refused with it (an "auto" choice of them runs plain float32).
         features: "auto" | "recompute" | "disk": whether each tile recomputes the Jacobian rows
@@ -131,7 +132,7 @@ def compute(
         args = dict(locals())
         with store_lock(store):
             return compute(**{k: args[k] for k in inspect.signature(compute).parameters})
-    from ntkit import _rss
+    from ntkit._runtime import rss as _rss
     from ntkit.engine.api import parse_method
     from ntkit.engine.call import prepare
     from ntkit.engine.memory import parse_memory
@@ -319,7 +320,7 @@ def compute(
 def _release_between_tiles() -> None:
     """Give back what the last tile freed (pooled scratch buffers, the heap's free pages), so
     the allocator does not keep one tile's memory while the next allocates its own."""
-    from ntkit import _malloc, scratch
+    from ntkit._runtime import malloc as _malloc, scratch
 
     scratch.release()
     _malloc.trim()

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ntkit._runtime.files import atomic_replace, atomic_write, temporary_prefix
 from ntkit.schedule.features import chunks
 from ntkit.schedule.tiles import Tile
-from ntkit.store.kernel_store import _fsync_path, atomic_write_bytes
 from ntkit.tiled.sources import to_device
 
 DIR = "features"
@@ -141,15 +141,14 @@ class FeatureCache:
         self.root.mkdir(parents=True, exist_ok=True)
         # Written under a private name and renamed when durable: Dask workers that need the same
         # block at once each write their own (identical) copy, and a reader sees a whole file.
-        path = self.root / f".{key.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        path = self.root / f"{temporary_prefix(key.name)}{uuid.uuid4().hex[:8]}.tmp"
         try:
             self._write(path, key, x, rows_fn)
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        os.replace(path, self._bin(key))
-        _fsync_path(self.root)
-        atomic_write_bytes(self._rec(key), json.dumps(
+        atomic_replace(path, self._bin(key))
+        atomic_write(self._rec(key), json.dumps(
             {"bytes": self.block_bytes(key), "chunk": self.chunk, "n": key.n,
              "seconds": round(time.perf_counter() - t0, 4)}).encode())
         self.seconds += time.perf_counter() - t0

@@ -3,8 +3,6 @@ worker by `ntkit.distributed.worker.run_tile_to_store`."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,13 +10,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ntkit.engine.precision import cuda_tf32, gram_precision
+from ntkit._runtime.precision import matmul_precision
 from ntkit.schedule import Tile
 from ntkit.tiled.features import FeatureSpec, tile_from_features
 from ntkit.tiled.sources import to_device
-
-PRECISIONS = ("float32", "tf32", "tf32x3")
-
 
 @dataclass
 class TileJob:
@@ -33,21 +28,6 @@ class TileJob:
     device: str | None = None
     precision: str = "float32"
     features: FeatureSpec | None = None  # tiles read Jacobian rows cached in the store's features/
-
-
-@contextlib.contextmanager
-def matmul_precision(device: torch.device, precision: str) -> Iterator[None]:
-    """The float32 arithmetic of one tile.
-
-    "float32": TF32 off on CUDA (matmuls and cuDNN convolutions). "tf32": on for all of them
-    (10-bit mantissa products, ~1e-3). "tf32x3": off for everything but the Gram step, whose
-    products are split into three TF32 products summed in float64 chunks (float32-level
-    accuracy; on CPU an exact emulation, see `ntkit.engine.precision`).
-    """
-    gram = gram_precision("tf32x3" if precision == "tf32x3" else "default")
-    tf32 = cuda_tf32(precision == "tf32") if device.type == "cuda" else contextlib.nullcontext()
-    with tf32, gram:
-        yield
 
 
 def compute_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.Tensor | None,

@@ -11,7 +11,7 @@ into short chunks whose float32 results are summed in float64.
 Only the Gram step of Jacobian contraction (`contract_rows`) and the per-sample-gradient
 contractions of structured derivatives (`ntkit.rules.contract.contract_grads`) go through here;
 everything else (Jacobian passes, convolutions, structured derivatives' direct contractions)
-runs in plain float32 with TF32 off (`ntkit.tiled.worker.matmul_precision`).
+runs in plain float32 with TF32 off (`matmul_precision` below).
 
 On CPU there are no tensor cores: the same algorithm runs on float32 BLAS, where the product of
 two TF32 numbers (11 × 11 significant bits) is exact, so the products are those a tensor core
@@ -225,3 +225,21 @@ def mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 __all__ = ["GRAM_CHUNK", "GRAM_MODES", "accumulator_dtype", "addmm_", "baddbmm_", "cuda_tf32",
            "gram_precision", "gram_tf32x3", "mm", "round_tf32", "split_tf32", "uses_tf32x3"]
+
+
+PRECISIONS = ("float32", "tf32", "tf32x3")
+
+
+@contextlib.contextmanager
+def matmul_precision(device: torch.device, precision: str) -> Iterator[None]:
+    """The float32 arithmetic of one tile.
+
+    "float32": TF32 off on CUDA (matmuls and cuDNN convolutions). "tf32": on for all of them
+    (10-bit mantissa products, ~1e-3). "tf32x3": off for everything but the Gram step, whose
+    products are split into three TF32 products summed in float64 chunks (float32-level
+    accuracy; on CPU an exact emulation, see above).
+    """
+    gram = gram_precision("tf32x3" if precision == "tf32x3" else "default")
+    tf32 = cuda_tf32(precision == "tf32") if device.type == "cuda" else contextlib.nullcontext()
+    with tf32, gram:
+        yield
