@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ntkit._runtime.blocks import block_slices
 from ntkit._runtime import malloc as _malloc
 from ntkit.engine.cost import StructuredCost, estimate
 from ntkit.engine.finite import check_weights
@@ -67,7 +68,7 @@ def as_tensor(x: Any, name: str, device: torch.device | None) -> torch.Tensor:
 
 def blocks(n: int, size: int) -> list[slice]:
     """[0:size], [size:2 size], ... covering range(n)."""
-    return [slice(s, min(s + size, n)) for s in range(0, n, size)]
+    return block_slices(n, size)
 
 
 class KernelCall:

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ntkit._runtime.blocks import block_slices
+
 GiB = 1024**3
 # Backward and forward-mode passes keep a few copies of each activation alive at once.
 ACTIVATION_COPIES = 4
@@ -138,7 +140,7 @@ class Plan:
     def rows_slices(self, n: int) -> list[slice]:
         """How a block of n samples is split into vmapped Jacobian passes."""
         step = n if self.rows_batch <= 0 else self.rows_batch
-        return [slice(s, min(s + step, n)) for s in range(0, n, step)]
+        return block_slices(n, step)
 
 
 def group_parameters(names: Sequence[str], sizes: dict[str, int], capacity: int) -> list[list[str]]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from ntkit._runtime.blocks import block_slices
+
 
 def transpose(block: torch.Tensor) -> torch.Tensor:
     """Θ[m, n, b, a] from Θ[n, m, a, b] (any of the output layouts)."""
@@ -17,7 +19,7 @@ def transpose(block: torch.Tensor) -> torch.Tensor:
 
 def chunks(start: int, stop: int, size: int) -> list[slice]:
     """[start, stop) in consecutive slices of at most `size`."""
-    return [slice(s, min(s + size, stop)) for s in range(start, stop, size)]
+    return block_slices(stop, size, start)
 
 
 def fill_lower_in_block(out: torch.Tensor, block: slice, parts: list[slice]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ntkit._runtime.blocks import block_slices
 from ntkit.kernels.progress import Steps
 
 __all__ = ["Kernel", "FunctionKernel", "KernelInputError", "as_tensor", "as_kernel", "DEFAULT_BLOCK_BYTES"]
@@ -42,10 +43,6 @@ def as_tensor(x: Any, name: str = "x") -> torch.Tensor:
     except (TypeError, ValueError) as e:
         raise KernelInputError(f"{name} must be an array or tensor of shape (N, *input), got "
                                f"{type(x).__name__} ({e})") from None
-
-
-def _blocks(n: int, size: int) -> list[slice]:
-    return [slice(s, min(s + size, n)) for s in range(0, n, max(1, size))]
 
 
 class Kernel:
@@ -92,7 +89,7 @@ class Kernel:
     def _diag(self, x: torch.Tensor) -> torch.Tensor:
         """k(x_i, x_i) for prepared x: (n,). Default: the diagonals of diagonal blocks."""
         step = self._block_rows(x, x)
-        return torch.cat([torch.diagonal(self._block(x[s], x[s], True)) for s in _blocks(x.shape[0], step)])
+        return torch.cat([torch.diagonal(self._block(x[s], x[s], True)) for s in block_slices(x.shape[0], step)])
 
     @property
     def spec(self) -> str | None:
@@ -117,9 +114,9 @@ class Kernel:
         rb, cb = self._block_rows(xp, zp), self._block_cols(xp, zp)
         if same:  # aligned square blocks, so each lower block is the transpose of an upper one
             rb = cb = min(rb, cb)
-        steps = Steps(len(_blocks(n, rb)))
-        for r in _blocks(n, rb):
-            for c in _blocks(m, cb):
+        steps = Steps(len(block_slices(n, rb)))
+        for r in block_slices(n, rb):
+            for c in block_slices(m, cb):
                 if same and c.start < r.start:  # lower blocks mirror the upper ones
                     out[r, c] = out[c, r].T
                     continue
@@ -153,9 +150,9 @@ class Kernel:
         rb, cb = self._block_rows(xp, zp), self._block_cols(xp, zp)
         if same:
             rb = cb = min(rb, cb)
-        steps = Steps(len(_blocks(xp.shape[0], rb)))
-        for r in _blocks(xp.shape[0], rb):
-            for c in _blocks(zp.shape[0], cb):
+        steps = Steps(len(block_slices(xp.shape[0], rb)))
+        for r in block_slices(xp.shape[0], rb):
+            for c in block_slices(zp.shape[0], cb):
                 res[r] += self._block(xp[r], zp[c], same and r == c) @ v2[c]
             steps.advance()
         return res[:, 0] if vec else res

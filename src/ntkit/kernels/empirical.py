@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ntkit._runtime.blocks import block_slices
 from ntkit.kernels.base import Kernel, KernelInputError, as_tensor
 from ntkit.kernels.progress import Steps, current_progress
 
@@ -25,10 +26,6 @@ __all__ = ["EmpiricalNTK", "KERNEL_OUTPUTS"]
 
 #: outputs that make the eNTK a scalar kernel (N, M)
 KERNEL_OUTPUTS = ("trace", "pntk", "logit:K")
-
-
-def _blocks(n: int, size: int) -> list[slice]:
-    return [slice(s, min(s + size, n)) for s in range(0, n, max(1, size))]
 
 
 class EmpiricalNTK(Kernel):
@@ -147,10 +144,10 @@ class EmpiricalNTK(Kernel):
         itemsize = torch.empty((), dtype=fm.dtype).element_size()
         return min(self.batch_size or max(1, int(self._budget() // max(1, 4 * width * itemsize))), 256)
 
-    def _n_feature_blocks(self, fm, n: int, chunk: int | None = None) -> int:
+    def _n_featureblock_slices(self, fm, n: int, chunk: int | None = None) -> int:
         """How many Jacobian blocks `_features` runs for n samples (taken `chunk` at a time)."""
         step = self._feature_step(fm)
-        return sum(len(_blocks(c.stop - c.start, step)) for c in _blocks(n, chunk or max(n, 1)))
+        return sum(len(block_slices(c.stop - c.start, step)) for c in block_slices(n, chunk or max(n, 1)))
 
     def _features(self, fm, x: torch.Tensor, steps: Steps | None = None) -> torch.Tensor:
         """Jacobian rows of the differentiated outputs: (n, O'·P), blocked over samples."""
@@ -158,7 +155,7 @@ class EmpiricalNTK(Kernel):
         width = spec.n_out(fm.n_logits) * fm.n_params
         step = self._feature_step(fm)
         out = torch.empty((x.shape[0], width), dtype=fm.dtype, device=fm.device)
-        for s in _blocks(x.shape[0], step):
+        for s in block_slices(x.shape[0], step):
             rows = fm.jacobian_rows(fm.names, x[s], spec)
             out[s] = torch.cat([rows[n].reshape(s.stop - s.start, spec.n_out(fm.n_logits), -1)
                                 for n in fm.names], dim=2).reshape(s.stop - s.start, -1)
@@ -222,8 +219,8 @@ class EmpiricalNTK(Kernel):
         fm.check_inputs(xp, zp)
         steps = None
         if current_progress() is not None and (self._cache_hit(z) or self._cacheable(zp, fm)):
-            steps = Steps(self._n_feature_blocks(fm, xp.shape[0])
-                          + (0 if self._cache_hit(z) else self._n_feature_blocks(fm, zp.shape[0])))
+            steps = Steps(self._n_featureblock_slices(fm, xp.shape[0])
+                          + (0 if self._cache_hit(z) else self._n_featureblock_slices(fm, zp.shape[0])))
         fz = self._cached_features(z, zp, fm, steps)
         if fz is None:
             return ntk(self.model, xp, zp, method=self.method, output=self.output, params=self.params,
@@ -243,17 +240,17 @@ class EmpiricalNTK(Kernel):
         z_raw = z if z is not None else x
         steps = None
         if current_progress() is not None:
-            steps = Steps(self._n_feature_blocks(fm, xp.shape[0], 256)
-                          + (0 if self._cache_hit(z_raw) else self._n_feature_blocks(fm, zp.shape[0], 256)))
+            steps = Steps(self._n_featureblock_slices(fm, xp.shape[0], 256)
+                          + (0 if self._cache_hit(z_raw) else self._n_featureblock_slices(fm, zp.shape[0], 256)))
         fz = self._cached_features(z_raw, zp, fm, steps)
         if fz is not None:
             w = fz.T @ v2
         else:
             w = None
-            for s in _blocks(zp.shape[0], 256):
+            for s in block_slices(zp.shape[0], 256):
                 part = self._features(fm, zp[s], steps).T @ v2[s]
                 w = part if w is None else w + part
-        res = torch.cat([self._features(fm, xp[s], steps) @ w for s in _blocks(xp.shape[0], 256)])
+        res = torch.cat([self._features(fm, xp[s], steps) @ w for s in block_slices(xp.shape[0], 256)])
         if out is not None:
             out += res
             res = out
@@ -264,7 +261,7 @@ class EmpiricalNTK(Kernel):
         xp = self.prepare(x, "x")
         fm = self._fm()
         fm.check_inputs(xp, None)
-        return torch.cat([self._features(fm, xp[s]).pow(2).sum(1) for s in _blocks(xp.shape[0], 256)])
+        return torch.cat([self._features(fm, xp[s]).pow(2).sum(1) for s in block_slices(xp.shape[0], 256)])
 
     def __repr__(self) -> str:
         what = self.model_spec or type(self.model).__name__

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ntkit._runtime.blocks import block_slices
 from ntkit.solvers.base import SolverInputError, check_inputs, check_targets, class_targets, n_rows
 from ntkit.solvers.cg import conjugate_gradient
 from ntkit.solvers.nystrom import NystromAdaptedWarning, critical_batch_size, nystrom_eigensystem, step_size
@@ -30,10 +31,6 @@ __all__ = ["DivergenceError", "EigenPro3Iteration"]
 
 class DivergenceError(RuntimeError):
     """The iteration blew up: the step size was too large for this kernel and data."""
-
-
-def _blocks(n: int, size: int) -> list[slice]:
-    return [slice(s, min(s + size, n)) for s in range(0, n, max(1, size))]
 
 
 class EigenPro3Iteration:
@@ -230,7 +227,7 @@ class EigenPro3Iteration:
         kz_in = torch.zeros_like(alpha) if ridge else None  # K_zB g over those that are
         any_out = False
         preds = []
-        for ch in _blocks(m, self._chunk):
+        for ch in block_slices(m, self._chunk):
             blocks = self._batch_block(xb[ch])
             pred = sum((blk @ alpha[sh].to(blk.device)).to(base) for blk, sh in zip(blocks, self._shards))
             preds.append(pred)

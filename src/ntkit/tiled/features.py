@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ntkit._runtime.blocks import block_slices
 from ntkit._runtime.files import atomic_replace, atomic_write, temporary_prefix
 from ntkit.schedule.features import chunks
 from ntkit.schedule.tiles import Tile
@@ -212,8 +213,8 @@ class FeatureCache:
 
         diagonal = row == col
         out = torch.zeros(spec.shape(row.n, col.n, n_logits), dtype=self.dtype, device=device)
-        rs = [slice(s, min(s + sub, row.n)) for s in range(0, row.n, sub)]
-        cs = rs if diagonal else [slice(s, min(s + sub, col.n)) for s in range(0, col.n, sub)]
+        rs = block_slices(row.n, sub)
+        cs = rs if diagonal else block_slices(col.n, sub)
         for i, p in enumerate(rs):
             for q in (cs[i:] if diagonal else cs):
                 for k in range(len(self.ranges)):
