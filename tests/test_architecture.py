@@ -36,9 +36,7 @@ TOP = {"__init__"}  # ntkit/__init__.py: the public API, imports anything
 # (importing folder, imported folder) edges allowed against the layers, with why.
 ALLOWED_EDGES: set[tuple[str, str]] = set()
 
-KNOWN: set[str] = {
-    'long file: ntkit.store.kernel_store',
-}
+KNOWN: set[str] = set()
 
 
 def _folder(module: str) -> str:

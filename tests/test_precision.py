@@ -23,7 +23,7 @@ from ntkit._runtime.precision import gram_precision, gram_tf32x3, round_tf32, sp
 from ntkit.reference import ntk_reference
 from ntkit.rules.contract import contract_grads
 from ntkit.store import KernelStore
-from ntkit.store.kernel_store import tile_checksum
+from ntkit.store.records import tile_checksum
 
 FLT_MAX = float(np.finfo(np.float32).max)
 

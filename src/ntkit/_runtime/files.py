@@ -68,3 +68,15 @@ def atomic_replace(tmp: str | os.PathLike[str], path: str | os.PathLike[str]) ->
     os.replace(tmp, path)
     fsync_path(Path(path).parent)
 
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this machine (a temporary it names may still be written)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: someone else's process
+        return True
+    return True

@@ -24,87 +24,26 @@ checks every recorded tile the same way and recomputes the bad ones.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ntkit._runtime.files import atomic_write, fsync_path
+from ntkit._runtime.files import atomic_write, fsync_path, pid_alive
 from ntkit.schedule import Tile, iter_tiles
+from ntkit.store.errors import CorruptTileError, IncompleteStoreError, StoreError
+from ntkit.store.records import CHANGED, load_record, matches, mirror_tile, tile_checksum
+
+if TYPE_CHECKING:
+    from ntkit.store.verify import VerifyReport
 
 FORMAT = "ntkit.kernelstore.v1"
 _RECORDS = "tiles"
-_CHANGED = "does not match its checksum (the data changed after it was written)"
-# What `verify` allows between a float64 recompute and tiles computed with reduced-precision
-# products. tf32x3: the mode's promise (its split products and float64 chunk sums stay near
-# 3e-7 of float64 in tests/test_precision.py; the float32 Jacobian passes add ~1e-7). tf32: one
-# TF32 rounding per operand (2^-11 each) bounds an entry's error by ~2^-10 ≈ 1e-3 of Σ|a_i·b_i|
-# ≤ sqrt(K_aa·K_bb); 3e-3 leaves 3x for tiles whose largest entry is below that (off-diagonal
-# tiles), and TF32 Grams measured 1e-4 to 9e-4 of float64 (relative Frobenius norm) at
-# P = 10k to 500k on an H100 (PEERS.md).
-PRECISION_RTOL = {"tf32x3": 1e-5, "tf32": 3e-3}
-
-
-class StoreError(ValueError):
-    """A kernel store cannot be used as asked (the message names the fix)."""
-
-
-class StoreMismatchError(StoreError):
-    """Resuming a store with another model, data or options."""
-
-
-class IncompleteStoreError(StoreError):
-    """Reading a whole kernel whose tiles are not all computed yet."""
-
-
-class CorruptTileError(StoreError):
-    """A computed tile's data on disk are missing, undecodable or differ from its checksum."""
-
-
-class StoreRepairWarning(UserWarning):
-    """Resuming found recorded tiles whose data were missing or corrupt: they are recomputed."""
-
-
-def tile_checksum(data: np.ndarray) -> str:
-    """sha256 of a tile's bytes in C order (little-endian as stored)."""
-    return hashlib.sha256(np.ascontiguousarray(data).view(np.uint8).reshape(-1)).hexdigest()
-
-
-@dataclass
-class VerifyReport:
-    """What `KernelStore.verify` found; `ok` is True only when nothing is wrong."""
-
-    path: str
-    tiles_total: int
-    tiles_done: int
-    checked: int = 0
-    recomputed: int = 0
-    max_rel_diff: float | None = None
-    reference: str | None = None  # what recomputed tiles were compared with
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems and self.tiles_done == self.tiles_total
-
-    def __str__(self) -> str:
-        lines = [f"{self.path}: {self.tiles_done}/{self.tiles_total} tiles complete, {self.checked} checked "
-                 f"(checksum, finite{', symmetric' if True else ''}), {self.recomputed} recomputed"
-                 + (f" (max relative difference {self.max_rel_diff:.2e})" if self.max_rel_diff is not None else "")
-                 + (f" against a {self.reference}" if self.reference and self.recomputed else "")]
-        if self.tiles_done < self.tiles_total:
-            lines.append(f"  incomplete: {self.tiles_total - self.tiles_done} tiles missing; run the same "
-                         "`ntkit compute` command again to finish")
-        lines += [f"  problem: {p}" for p in self.problems]
-        lines.append("OK" if self.ok else "FAILED")
-        return "\n".join(lines)
 
 
 class KernelStore:
@@ -246,7 +185,7 @@ class KernelStore:
         if not d.is_dir():
             return out
         for f in d.glob("*.json"):
-            rec = _load_record(f)
+            rec = load_record(f)
             if rec is not None:  # an unreadable record means the tile is not done
                 out[f.stem] = rec
         return out
@@ -350,11 +289,11 @@ class KernelStore:
             ci, cj = chunk
             region = (slice(ci * tr, (ci + 1) * tr), slice(cj * tc, (cj + 1) * tc))
             owner = self._chunk_owner(ci, cj)
-            rec = None if owner is None else _load_record(self.path / _RECORDS / f"{owner[0].key}.json")
+            rec = None if owner is None else load_record(self.path / _RECORDS / f"{owner[0].key}.json")
             if rec is None:  # not done (or no tile's): NaN, as the per-tile read gives
                 out[region] = np.nan
                 return None
-            return None if _matches(out[region], owner[0], owner[1], rec) else chunk
+            return None if matches(out[region], owner[0], owner[1], rec) else chunk
 
         chunks = [(ci, cj) for ci in range(-(-self.shape[0] // tr)) for cj in range(-(-self.shape[1] // tc))]
         self._chunk_owner(0, 0)  # builds the tile grid once, before the threads look it up
@@ -423,7 +362,7 @@ class KernelStore:
         if owner is None:  # not a chunk any tile fills (never, for a store ntkit wrote)
             return np.full((rs.stop - rs.start, cs.stop - cs.start, *self.shape[2:]), np.nan, self.dtype)
         t, mirrored = owner
-        rec = _load_record(self.path / _RECORDS / f"{t.key}.json")
+        rec = load_record(self.path / _RECORDS / f"{t.key}.json")
         if rec is None:
             return np.full((rs.stop - rs.start, cs.stop - cs.start, *self.shape[2:]), np.nan, self.dtype)
         data, problem = self._checked_chunk(t, mirrored, rec)
@@ -449,7 +388,7 @@ class KernelStore:
             data = np.ascontiguousarray(self._array[self._chunk_region(t, mirrored)])
         except Exception as e:  # noqa: BLE001 - a chunk the codec cannot decode: corrupted
             return None, f"cannot be decoded ({type(e).__name__}: {e})"
-        return (data, None) if _matches(data, t, mirrored, rec) else (None, _CHANGED)
+        return (data, None) if matches(data, t, mirrored, rec) else (None, CHANGED)
 
     def _corrupt_message(self, t: Tile, mirrored: bool, problem: str) -> str:
         what = (f"the mirror (rows {t.c0}:{t.c1}, cols {t.r0}:{t.r1}) of tile {t.key}" if mirrored
@@ -462,7 +401,7 @@ class KernelStore:
         checksums, with what is wrong: each chunk is read once, one at a time."""
         bad = []
         for t in self.tiles():
-            rec = _load_record(self.path / _RECORDS / f"{t.key}.json")
+            rec = load_record(self.path / _RECORDS / f"{t.key}.json")
             if rec is None:
                 continue
             for mirrored in ((False, True) if t.mirror else (False,)):
@@ -492,7 +431,7 @@ class KernelStore:
             parts = f.name.split(".")
             pid = (f.name.rsplit("-", 1)[-1] if f.name.startswith(".ntkit-disk-probe-")
                    else parts[-3] if f.suffix == ".tmp" and len(parts) >= 4 else "")
-            if pid.isdigit() and _pid_alive(int(pid)):
+            if pid.isdigit() and pid_alive(int(pid)):
                 continue
             try:
                 size = f.stat().st_size
@@ -554,81 +493,9 @@ class KernelStore:
         of the model and inputs; another dtype is reported as a problem), within the mode's
         promise: `PRECISION_RTOL`.
         """
-        tiles = self.tiles()
-        recs = self.records()
-        rep = VerifyReport(str(self.path), len(tiles), sum(t.key in recs for t in tiles))
-        fix = f"recompute it with `ntkit verify {self.path} --repair` or the same `ntkit compute` command"
-        for t in tiles:
-            if t.key not in recs:
-                continue
-            rep.checked += 1
-            data, problem = self._checked_chunk(t, False, recs[t.key])
-            if problem is not None:
-                rep.problems.append(self._corrupt_message(t, False, problem))
-                continue
-            if not np.isfinite(data).all():
-                rep.problems.append(f"tile {t.key} has non-finite entries")
-            if t.mirror:
-                _, problem = self._checked_chunk(t, True, recs[t.key])
-                if problem == _CHANGED and not np.array_equal(  # decodable, but not what was written
-                        self._array[self._chunk_region(t, True)], mirror_tile(data), equal_nan=True):
-                    rep.problems.append(f"tile {t.key}'s mirror (rows {t.c0}:{t.c1}, cols {t.r0}:{t.r1}) "
-                                        f"is not its transpose: the store is not symmetric; {fix}")
-                elif problem is not None:  # (a transpose whose recorded checksum is damaged: readers refuse it too)
-                    rep.problems.append(self._corrupt_message(t, True, problem))
-            elif t.diagonal and not np.array_equal(data, mirror_tile(data), equal_nan=True):
-                rep.problems.append(f"diagonal tile {t.key} is not symmetric; {fix}")
-        if recompute is not None and sample > 0:
-            reduced = self.precision in PRECISION_RTOL and self.dtype == np.float32
-            if rtol is None:
-                rtol = PRECISION_RTOL[self.precision] if reduced else 1e-4 if self.dtype == np.float32 else 1e-10
-            rep.reference = (f"float64 recompute, rtol {rtol:.0e}" if reduced
-                             else f"{self.dtype} recompute, rtol {rtol:.0e}")
-            done = [t for t in tiles if t.key in recs]
-            rng = np.random.default_rng(seed)
-            picks = rng.choice(len(done), size=min(sample, len(done)), replace=False) if done else []
-            worst = 0.0
-            for k in picks:
-                t = done[int(k)]
-                fresh = np.asarray(recompute(t))
-                if reduced and fresh.dtype != np.float64:
-                    rep.problems.append(f"tile {t.key} was recomputed in {fresh.dtype}; a {self.precision} store "
-                                        "is checked against a float64 recompute (a float64 copy of the "
-                                        "model and inputs)")
-                    continue
-                fresh = fresh.astype(np.float64, copy=False)
-                stored, problem = self._checked_chunk(t, False, recs[t.key])
-                if problem is not None:
-                    continue  # reported above
-                stored = stored.astype(np.float64)
-                scale = max(np.abs(fresh).max(), 1e-30)
-                diff = float(np.abs(fresh - stored).max() / scale)
-                worst = max(worst, diff)
-                rep.recomputed += 1
-                if not diff <= rtol:
-                    rep.problems.append(f"tile {t.key} recomputed differs from the stored one by {diff:.2e} "
-                                        f"(relative, tolerance {rtol:.0e}): the model, data or code changed")
-            rep.max_rel_diff = worst
-        return rep
+        from ntkit.store.verify import verify_store
 
-
-def _matches(data: np.ndarray, t: Tile, mirrored: bool, rec: dict[str, Any]) -> bool:
-    """The chunk data of tile `t` (its mirror when `mirrored`) are what its record says."""
-    if rec.get("rows") != [t.r0, t.r1] or rec.get("cols") != [t.c0, t.c1]:
-        return False
-    if mirrored and isinstance(rec.get("mirror_sha256"), str):
-        return tile_checksum(data) == rec["mirror_sha256"]
-    # stores written before mirror checksums: the transposed copy must be the tile
-    return tile_checksum(mirror_tile(data) if mirrored else data) == rec.get("sha256")
-
-
-def _load_record(path: Path) -> dict[str, Any] | None:
-    """A tile's record, or None when it is absent or unreadable (the tile is not done)."""
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return rec if isinstance(rec, dict) else None
+        return verify_store(self, recompute, sample, rtol, seed)
 
 
 def _as_slice(idx: np.ndarray) -> slice | None:
@@ -636,25 +503,6 @@ def _as_slice(idx: np.ndarray) -> slice | None:
     if idx.size == 0 or int(idx[-1]) - int(idx[0]) + 1 != idx.size or (idx.size > 1 and not (np.diff(idx) == 1).all()):
         return None
     return slice(int(idx[0]), int(idx[-1]) + 1)
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: someone else's process
-        return True
-    return True
-
-
-def mirror_tile(data: np.ndarray) -> np.ndarray:
-    """The tile at the transposed position: Θ(x2, x1)[b, a] = Θ(x1, x2)[a, b]."""
-    if data.ndim == 4:
-        return np.ascontiguousarray(data.transpose(1, 0, 3, 2))
-    return np.ascontiguousarray(np.swapaxes(data, 0, 1))
 
 
 def _remove_store(path: Path) -> None:

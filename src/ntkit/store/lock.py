@@ -33,7 +33,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from ntkit.store.kernel_store import StoreError
+from ntkit.store.errors import StoreError
 
 __all__ = ["StoreLockedError", "StoreLockWarning", "lock_path", "holds_lock", "store_lock"]
 

@@ -39,7 +39,8 @@ from ntkit.engine.memory import acc_entry_bytes, engine_minimum, host_overhead
 from ntkit.schedule import Tile, plan_tiles
 from ntkit.schedule.features import STRATEGIES as FEATURE_STRATEGIES
 from ntkit.schedule.features import FeaturePlan
-from ntkit.store.kernel_store import KernelStore, StoreError, StoreMismatchError
+from ntkit.store.errors import StoreError, StoreMismatchError
+from ntkit.store.kernel_store import KernelStore
 from ntkit.store.lock import holds_lock, store_lock
 from ntkit.tiled.features import DIR as FEATURES_DIR
 from ntkit.tiled.choice import _auto_method, _auto_reason, _budget_bound, _plan_features
@@ -459,7 +460,7 @@ def _features_tile(job: TileJob, cache: FeatureCache, t: Tile, rows: DataSource,
 
 
 def _compute_in_memory(job, tiles, rows, cols, prep, shape, dtype, progress, total_entries) -> torch.Tensor:
-    from ntkit.store.kernel_store import mirror_tile
+    from ntkit.store.records import mirror_tile
 
     out = np.full(shape, np.nan, dtype=str(dtype).replace("torch.", ""))
     done = 0

@@ -12,7 +12,8 @@ from torch import nn
 
 from ntkit.schedule import TilePlan
 from ntkit.schedule.features import FeaturePlan
-from ntkit.store.kernel_store import KernelStore, StoreError, StoreMismatchError, StoreRepairWarning
+from ntkit.store.errors import StoreError, StoreMismatchError, StoreRepairWarning
+from ntkit.store.kernel_store import KernelStore
 from ntkit.tiled.sources import DataSource, _shared_prefix
 
 

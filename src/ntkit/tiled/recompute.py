@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ntkit.store.kernel_store import StoreError
+from ntkit.store.errors import StoreError
 
 
 def stored_num_classes(rows: Any, stored: Any, num_classes: int | None) -> int:
@@ -76,7 +76,7 @@ def recompute_fn(ks: Any, trust_code: Any = False, num_classes: int | None = Non
 
     from ntkit.tiled.sources import DataSource, tile_inputs
     from ntkit.models import model_fingerprint
-    from ntkit.store.kernel_store import PRECISION_RTOL
+    from ntkit.store.records import PRECISION_RTOL
     from ntkit.tiled.worker import TileJob, compute_tile
 
     net, rows, cols, dtype = rebuild_from_store(
