@@ -20,7 +20,7 @@ from ntkit.cli import main
 from ntkit.reference import ntk_reference
 from ntkit.schedule import BudgetTooSmallError
 from ntkit.store import IncompleteStoreError, KernelStore, StoreError, StoreMismatchError
-from tests.store import job
+from helpers import job
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUTS = ["full", "trace", "diagonal", "logit:2", "pntk"]
@@ -87,7 +87,7 @@ def test_dataset_rows_stream_and_structured_tiles(tmp_path):
 
 def _start(path: Path, sleep: float, features: str = "recompute") -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "tests.store.job", str(path), "--sleep", str(sleep),
+    return subprocess.Popen([sys.executable, "-m", "tests.helpers.job", str(path), "--sleep", str(sleep),
                              "--features", features],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -294,7 +294,7 @@ def test_cli_store_compute_info_verify_resume(tmp_path, capsys):
 
 
 def test_empirical_ntks_command_line_to_a_store(tmp_path):
-    from tests.data.fakes import write_fake_cifar10
+    from helpers.fakes import write_fake_cifar10
 
     write_fake_cifar10(tmp_path / "data")
     path = tmp_path / "K.zarr"

@@ -19,9 +19,9 @@ import pytest
 import ntkit
 from ntkit.cli import main
 from ntkit.store import KernelStore
-from tests.store import job
+from helpers import job
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env() -> dict[str, str]:
@@ -47,7 +47,7 @@ def _locked_error():
 
 def test_a_second_writer_is_refused_naming_the_holder_until_it_dies(tmp_path):
     path = tmp_path / "K.zarr"
-    proc = subprocess.Popen([sys.executable, "-m", "tests.store.job", str(path), "--sleep", "0.05"],
+    proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.job", str(path), "--sleep", "0.05"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
     try:
         deadline = time.time() + 60

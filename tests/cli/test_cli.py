@@ -12,7 +12,7 @@ import ntkit
 from ntkit.cli import main
 from ntkit.data import load_data, resolve_kernel_data
 from ntkit.models import build_model
-from tests.data.fakes import write_fake_cifar10, write_fake_mnist
+from helpers.fakes import write_fake_cifar10, write_fake_mnist
 
 
 def test_compute_digits_matches_python_api(tmp_path, capsys):

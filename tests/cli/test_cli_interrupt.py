@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.cli_run import cli_argv, cli_env, run_cli
+from cli_run import cli_argv, cli_env, run_cli
 
 STORE_ARGS = ["digits[:120]", "cnn", "--output", "full", "--method", "jacobian", "--features", "recompute"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "ntkit"
+SRC = Path(__file__).resolve().parents[2] / "src" / "ntkit"
 MAX_LINES = 520
 
 # Lower index = lower layer. A module may import its own layer or any lower one.

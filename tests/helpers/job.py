@@ -1,6 +1,6 @@
 """A small, deterministic store job shared by the crash tests and the subprocess they kill.
 
-`python -m tests.store.job PATH [--sleep S] [--features auto|recompute|disk]` fills the store at
+`python -m tests.helpers.job PATH [--sleep S] [--features auto|recompute|disk]` fills the store at
 PATH (float64, one thread).
 """
 

@@ -8,8 +8,7 @@ returns a :class:`FakeData` with the raw arrays it wrote, laid out as ntkit's lo
     ds = ntkit.data.load_data("cifar10[test]", data_dir=tmp_path)
     assert (ds.raw[0] == fake.x_test).all()
 
-Import as ``from tests.data.fakes import ...`` (repo root on ``sys.path``, e.g. ``python -m pytest``)
-or ``from data.fakes import ...`` (pytest's rootdir insertion of ``tests/``).
+Import as ``from helpers.fakes import ...`` (pyproject's ``pythonpath`` puts ``tests/`` on ``sys.path``).
 """
 
 from __future__ import annotations

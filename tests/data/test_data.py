@@ -1,6 +1,6 @@
 """Tests of ntkit.data: spec parsing, the file formats, slicing, the empirical-ntks form, errors.
 
-Fake data sets in the real on-disk formats come from ``tests/data/fakes.py``; expected values are
+Fake data sets in the real on-disk formats come from ``tests/helpers/fakes.py``; expected values are
 computed here from the raw bytes those writers return, independently of the loaders.
 """
 
@@ -29,7 +29,7 @@ from ntkit.data import (
 )
 from ntkit.data.spec import DATASET_NAMES
 
-from tests.data.fakes import (  # the repo root is on sys.path (pyproject: pythonpath)
+from helpers.fakes import (  # tests/ is on sys.path (pyproject: pythonpath)
     FakeData,
     write_all_fakes,
     write_fake_cifar10,
