@@ -22,7 +22,7 @@ import ntkit
 from ntkit.engine.memory import ACTIVATION_COPIES, make_plan
 from ntkit.schedule import BudgetTooSmallError
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 CHILD = r"""
 import json, sys

@@ -22,7 +22,7 @@ from ntkit.schedule import BudgetTooSmallError
 from ntkit.store import IncompleteStoreError, KernelStore, StoreError, StoreMismatchError
 from helpers import job
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OUTPUTS = ["full", "trace", "diagonal", "logit:2", "pntk"]
 
 

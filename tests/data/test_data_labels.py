@@ -21,7 +21,7 @@ import pytest
 from ntkit.cli import main
 from ntkit.data import ArrayDataset, LabelError, count_classes, load_data
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 MLP = "mlp:depth=2,width=8"
 
 
