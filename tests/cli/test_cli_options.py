@@ -13,11 +13,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import ntkit
 from ntkit.cli.app import main
-from ntkit.store import StoreMismatchError
+
 
 DATA, MODEL = "digits[0:24]", "mlp:depth=2,width=8"
 
@@ -97,19 +96,6 @@ def test_resume_with_a_budget_that_fits_says_the_plan_is_kept_and_is_bit_identic
     text = capsys.readouterr().out
     assert rc == 0 and "resumed with the store's own plan" in text and "tiles 8 x 8" in text, text
     np.testing.assert_array_equal(ntkit.open(out).to_numpy(), full)
-
-
-def test_python_api_resume_refuses_tile_and_smaller_memory(tmp_path):
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
-    x = torch.randn(12, 4)
-    path = tmp_path / "K.zarr"
-    ntkit.compute(net, x, store=path, tile=4, memory="64MB")
-    with pytest.raises(StoreMismatchError, match="its tiles are 4 x 4"):
-        ntkit.compute(net, x, store=path, tile=6)
-    with pytest.raises(StoreMismatchError, match="planned for"):
-        ntkit.compute(net, x, store=path, memory="16MB")
-    ntkit.compute(net, x, store=path, tile=4, memory="1GB")  # the store's plan fits: accepted
 
 
 def test_predict_row_offset_refused_for_a_kernel_of_samples(tmp_path, capsys):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 
-import numpy as np
 import pytest
 
 from ntkit.data import load_data
@@ -97,23 +96,3 @@ def test_progress_true_draws_a_bar_on_stderr_and_auto_is_quiet_off_a_terminal(da
             pass
     EigenPro3Classifier(Laplacian(5.0), centers=40, epochs=1).fit(x, y)  # default "auto": nothing printed
     assert capsys.readouterr().err == ""
-
-
-def test_cli_fit_table_shows_the_phase_bar_after_the_delay():
-    """The fit table's bar names the phase (the kernel, the solve, an epoch) and counts it."""
-    from ntkit.cli.fit_cmd import _EpochTable
-
-    table = _EpochTable("t", enabled=True, delay=0.0)
-    with table:
-        table.stage("kernel 80 x 80")
-        table(0, 4)
-        table(3, 4)
-        task = table.bar.tasks[0]
-        assert task.description == "kernel 80 x 80" and task.completed == 3 and task.total == 4
-        table.stage("epoch 1/2")
-        table(1, 5)
-        assert [t.description for t in table.bar.tasks] == ["epoch 1/2"]
-    quiet = _EpochTable("t", enabled=True, delay=3600.0)
-    quiet(1, 2)  # before the delay: nothing shown
-    assert quiet.live is None
-    np.testing.assert_equal(len(quiet.bar.tasks), 0)

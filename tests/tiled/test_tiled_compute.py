@@ -1,5 +1,5 @@
-"""`ntkit.compute` and the kernel store: equal to the reference, crash-safe resume, refusal of
-mismatched resumption, integrity checks, Dask workers, and the command line."""
+"""`ntkit.compute` to a kernel store: equal to the reference, crash-safe resume, refusal of
+mismatched resumption, verify's recompute, bad calls explained, the zoo through tiles."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ import pytest
 import torch
 
 import ntkit
-from ntkit.cli import main
 from ntkit.reference import ntk_reference
 from ntkit.schedule import BudgetTooSmallError
 from ntkit.store import IncompleteStoreError, KernelStore, StoreError, StoreMismatchError
 from helpers import job
+
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUTS = ["full", "trace", "diagonal", "logit:2", "pntk"]
@@ -169,42 +169,6 @@ def test_mismatched_resumption_is_refused(tmp_path):
         ntkit.compute(model, x[:20], store=tmp_path / "file.zarr")
 
 
-def _chunk_files(path: Path) -> list[Path]:
-    return sorted(p for p in (path / "c").rglob("*") if p.is_file())
-
-
-def test_verify_detects_corrupted_truncated_and_missing_tiles(tmp_path):
-    model, x = job.build()
-    path = tmp_path / "K.zarr"
-    ks = ntkit.compute(model, x[:30], store=path, output="trace", tile=8)
-    assert ks.verify().ok
-    chunks = _chunk_files(path)
-    # a bit flipped inside one chunk's compressed bytes
-    data = bytearray(chunks[0].read_bytes())
-    data[len(data) // 2] ^= 0x10
-    chunks[0].write_bytes(bytes(data))
-    # another chunk truncated
-    chunks[-1].write_bytes(chunks[-1].read_bytes()[:5])
-    rep = KernelStore(path).verify()
-    assert not rep.ok and len(rep.problems) >= 2
-    assert all("tile" in p for p in rep.problems)
-    # a missing record: incomplete, and the reading API refuses the whole array
-    fresh = tmp_path / "K2.zarr"
-    ntkit.compute(model, x[:30], store=fresh, output="trace", tile=8)
-    next((fresh / "tiles").glob("0.1.json")).unlink()
-    rep = KernelStore(fresh).verify()
-    assert rep.problems == [] and rep.tiles_done == rep.tiles_total - 1 and not rep.ok
-    # a mirror that is not the transpose of its tile
-    import zarr
-
-    third = tmp_path / "K3.zarr"
-    ntkit.compute(model, x[:30], store=third, output="trace", tile=8)
-    arr = zarr.open_array(str(third), mode="r+")
-    arr[9, 1] = arr[9, 1] + 1.0  # tile (1, 0): the mirror of tile (0, 1)
-    rep = KernelStore(third).verify()
-    assert any("not its transpose" in p for p in rep.problems)
-
-
 def test_verify_recomputes_a_sample_of_tiles(tmp_path):
     model, x = job.build()
     ks = ntkit.compute(model, x[:24], store=tmp_path / "K.zarr", output="trace", tile=8)
@@ -216,32 +180,6 @@ def test_verify_recomputes_a_sample_of_tiles(tmp_path):
     assert rep.ok and rep.recomputed == 3 and rep.max_rel_diff < 1e-12
     rep = ks.verify(recompute=lambda t: fresh(t) * (1 + 1e-6), sample=2)
     assert not rep.ok and "recomputed differs" in rep.problems[0]
-
-
-def test_open_slicing_get_and_dask(tmp_path):
-    model, x = job.build()
-    path = tmp_path / "K.zarr"
-    ntkit.compute(model, x[:21], x[:10], store=path, output="diagonal", tile=8)
-    ks = ntkit.open(path)
-    want = ntkit.ntk(model, x[:21], x[:10], output="diagonal").numpy()
-    assert ks.shape == (21, 10, 4) and not ks.symmetric
-    np.testing.assert_allclose(ks[3:17, 2:9], want[3:17, 2:9], rtol=1e-12)
-    rows, cols = np.array([20, 0, 5, 5]), np.array([9, 1])
-    np.testing.assert_allclose(ks.get(rows, cols), want[np.ix_(rows, cols)], rtol=1e-12)
-    np.testing.assert_allclose(ks.to_dask().compute(), want, rtol=1e-12)
-    assert ks.get([], cols).shape == (0, 2, 4)
-    with pytest.raises(IndexError, match="rows index out of range"):
-        ks.get([21], cols)
-    assert "tiles 6/6" in repr(ks) and ks.throughput() > 0
-
-
-def test_two_worker_local_cluster_equals_single_process(tmp_path, reference_store):
-    pytest.importorskip("distributed")
-    ks = job.run(str(tmp_path / "K.zarr"), workers=2)
-    assert ks.complete and ks.verify().ok
-    assert np.array_equal(ks.to_numpy(), reference_store.to_numpy())
-    workers = {json.loads(f.read_text())["worker"] for f in (ks.path / "tiles").glob("*.json")}
-    assert len(workers) == 2 and all(not w.startswith("local:") for w in workers)
 
 
 def test_bad_calls_are_explained(tmp_path):
@@ -256,61 +194,6 @@ def test_bad_calls_are_explained(tmp_path):
         ntkit.compute(model, x, x[:, :3])
     with pytest.raises(TypeError, match="tensor"):
         ntkit.compute(model, "x")
-
-
-# -- command line ---------------------------------------------------------------------------------
-def test_cli_store_compute_info_verify_resume(tmp_path, capsys):
-    path = tmp_path / "K.zarr"
-    args = ["compute", "digits[train:0:30]", "mlp:depth=2,width=16", "-o", str(path), "--tile", "8",
-            "--dtype", "float64", "--quiet"]
-    assert main(args) == 0
-    ks = ntkit.open(path)
-    assert ks.shape == (30, 30) and ks.metadata["data"]["rows"] == "digits[train:0:30]"
-    from ntkit.data import load_data
-    from ntkit.models import build_model
-
-    ds = load_data("digits[train:0:30]")
-    net = build_model("mlp:depth=2,width=16", ds.input_shape, ds.num_classes, seed=0).double()
-    want = ntkit.ntk(net, ds.tensors()[0].double(), output="trace").numpy()
-    np.testing.assert_allclose(ks.to_numpy(), want, rtol=0, atol=1e-10 * np.abs(want).max())
-    capsys.readouterr()
-    assert main(["info", str(path)]) == 0
-    assert "10/10 tiles" in capsys.readouterr().out
-    assert main(["verify", str(path), "--sample", "2"]) == 0
-    assert "OK" in capsys.readouterr().out
-    # resume: a record removed is recomputed by the same command
-    (path / "tiles" / "1.2.json").unlink()
-    assert main(args[:-1]) == 0
-    assert "resuming" in capsys.readouterr().out and ntkit.open(path).complete
-    # mismatched options: a one-line error, exit status 2
-    assert main(args[:-1] + ["--output", "pntk"]) == 2
-    assert "--overwrite" in capsys.readouterr().err
-    # corruption: verify fails with exit status 1
-    chunk = _chunk_files(path)[3]
-    chunk.write_bytes(chunk.read_bytes()[:-3])
-    assert main(["verify", str(path), "--sample", "0"]) == 1
-    assert "FAILED" in capsys.readouterr().err
-    assert main(["compute", "digits[0:4]", "mlp", "-o", str(tmp_path / "K.npy"), "--workers", "2"]) == 2
-
-
-def test_empirical_ntks_command_line_to_a_store(tmp_path):
-    from helpers.fakes import write_fake_cifar10
-
-    write_fake_cifar10(tmp_path / "data")
-    path = tmp_path / "K.zarr"
-    rc = main(["compute", "CIFAR-10_0_6_0_3", "resnet18", "--data-dir", str(tmp_path / "data"), "-o", str(path),
-               "--output", "logit:0", "--quiet", "--tile", "3"])
-    assert rc == 0
-    ks = ntkit.open(path)
-    assert ks.shape == (9, 6) and not ks.symmetric and ks.complete
-    assert ks.metadata["plan"]["shared"] == 6 and len(ks.tiles()) == 5  # train x train: upper tiles only
-    from ntkit.data import resolve_kernel_data
-    from ntkit.models import build_model
-
-    rows, cols = resolve_kernel_data("CIFAR-10_0_6_0_3", tmp_path / "data")
-    net = build_model("resnet18", rows.input_shape, 10, seed=0)
-    want = ntkit.ntk(net, rows.tensors()[0], cols.tensors()[0], output="logit:0").numpy()
-    np.testing.assert_allclose(ks.to_numpy(), want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("case", [c for c in __import__("zoo").ZOO if c.name in
