@@ -14,7 +14,7 @@ from ntkit.schedule import Tile
 CHANGED = "does not match its checksum (the data changed after it was written)"
 # What `verify` allows between a float64 recompute and tiles computed with reduced-precision
 # products. tf32x3: the mode's promise (its split products and float64 chunk sums stay near
-# 3e-7 of float64 in tests/test_precision.py; the float32 Jacobian passes add ~1e-7). tf32: one
+# 3e-7 of float64 in tests/rules/test_rules_precision.py; the float32 Jacobian passes add ~1e-7). tf32: one
 # TF32 rounding per operand (2^-11 each) bounds an entry's error by ~2^-10 ≈ 1e-3 of Σ|a_i·b_i|
 # ≤ sqrt(K_aa·K_bb); 3e-3 leaves 3x for tiles whose largest entry is below that (off-diagonal
 # tiles), and TF32 Grams measured 1e-4 to 9e-4 of float64 (relative Frobenius norm) at
