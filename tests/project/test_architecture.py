@@ -5,7 +5,8 @@ the ones inside functions):
 - no module imports a `_private` name from another folder;
 - imports run down the layers of the picture, never up;
 - no source file is over ~500 lines;
-- `reference.py` imports nothing from ntkit, and nothing imports `cli`.
+- `reference.py` imports nothing from ntkit, and nothing imports `cli`;
+- module-level imports form no circle (the CLI had one: app -> analyze_cmd -> app).
 
 `KNOWN` lists what does not hold yet, each with the step of issue 14 that removes it: a new
 violation fails, and so does an entry that no longer occurs (so the list only shrinks).
@@ -122,3 +123,44 @@ def test_the_tree_keeps_its_shape():
     gone = sorted(KNOWN - bad)
     assert not new, "against docs/architecture.md:\n" + "\n".join(new)
     assert not gone, "fixed (remove from KNOWN):\n" + "\n".join(gone)
+
+
+def _module_imports(path: Path) -> set[str]:
+    """ntkit modules imported at module level (what runs on import; TYPE_CHECKING blocks skipped)."""
+    found = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("ntkit"):
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("ntkit"))
+    return found
+
+
+def test_no_import_circles_between_modules():
+    """Module-level imports form no cycle (a package's __init__ re-exporting is not a module of
+    its own concern, so edges into __init__ files are left out)."""
+    modules = {_module_name(p): p for p in _sources() if p.name != "__init__.py"}
+    graph = {m: sorted(i for i in _module_imports(p) if i in modules and i != m) for m, p in modules.items()}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for n in graph[m]:
+            if state.get(n) == 1:
+                return stack[stack.index(n):] + [n]
+            if n not in state:
+                found = visit(n)
+                if found:
+                    return found
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in graph:
+        if m not in state:
+            cycle = visit(m)
+            assert cycle is None, "import circle: " + " -> ".join(cycle)
+
