@@ -43,48 +43,39 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def verify_store(self: KernelStore, recompute=None, sample: int = 2, rtol: float | None = None,
+def verify_store(ks: KernelStore, recompute=None, sample: int = 2, rtol: float | None = None,
                  seed: int = 0) -> VerifyReport:
-    """`KernelStore.verify`: check completeness, each tile's checksum, finiteness and symmetry; recompute `sample`
-    random tiles with `recompute(tile) -> np.ndarray` when given and compare within `rtol`
-    (max |difference| / max |recomputed| over the tile).
-
-    A float32 store without TF32 is compared with a recompute like its own, within 1e-4
-    (1e-10 for float64): other block orders round differently. Stores computed with
-    `precision="tf32x3"` or `"tf32"` are compared with a float64 recompute (a float64 copy
-    of the model and inputs; another dtype is reported as a problem), within the mode's
-    promise: `PRECISION_RTOL`.
-    """
-    tiles = self.tiles()
-    recs = self.records()
-    rep = VerifyReport(str(self.path), len(tiles), sum(t.key in recs for t in tiles))
-    fix = f"recompute it with `ntkit verify {self.path} --repair` or the same `ntkit compute` command"
+    """What `KernelStore.verify` does (see its docstring): the checks, and the recomputed samples."""
+    tiles = ks.tiles()
+    recs = ks.records()
+    rep = VerifyReport(str(ks.path), len(tiles), sum(t.key in recs for t in tiles))
+    fix = f"recompute it with `ntkit verify {ks.path} --repair` or the same `ntkit compute` command"
     for t in tiles:
         if t.key not in recs:
             continue
         rep.checked += 1
-        data, problem = self._checked_chunk(t, False, recs[t.key])
+        data, problem = ks._checked_chunk(t, False, recs[t.key])
         if problem is not None:
-            rep.problems.append(self._corrupt_message(t, False, problem))
+            rep.problems.append(ks._corrupt_message(t, False, problem))
             continue
         if not np.isfinite(data).all():
             rep.problems.append(f"tile {t.key} has non-finite entries")
         if t.mirror:
-            _, problem = self._checked_chunk(t, True, recs[t.key])
+            _, problem = ks._checked_chunk(t, True, recs[t.key])
             if problem == CHANGED and not np.array_equal(  # decodable, but not what was written
-                    self._array[self._chunk_region(t, True)], mirror_tile(data), equal_nan=True):
+                    ks._array[ks._chunk_region(t, True)], mirror_tile(data), equal_nan=True):
                 rep.problems.append(f"tile {t.key}'s mirror (rows {t.c0}:{t.c1}, cols {t.r0}:{t.r1}) "
                                     f"is not its transpose: the store is not symmetric; {fix}")
             elif problem is not None:  # (a transpose whose recorded checksum is damaged: readers refuse it too)
-                rep.problems.append(self._corrupt_message(t, True, problem))
+                rep.problems.append(ks._corrupt_message(t, True, problem))
         elif t.diagonal and not np.array_equal(data, mirror_tile(data), equal_nan=True):
             rep.problems.append(f"diagonal tile {t.key} is not symmetric; {fix}")
     if recompute is not None and sample > 0:
-        reduced = self.precision in PRECISION_RTOL and self.dtype == np.float32
+        reduced = ks.precision in PRECISION_RTOL and ks.dtype == np.float32
         if rtol is None:
-            rtol = PRECISION_RTOL[self.precision] if reduced else 1e-4 if self.dtype == np.float32 else 1e-10
+            rtol = PRECISION_RTOL[ks.precision] if reduced else 1e-4 if ks.dtype == np.float32 else 1e-10
         rep.reference = (f"float64 recompute, rtol {rtol:.0e}" if reduced
-                         else f"{self.dtype} recompute, rtol {rtol:.0e}")
+                         else f"{ks.dtype} recompute, rtol {rtol:.0e}")
         done = [t for t in tiles if t.key in recs]
         rng = np.random.default_rng(seed)
         picks = rng.choice(len(done), size=min(sample, len(done)), replace=False) if done else []
@@ -93,12 +84,12 @@ def verify_store(self: KernelStore, recompute=None, sample: int = 2, rtol: float
             t = done[int(k)]
             fresh = np.asarray(recompute(t))
             if reduced and fresh.dtype != np.float64:
-                rep.problems.append(f"tile {t.key} was recomputed in {fresh.dtype}; a {self.precision} store "
+                rep.problems.append(f"tile {t.key} was recomputed in {fresh.dtype}; a {ks.precision} store "
                                     "is checked against a float64 recompute (a float64 copy of the "
                                     "model and inputs)")
                 continue
             fresh = fresh.astype(np.float64, copy=False)
-            stored, problem = self._checked_chunk(t, False, recs[t.key])
+            stored, problem = ks._checked_chunk(t, False, recs[t.key])
             if problem is not None:
                 continue  # reported above
             stored = stored.astype(np.float64)
