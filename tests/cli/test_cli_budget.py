@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.engine import needs_rss
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 CHILD = r"""
@@ -34,17 +35,6 @@ print('@@MEM ' + json.dumps({'rc': rc, 'used': status('VmHWM') - base}))
 """
 
 
-def _can_measure() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-needs_rss = pytest.mark.skipif(not sys.platform.startswith("linux") or not _can_measure(),
-                               reason="peak RSS is measured with /proc/self/clear_refs (Linux)")
 
 
 def _run_cli(args: list[str]) -> tuple[int, int, str]:

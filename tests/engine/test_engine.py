@@ -20,17 +20,9 @@ from ntkit.engine.api import ForwardADFallbackWarning
 from ntkit.engine.functional import VmapFallbackWarning
 from ntkit.reference import ntk_reference, ntk_vp_reference
 from zoo import OUTPUTS, RTOL64, ZOO, Case, D, reference, rel_err
+from helpers.engine import engine_ntk
 
 METHODS = ["jacobian", "ntk-vp", "auto"]
-
-
-def engine_ntk(model, x1, x2=None, *, method="auto", output="full", params=None, batch_size=None, memory=None):
-    """`ntkit.ntk` through the engine's own planner: tiny budgets as a knob for blocks and
-    groups (the public entry points refuse budgets below one input's working memory)."""
-    from ntkit.engine.call import prepare
-
-    call = prepare(model, x1, x2, output, params, batch_size, None, memory)
-    return call.run(call.choose() if method == "auto" else method)
 
 
 def run(case: Case, symmetric: bool, **kw) -> torch.Tensor:

@@ -20,23 +20,14 @@ import torch
 
 import ntkit
 from ntkit.engine.memory import ACTIVATION_COPIES, make_plan
+
+from helpers.engine import needs_rss
 from ntkit.schedule import BudgetTooSmallError
 
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-def _can_measure() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-needs_rss = pytest.mark.skipif(not sys.platform.startswith("linux") or not _can_measure(),
-                               reason="peak RSS is measured with /proc/self/clear_refs (Linux)")
 NTK_CHILD = r"""
 import json, sys
 def status(field):

@@ -16,6 +16,7 @@ from ntkit._runtime import precision
 from ntkit.engine.jacobian_contraction import contract_rows
 from ntkit.engine.outputs import OutputSpec
 from ntkit._runtime.precision import gram_precision, gram_tf32x3, round_tf32, split_tf32
+from helpers.engine import spy_tf32x3
 
 
 FLT_MAX = float(np.finfo(np.float32).max)
@@ -134,25 +135,13 @@ def _reduce(full: torch.Tensor, spec: OutputSpec) -> torch.Tensor:
     return full[:, :, 0, 0]
 
 
-def _spy(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    inner = precision._matmul_tf32x3
-
-    def counted(a, b, out):
-        calls.append(a.shape[-1])
-        return inner(a, b, out)
-
-    monkeypatch.setattr(precision, "_matmul_tf32x3", counted)
-    return calls
-
-
 @pytest.mark.parametrize("spec", SPECS, ids=str)
 def test_contract_rows_under_tf32x3_matches_float64(spec, monkeypatch):
     o = 1 if spec.scalar else 3
     j1, j2 = _rows(5, o, 0), _rows(4, o, 1)
     flat = {k: torch.cat([j[n].reshape(j[n].shape[0], o, -1) for n in j], -1).double() for k, j in (("1", j1), ("2", j2))}
     want = _reduce(torch.einsum("nap,mbp->nmab", flat["1"], flat["2"]), spec)
-    calls = _spy(monkeypatch)
+    calls = spy_tf32x3(monkeypatch)
     plain = contract_rows(j1, j2, spec)
     assert calls == []  # the default path never splits
     with gram_precision("tf32x3"):

@@ -20,15 +20,7 @@ from ntkit.engine.structured import StructuredFallbackWarning
 from ntkit.reference import ntk_reference
 from ntkit.rules import contract
 from ntkit.rules import conv as conv_rules
-
-
-def engine_ntk(model, x1, x2=None, *, method="auto", output="full", params=None, batch_size=None, memory=None):
-    """`ntkit.ntk` through the engine's own planner: tiny budgets as a knob for blocks and
-    groups (the public entry points refuse budgets below one input's working memory)."""
-    from ntkit.engine.call import prepare
-
-    call = prepare(model, x1, x2, output, params, batch_size, None, memory)
-    return call.run(call.choose() if method == "auto" else method)
+from helpers.engine import Custom, engine_ntk
 
 
 def run(case: Case, symmetric: bool, **kw) -> torch.Tensor:
@@ -124,29 +116,6 @@ def test_float32_within_stated_tolerance():
 
 
 # ------------------------------------------------------------------------------------- fallbacks
-class Scale(nn.Module):
-    """y = x * alpha + beta, elementwise: a layer without a registered rule."""
-
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.alpha = nn.Parameter(torch.linspace(0.5, 1.5, d))
-        self.beta = nn.Parameter(torch.linspace(-0.1, 0.1, d))
-
-    def forward(self, x):
-        return x * self.alpha + self.beta
-
-
-class Custom(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(4, 6)
-        self.scale = Scale(6)
-        self.fc2 = nn.Linear(6, 3)
-
-    def forward(self, x):
-        return self.fc2(torch.tanh(self.scale(self.fc1(x))))
-
-
 class OutsideUse(nn.Module):
     """fc1's weight is also used directly in forward, outside fc1."""
 

@@ -23,6 +23,7 @@ from ntkit.reference import ntk_reference
 from ntkit.rules import RULES, GradFactor, LinearFactor, Rule, check_rule, contract, register_rule
 from ntkit.rules import capture as capture_mod
 from ntkit.rules import conv as conv_rules
+from helpers.engine import Custom, Scale
 
 
 # ------------------------------------------------------------------------------- layer settings
@@ -217,29 +218,6 @@ def test_wide_conv_takes_the_weight_backward_path_and_matches_unfolded_patches(m
 
 
 # ------------------------------------------------------------------------------------- fallbacks
-class Scale(nn.Module):
-    """y = x * alpha + beta, elementwise: a layer without a registered rule."""
-
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.alpha = nn.Parameter(torch.linspace(0.5, 1.5, d))
-        self.beta = nn.Parameter(torch.linspace(-0.1, 0.1, d))
-
-    def forward(self, x):
-        return x * self.alpha + self.beta
-
-
-class Custom(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(4, 6)
-        self.scale = Scale(6)
-        self.fc2 = nn.Linear(6, 3)
-
-    def forward(self, x):
-        return self.fc2(torch.tanh(self.scale(self.fc1(x))))
-
-
 X1 = torch.randn(5, 4, dtype=D, generator=torch.Generator().manual_seed(2))
 X2 = torch.randn(3, 4, dtype=D, generator=torch.Generator().manual_seed(3))
 

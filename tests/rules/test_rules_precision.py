@@ -6,21 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ntkit._runtime import precision
 from ntkit._runtime.precision import gram_precision
 from ntkit.rules.contract import contract_grads
-
-
-def _spy(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    inner = precision._matmul_tf32x3
-
-    def counted(a, b, out):
-        calls.append(a.shape[-1])
-        return inner(a, b, out)
-
-    monkeypatch.setattr(precision, "_matmul_tf32x3", counted)
-    return calls
+from helpers.engine import spy_tf32x3
 
 
 @pytest.mark.parametrize("kind", ["full", "trace", "diagonal"])
@@ -30,7 +18,7 @@ def test_structured_gradient_contractions_under_tf32x3(kind, monkeypatch):
     full = torch.einsum("nap,mbp->nmab", g1.double(), g2.double())
     want = {"full": full.permute(0, 2, 1, 3), "trace": full.diagonal(dim1=2, dim2=3).sum(-1),
             "diagonal": full.diagonal(dim1=2, dim2=3).permute(2, 0, 1)}[kind]
-    calls = _spy(monkeypatch)
+    calls = spy_tf32x3(monkeypatch)
     acc = torch.zeros(want.shape)
     with gram_precision("tf32x3"):
         contract_grads(g1, g2, kind, acc)

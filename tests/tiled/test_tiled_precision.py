@@ -11,22 +11,10 @@ import pytest
 import torch
 
 import ntkit
-from ntkit._runtime import precision
 from ntkit.reference import ntk_reference
 from ntkit.store import KernelStore
 from ntkit.store.records import tile_checksum
-
-
-def _spy(monkeypatch) -> list[int]:
-    calls: list[int] = []
-    inner = precision._matmul_tf32x3
-
-    def counted(a, b, out):
-        calls.append(a.shape[-1])
-        return inner(a, b, out)
-
-    monkeypatch.setattr(precision, "_matmul_tf32x3", counted)
-    return calls
+from helpers.engine import spy_tf32x3
 
 
 # -- ntkit.compute and verify ----------------------------------------------------------------------
@@ -60,7 +48,7 @@ def test_compute_tf32x3_matches_float64(method, monkeypatch):
     # direct contractions of dense layers
     model, x = _job() if method == "jacobian" else _cnn()
     want = ntk_reference(model, x, output="diagonal").numpy()
-    calls = _spy(monkeypatch)
+    calls = spy_tf32x3(monkeypatch)
     got = ntkit.compute(model, x, output="diagonal", method=method, precision="tf32x3", tile=16).numpy()
     assert calls and got.dtype == np.float32
     assert np.abs(got - want).max() / np.abs(want).max() <= 1e-5
