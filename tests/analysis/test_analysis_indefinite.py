@@ -9,15 +9,7 @@ import numpy as np
 
 from ntkit.cli.app import main
 
-
-def _psd(n: int = 8, seed: int = 0) -> np.ndarray:
-    a = np.random.default_rng(seed).normal(size=(n, n + 4))
-    return a @ a.T
-
-
-def _one_line_error(rc: int, err: str) -> None:
-    assert rc == 2, err
-    assert "error:" in err and "Traceback" not in err
+from helpers.inputs import assert_one_line_error, random_psd
 
 
 # -- ntkit analyze on an indefinite matrix ---------------------------------------------------------
@@ -31,7 +23,7 @@ def test_analyze_refuses_an_indefinite_kernel(tmp_path, capsys):
     rep = tmp_path / "rep"
     rc = main(["analyze", str(tmp_path / "K.npy"), "-o", str(rep), "--labels", "digits[0:40]", "-q"])
     err = capsys.readouterr().err
-    _one_line_error(rc, err)
+    assert_one_line_error(rc, err)
     assert "not positive semi-definite" in err and "most negative eigenvalue is -" in err
     assert "--allow-indefinite" in err
     assert not (rep / "report.md").exists()
@@ -52,7 +44,7 @@ def test_analyze_allow_indefinite_marks_report_and_console(tmp_path, capsys):
 
 
 def test_analyze_psd_kernel_report_has_no_warning(tmp_path, capsys):
-    np.save(tmp_path / "K.npy", _psd(40).astype(np.float32))
+    np.save(tmp_path / "K.npy", random_psd(40).astype(np.float32))
     rep = tmp_path / "rep"
     assert main(["analyze", str(tmp_path / "K.npy"), "-o", str(rep), "--labels", "digits[0:40]", "-q"]) == 0
     assert "WARNING" not in (rep / "report.md").read_text()

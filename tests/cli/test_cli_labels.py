@@ -11,26 +11,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 
 from ntkit.cli import main
+
+from helpers.inputs import labeled_npz
 
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 MLP = "mlp:depth=2,width=8"
 
 
-def _npz(path: Path, y, y_test=None) -> Path:
-    rng = np.random.default_rng(0)
-    arrays = {"x": rng.standard_normal((len(y), 6)).astype(np.float32), "y": np.asarray(y)}
-    if y_test is not None:
-        arrays |= {"x_test": rng.standard_normal((len(y_test), 6)).astype(np.float32), "y_test": np.asarray(y_test)}
-    np.savez(path, **arrays)
-    return path
-
-
 def test_compute_with_a_label_of_1e9_is_a_one_line_error_not_an_oom(tmp_path):
-    path = _npz(tmp_path / "d.npz", [0, 1, 2, 10**9])
+    path = labeled_npz(tmp_path / "d.npz", [0, 1, 2, 10**9])
     code = (
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
@@ -44,7 +36,7 @@ def test_compute_with_a_label_of_1e9_is_a_one_line_error_not_an_oom(tmp_path):
 
 
 def test_num_classes_on_the_command_line(tmp_path, capsys):
-    path = _npz(tmp_path / "d.npz", [1, 2, 3, 1100])  # sparse ids: 1101 classes only when told
+    path = labeled_npz(tmp_path / "d.npz", [1, 2, 3, 1100])  # sparse ids: 1101 classes only when told
     out = tmp_path / "K.npy"
     base = ["compute", f"npz:{path}", MLP, "-o", str(out), "--quiet"]
     assert main(base) == 2
@@ -69,10 +61,10 @@ def test_num_classes_on_the_command_line(tmp_path, capsys):
 
 def test_predict_needs_no_class_count(tmp_path, capsys):
     """Data that is only predicted loads whatever its labels (the count sizes nothing there)."""
-    train = _npz(tmp_path / "train.npz", [0, 1, 2, 1])
+    train = labeled_npz(tmp_path / "train.npz", [0, 1, 2, 1])
     model = tmp_path / "m.npz"
     assert main(["fit", f"npz:{train}", "--kernel", "laplacian", "--solver", "ridge", "-o", str(model),
                  "--quiet"]) == 0
-    test = _npz(tmp_path / "test.npz", [0, 1, 10**9])
+    test = labeled_npz(tmp_path / "test.npz", [0, 1, 10**9])
     assert main(["predict", str(model), f"npz:{test}", "-o", str(tmp_path / "p.npy")]) == 0
     assert "accuracy" in capsys.readouterr().out

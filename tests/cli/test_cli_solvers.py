@@ -8,15 +8,7 @@ import pytest
 
 from ntkit.cli.app import main
 
-
-def _psd(n: int = 8, seed: int = 0) -> np.ndarray:
-    a = np.random.default_rng(seed).normal(size=(n, n + 4))
-    return a @ a.T
-
-
-def _one_line_error(rc: int, err: str) -> None:
-    assert rc == 2, err
-    assert "error:" in err and "Traceback" not in err
+from helpers.inputs import assert_one_line_error, random_psd
 
 
 # -- the command line ------------------------------------------------------------------------------
@@ -30,7 +22,7 @@ def test_cli_ridge_tiny_bandwidth_fits(tmp_path, capsys, kernel):
 
 @pytest.mark.parametrize("case", ["zero", "inf-diagonal", "asymmetric"])
 def test_cli_ridge_bad_precomputed_kernel_one_line_error(tmp_path, capsys, case):
-    K = {"zero": np.zeros((20, 20)), "inf-diagonal": _psd(20), "asymmetric": _psd(20)}[case]
+    K = {"zero": np.zeros((20, 20)), "inf-diagonal": random_psd(20), "asymmetric": random_psd(20)}[case]
     if case == "inf-diagonal":
         K[3, 3] = np.inf
     if case == "asymmetric":
@@ -40,7 +32,7 @@ def test_cli_ridge_bad_precomputed_kernel_one_line_error(tmp_path, capsys, case)
     rc = main(["fit", "digits[0:20]", "--kernel", f"npy:{tmp_path / 'K.npy'}", "--solver", "ridge", "--alpha", "0",
                "-q", "-o", str(out)])
     err = capsys.readouterr().err
-    _one_line_error(rc, err)
+    assert_one_line_error(rc, err)
     assert {"zero": "kernel matrix is zero", "inf-diagonal": "non-finite entr",
             "asymmetric": "not symmetric"}[case] in err
     assert not out.exists()
@@ -63,5 +55,5 @@ def test_cli_predict_with_a_corrupted_model_is_a_one_line_error(tmp_path, capsys
     capsys.readouterr()
     rc = main(["predict", str(tmp_path / "m.npz"), "digits[40:50]", "-o", str(tmp_path / "p.npy")])
     err = capsys.readouterr().err
-    _one_line_error(rc, err)
+    assert_one_line_error(rc, err)
     assert "'dual_coef'" in err and not (tmp_path / "p.npy").exists()

@@ -9,21 +9,13 @@ subprocess under a 4 GiB address-space limit.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ntkit.data import ArrayDataset, LabelError, count_classes, load_data
 
-
-def _npz(path: Path, y, y_test=None) -> Path:
-    rng = np.random.default_rng(0)
-    arrays = {"x": rng.standard_normal((len(y), 6)).astype(np.float32), "y": np.asarray(y)}
-    if y_test is not None:
-        arrays |= {"x_test": rng.standard_normal((len(y_test), 6)).astype(np.float32), "y_test": np.asarray(y_test)}
-    np.savez(path, **arrays)
-    return path
+from helpers.inputs import labeled_npz
 
 
 @pytest.mark.parametrize(("labels", "want"), [
@@ -64,7 +56,7 @@ def test_negative_and_non_integer_labels(labels, phrase):
 
 
 def test_datasets_refuse_the_count_when_it_would_size_something(tmp_path):
-    path = _npz(tmp_path / "d.npz", [0, 1, 10**6], y_test=[1, 0])
+    path = labeled_npz(tmp_path / "d.npz", [0, 1, 10**6], y_test=[1, 0])
     ds = load_data(f"npz:{path}")  # loads: the samples may only be predicted
     assert len(ds) == 3 and "num_classes=1000001" in repr(ds)
     with pytest.raises(LabelError, match=rf"{path}: y\[2\] = 1,000,000 .*--num-classes"):
@@ -94,4 +86,4 @@ def test_npz_labels_that_are_negative_or_fractional_are_named(tmp_path, y, phras
     from ntkit.data import DataFormatError
 
     with pytest.raises(DataFormatError, match=phrase):
-        load_data(f"npz:{_npz(tmp_path / 'd.npz', y)}")
+        load_data(f"npz:{labeled_npz(tmp_path / 'd.npz', y)}")

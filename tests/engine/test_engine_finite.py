@@ -16,16 +16,8 @@ import torch
 import ntkit
 from ntkit.engine.finite import NonFiniteError
 
+from helpers.inputs import nan_weight, tiny_mlp
 
-def _mlp(seed: int = 0, act=torch.nn.Tanh) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(4, 8), act(), torch.nn.Linear(8, 3)).eval()
-
-
-def _nan_weight(net: torch.nn.Module) -> torch.nn.Module:
-    with torch.no_grad():
-        net[0].weight[1, 2] = float("nan")
-    return net
 
 
 def test_nonfinite_error_is_a_value_error_exported():
@@ -35,7 +27,7 @@ def test_nonfinite_error_is_a_value_error_exported():
 
 @pytest.mark.parametrize("method", ["jacobian", "ntk-vp", "structured", "auto"])
 def test_nan_weights_are_named_not_blamed_on_batch_coupling(method):
-    net = _nan_weight(_mlp())
+    net = nan_weight(tiny_mlp())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with pytest.raises(NonFiniteError, match=r"parameter 0\.weight \(1 NaN of 32\)") as e:
@@ -45,7 +37,7 @@ def test_nan_weights_are_named_not_blamed_on_batch_coupling(method):
 
 
 def test_nan_weights_in_training_mode_are_named_not_a_runtime_error():
-    net = _nan_weight(_mlp()).train()
+    net = nan_weight(tiny_mlp()).train()
     with pytest.raises(NonFiniteError, match="0.weight"):
         ntkit.ntk(net, torch.randn(5, 4), output="trace")
 
@@ -89,14 +81,14 @@ def test_an_inf_buffer_is_allowed_as_an_additive_mask():
 def test_huge_inputs_name_max_abs_x_and_the_fix(method):
     x = torch.randn(5, 4) * 1e30
     with pytest.raises(NonFiniteError) as e:
-        ntkit.ntk(_mlp(act=torch.nn.ReLU), x, method=method, output="trace")
+        ntkit.ntk(tiny_mlp(act=torch.nn.ReLU), x, method=method, output="trace")
     msg = str(e.value)
     assert "rows 0:5, cols 0:5" in msg and f"max |x| = {float(x.abs().max()):.3g}" in msg
     assert "float64" in msg and "rescale the inputs" in msg and "\n" not in msg
 
 
 def test_finite_kernels_are_unchanged():
-    net, x = _mlp(), torch.randn(6, 4)
+    net, x = tiny_mlp(), torch.randn(6, 4)
     K = ntkit.ntk(net, x, output="trace", method="jacobian")
     from ntkit.reference import ntk_reference
 

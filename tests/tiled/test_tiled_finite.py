@@ -13,26 +13,20 @@ import torch
 import ntkit
 from ntkit.engine.finite import NonFiniteError
 
+from helpers.inputs import nan_weight, tiny_mlp
 
-def _mlp(seed: int = 0, act=torch.nn.Tanh) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(4, 8), act(), torch.nn.Linear(8, 3)).eval()
-
-
-def _nan_weight(net: torch.nn.Module) -> torch.nn.Module:
-    with torch.no_grad():
-        net[0].weight[1, 2] = float("nan")
-    return net
+# Budgets of 400MB: these tests are about non-finite tiles, and a smaller one is refused when a
+# test runs first in its process (torch.func's first-use imports count against it, ~80 MB).
 
 
 def test_store_with_a_huge_tile_fails_that_tile_unrecorded_and_incomplete(tmp_path):
     torch.manual_seed(0)
     x = torch.randn(8, 4)
     x[6:] *= 1e30  # only the last row block overflows
-    net = _mlp(act=torch.nn.ReLU)
+    net = tiny_mlp(act=torch.nn.ReLU)
     path = tmp_path / "K.zarr"
     with pytest.raises(NonFiniteError, match=r"tile \d\.\d \(rows \d:\d, cols \d:\d\).*max \|x\| = .*e\+30") as e:
-        ntkit.compute(net, x, store=path, tile=4, memory="64MB", method="jacobian", features="recompute")
+        ntkit.compute(net, x, store=path, tile=4, memory="400MB", method="jacobian", features="recompute")
     assert "not marked complete" in str(e.value)
     ks = ntkit.open(path)
     assert not ks.complete and not ks.metadata.get("complete")
@@ -48,7 +42,7 @@ def test_store_with_a_huge_tile_fails_that_tile_unrecorded_and_incomplete(tmp_pa
 def test_store_with_nan_weights_is_refused_before_it_is_created(tmp_path):
     path = tmp_path / "K.zarr"
     with pytest.raises(NonFiniteError, match="0.weight"):
-        ntkit.compute(_nan_weight(_mlp()), torch.randn(6, 4), store=path, memory="64MB")
+        ntkit.compute(nan_weight(tiny_mlp()), torch.randn(6, 4), store=path, memory="400MB")
     assert not path.exists()
 
 
@@ -56,4 +50,4 @@ def test_in_memory_compute_refuses_a_huge_tile():
     x = torch.randn(8, 4)
     x[:2] *= 1e30
     with pytest.raises(NonFiniteError, match=r"tile 0\.0 \(rows 0:4, cols 0:4\)"):
-        ntkit.compute(_mlp(act=torch.nn.ReLU), x, tile=4, memory="64MB", method="jacobian")
+        ntkit.compute(tiny_mlp(act=torch.nn.ReLU), x, tile=4, memory="400MB", method="jacobian")
