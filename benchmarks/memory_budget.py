@@ -58,16 +58,6 @@ def _status(field: str) -> int:
     return 0
 
 
-def _reset_peak() -> bool:
-    """VmHWM := VmRSS (Linux >= 4.0); False where that is not allowed."""
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
 # -- the cases ------------------------------------------------------------------------------------
 # kind "cli": args of `ntkit` ({data}/{cols}/{out} filled in); kind "py": setup code (the caller's
 # model and inputs, before the baseline) and the measured call.
@@ -175,7 +165,9 @@ def child(case: dict) -> None:
     else:
         exec(case["setup"], scope)
     baseline = _status("VmRSS")
-    reset = _reset_peak()
+    from ntkit._runtime.rss import reset_peak
+
+    reset = reset_peak()
     error = None
     if case["kind"] == "cli":
         from ntkit.cli import main

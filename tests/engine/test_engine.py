@@ -16,22 +16,12 @@ import torch
 from torch import nn
 
 import ntkit
-from ntkit.engine.api import ForwardADFallbackWarning
 from ntkit.engine.functional import VmapFallbackWarning
 from ntkit.reference import ntk_reference, ntk_vp_reference
 from zoo import OUTPUTS, RTOL64, ZOO, Case, D, reference, rel_err
-from helpers.engine import engine_ntk
+from helpers.engine import run_case
 
 METHODS = ["jacobian", "ntk-vp", "auto"]
-
-
-def run(case: Case, symmetric: bool, **kw) -> torch.Tensor:
-    x1, x2 = case.inputs()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", VmapFallbackWarning)
-        warnings.simplefilter("ignore", ForwardADFallbackWarning)
-        ntk = engine_ntk if "memory" in kw else ntkit.ntk  # tiny budgets: the engine's planner
-        return ntk(case.model(), x1, None if symmetric else x2, **kw)
 
 
 @pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "rect"])
@@ -39,7 +29,7 @@ def run(case: Case, symmetric: bool, **kw) -> torch.Tensor:
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("case", ZOO, ids=[c.name for c in ZOO])
 def test_matches_reference(case, method, output, symmetric):
-    k = run(case, symmetric, method=method, output=output)
+    k = run_case(case, symmetric, method=method, output=output)
     r = reference(case, symmetric, output)
     assert k.dtype == D
     assert rel_err(k, r) < RTOL64
@@ -50,7 +40,7 @@ def test_matches_reference(case, method, output, symmetric):
 def test_params_selection(case, method):
     for output in ("full", "trace"):
         for symmetric in (True, False):
-            k = run(case, symmetric, method=method, output=output, params=case.last)
+            k = run_case(case, symmetric, method=method, output=output, params=case.last)
             r = reference(case, symmetric, output, case.last)
             assert rel_err(k, r) < RTOL64
             # a strict subset of the parameters gives a different kernel: the selection matters
@@ -66,7 +56,7 @@ def test_blocks_groups_and_mirroring(case, method, output):
     for symmetric in (True, False):
         r = reference(case, symmetric, output)
         for kw in ({"batch_size": 2}, {"batch_size": 3, "memory": 2_000}, {"memory": 50_000}):
-            assert rel_err(run(case, symmetric, method=method, output=output, **kw), r) < RTOL64
+            assert rel_err(run_case(case, symmetric, method=method, output=output, **kw), r) < RTOL64
 
 
 def test_float32_within_stated_tolerance():
@@ -193,7 +183,7 @@ def test_auto_follows_the_cost_model():
 def test_triangular_diagonal_blocks(method, output):
     """N·O large enough that diagonal blocks are split into triangular sub-blocks / chunks."""
     case = Case("mlp-o10-big", ZOO[0].build, (5,), "2.*", n1=41, n2=3)
-    k = run(case, True, method=method, output=output, batch_size=41 if method == "jacobian" else None,
+    k = run_case(case, True, method=method, output=output, batch_size=41 if method == "jacobian" else None,
             memory=None if method == "jacobian" else 400_000)
     assert rel_err(k, reference(case, True, output)) < RTOL64
 
@@ -522,5 +512,5 @@ def test_jacobian_rows_in_cache_sized_passes_match_reference(monkeypatch, output
     assert call.plan.rows_batch == 1
     for symmetric in (True, False):
         for kw in ({}, {"batch_size": 3}):
-            k = run(case, symmetric, method="jacobian", output=output, **kw)
+            k = run_case(case, symmetric, method="jacobian", output=output, **kw)
             assert rel_err(k, reference(case, symmetric, output)) < RTOL64

@@ -15,21 +15,15 @@ from torch import nn
 from zoo import OUTPUTS, RTOL64, ZOO, Case, D, reference, rel_err
 
 import ntkit
-from ntkit.engine.functional import VmapFallbackWarning
 from ntkit.engine.structured import StructuredFallbackWarning
 from ntkit.reference import ntk_reference
 from ntkit.rules import contract
 from ntkit.rules import conv as conv_rules
-from helpers.engine import Custom, engine_ntk
+from helpers.engine import Custom, engine_ntk, run_case
 
 
 def run(case: Case, symmetric: bool, **kw) -> torch.Tensor:
-    x1, x2 = case.inputs()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", VmapFallbackWarning)
-        warnings.simplefilter("ignore", StructuredFallbackWarning)
-        ntk = engine_ntk if "memory" in kw else ntkit.ntk  # tiny budgets: the engine's planner
-        return ntk(case.model(), x1, None if symmetric else x2, method="structured", **kw)
+    return run_case(case, symmetric, method="structured", **kw)
 
 
 # ------------------------------------------------------------------------------------------- zoo

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ntkit._runtime import precision
+from ntkit._runtime.rss import reset_peak
 
 
 def engine_ntk(model, x1, x2=None, *, method="auto", output="full", params=None, batch_size=None, memory=None):
@@ -19,6 +20,24 @@ def engine_ntk(model, x1, x2=None, *, method="auto", output="full", params=None,
 
     call = prepare(model, x1, x2, output, params, batch_size, None, memory)
     return call.run(call.choose() if method == "auto" else method)
+
+
+def run_case(case, symmetric: bool, **kw) -> torch.Tensor:
+    """`case`'s kernel (x1 against itself, or against x2), fallback warnings silenced; a `memory=`
+    goes through the engine's planner (`engine_ntk`), so tiny budgets shape blocks and groups."""
+    import warnings
+
+    import ntkit
+    from ntkit.engine.api import ForwardADFallbackWarning
+    from ntkit.engine.functional import VmapFallbackWarning
+    from ntkit.engine.structured import StructuredFallbackWarning
+
+    x1, x2 = case.inputs()
+    with warnings.catch_warnings():
+        for category in (VmapFallbackWarning, ForwardADFallbackWarning, StructuredFallbackWarning):
+            warnings.simplefilter("ignore", category)
+        ntk = engine_ntk if "memory" in kw else ntkit.ntk
+        return ntk(case.model(), x1, None if symmetric else x2, **kw)
 
 
 class Scale(nn.Module):
@@ -59,14 +78,5 @@ def spy_tf32x3(monkeypatch) -> list[int]:
     return calls
 
 
-def _can_measure() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-needs_rss = pytest.mark.skipif(not sys.platform.startswith("linux") or not _can_measure(),
+needs_rss = pytest.mark.skipif(not sys.platform.startswith("linux") or not reset_peak(),
                                reason="peak RSS is measured with /proc/self/clear_refs (Linux)")

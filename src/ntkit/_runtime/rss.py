@@ -41,6 +41,17 @@ def status() -> tuple[int, int] | None:
     return rss, hwm
 
 
+def reset_peak() -> bool:
+    """Set the high-water mark VmHWM to the current RSS (Linux >= 4.0, /proc/self/clear_refs);
+    False where that is not allowed, so a peak cannot be measured from here."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def origin() -> Iterator[None]:
     """Count the budget of every ntkit call inside this block from here (the command line wraps
