@@ -28,6 +28,8 @@ class Weird(nn.Module):
             return y.reshape(x.shape[0], 2, 3)
         if self.kind == "tuple":
             return y, y
+        if self.kind == "scalar":
+            return y.sum()
         if self.kind == "int":
             return y.long()
         return y
@@ -52,8 +54,24 @@ CASES = [
      ValueError, ["x1 contains 2 NaN or Inf"]),
     ("Inf in x2", lambda: ntkit.ntk(mlp(), X, torch.full((2, 4), float("inf"), dtype=D)), ValueError,
      ["x2 contains 8 NaN or Inf"]),
-    ("3-d output", lambda: ntkit.ntk(Weird("3d"), X), ValueError, ["shape (3, 2, 3)", "(3,) or (3, O)"]),
-    ("tuple output", lambda: ntkit.ntk(Weird("tuple"), X), ValueError, ["returned tuple", "(N,) or"]),
+    ("tuple output", lambda: ntkit.ntk(Weird("tuple"), X), ValueError,
+     ["returned a tuple with 2 tensors", "(3, 6), 1: (3, 6)", "output_fn=lambda out: out[0]"]),
+    ("scalar output", lambda: ntkit.ntk(Weird("scalar"), X), ValueError, ["shape ()", "batch first"]),
+    ("axes out of range", lambda: ntkit.ntk(Weird("3d"), X, trace_axes=3), ValueError,
+     ["trace_axes=(3,)", "(N, 2, 3) has output axes 1..2"]),
+    ("batch axis reduced", lambda: ntkit.ntk(Weird("3d"), X, diagonal_axes=0), ValueError, ["axis 0 is the batch axis"]),
+    ("axes with trace", lambda: ntkit.ntk(Weird("3d"), X, output="trace", trace_axes=1), ValueError,
+     ["output='trace'", "one of them"]),
+    ("axis traced and kept", lambda: ntkit.ntk(Weird("3d"), X, trace_axes=1, diagonal_axes=-2), ValueError,
+     ["axis 1 is in both"]),
+    ("bad axes string", lambda: ntkit.ntk(mlp(), X, output="axes:trace=x"), ValueError, ["axes:trace=A"]),
+    ("output_fn fails", lambda: ntkit.ntk(mlp(), X, output_fn=lambda out: out["logits"]), ValueError,
+     ["output_fn failed", "IndexError"]),
+    ("dict x1 batch sizes", lambda: ntkit.ntk(mlp(), {"x": X, "m": torch.ones(2)}), ValueError,
+     ["different batch sizes", "x: 3, m: 2"]),
+    ("dict and tensor", lambda: ntkit.ntk(mlp(), (X,), X), ValueError, ["different structures", "(0: (3, 4) float64)"]),
+    ("dict wrong names", lambda: ntkit.ntk(mlp(), {"inputs": X}), ValueError,
+     ["rejected inputs {inputs: (3, 4) float64}", "argument names"]),
     ("integer output", lambda: ntkit.ntk(Weird("int"), X), ValueError, ["must be floating"]),
     ("pattern matches nothing", lambda: ntkit.ntk(mlp(), X, params="fc.*"), ValueError,
      ["'fc.*' matches no parameter", "0.weight, 0.bias, 2.weight, 2.bias"]),
@@ -64,7 +82,7 @@ CASES = [
     ("device mismatch", lambda: ntkit.ntk(mlp(), X.to("meta")), ValueError,
      ["x1 is on meta but the model is on cpu", "device="]),
     ("empty input", lambda: ntkit.ntk(mlp(), X[:0]), ValueError, ["x1 is empty"]),
-    ("not a tensor", lambda: ntkit.ntk(mlp(), [[1.0, 2.0, 3.0, 4.0]]), TypeError, ["x1 must be a torch.Tensor"]),
+    ("not a tensor", lambda: ntkit.ntk(mlp(), [[1.0, 2.0, 3.0, 4.0]]), TypeError, ["x1 must be a torch.Tensor", "list of list", "torch.tensor"]),
     ("not a module", lambda: ntkit.ntk(lambda x: x, X), TypeError, ["torch.nn.Module"]),
     ("bad batch_size", lambda: ntkit.ntk(mlp(), X, batch_size=0), ValueError, ["batch_size must be a positive"]),
     ("bad memory", lambda: ntkit.ntk(mlp(), X, memory="lots"), ValueError, ["cannot read memory budget 'lots'"]),

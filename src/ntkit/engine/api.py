@@ -19,8 +19,9 @@ from torch.func import jvp, vjp
 from ntkit._runtime import rss as _rss
 from ntkit.engine.call import ForwardADFallbackWarning, LayerCost, as_tensor, blocks, functional_model, prepare
 from ntkit.engine.finite import NonFiniteError, check_kernel
-from ntkit.engine.functional import FunctionalModel, ParamSelection
-from ntkit.engine.outputs import OUTPUTS, parse_output
+from ntkit.engine.functional import FunctionalModel, OutputFn, ParamSelection
+from ntkit.engine.inputs import Inputs
+from ntkit.engine.outputs import OUTPUTS, output_spec, parse_output
 from ntkit.engine.progress import ProgressCallback
 from ntkit.engine.structured import StructuredFallbackWarning
 
@@ -47,8 +48,8 @@ def parse_method(method: str) -> str:
 
 def ntk(
     model: nn.Module,
-    x1: torch.Tensor,
-    x2: torch.Tensor | None = None,
+    x1: Inputs,
+    x2: Inputs | None = None,
     *,
     method: str = "auto",
     output: str = "full",
@@ -57,14 +58,22 @@ def ntk(
     device: torch.device | str | None = None,
     memory: int | str | None = None,
     progress: ProgressCallback | None = None,
+    output_fn: OutputFn | None = None,
+    trace_axes: int | tuple[int, ...] | None = None,
+    diagonal_axes: int | tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """The empirical NTK Θ(x1, x2) = J(x1) J(x2)ᵀ of `model` (J = ∂f/∂θ).
 
     Args:
-        model: any nn.Module mapping (N, *input) to (N, O) or (N,); evaluated as given (call
+        model: any nn.Module mapping (N, *input) to (N, *S) (logits (N, O), per-token (N, T, C),
+            per-pixel (N, C, H, W)...) or (N,); O = prod(S). Evaluated as given (call
             `model.eval()` for BatchNorm statistics; a training-mode model whose samples
-            interact is an error).
-        x1: (N1, *input); x2: (N2, *input) or None for x2 = x1 (symmetry is exploited).
+            interact is an error). It may return a tuple, mapping or dataclass (transformers'
+            `ModelOutput`): see `output_fn`.
+        x1: (N1, *input), or a tuple of tensors (passed as positional arguments) or a mapping of
+            tensors (keyword arguments, e.g. input_ids and attention_mask), all batched along
+            dim 0; non-tensor values are passed unchanged; inputs are never differentiated.
+            x2: the same structure with N2 samples, or None for x2 = x1 (symmetry is exploited).
         method: "auto" (cost model, see `ntkit.engine.cost`), "jacobian" (Jacobian contraction),
             "ntk-vp" (NTK-vector products), "structured" (structured derivatives: per-layer rules
             from `ntkit.rules`, Jacobian contraction for parameters without one, with a warning).
@@ -78,6 +87,13 @@ def ntk(
             parameters are moved there.
         memory: working-memory budget, bytes or "8GB" (default: a quarter of free memory).
         progress: optional `callback(done, total)` called after each step of the computation.
+        output_fn: picks the tensor to differentiate from the model's return value (default:
+            the tensor itself; `.logits` / `["logits"]` when present; the only tensor it holds).
+        trace_axes, diagonal_axes: output axes of (N, *S) (1..len(S), or negative) to sum over /
+            keep once, as in neural-tangents; the kernel then has, after (N1, N2), two axes per
+            free output axis (x1's, x2's), one per diagonal axis, none per traced one, e.g.
+            (N, T, C) with diagonal_axes=1, trace_axes=-1 -> (N1, N2, T) (a per-token kernel).
+            They refine output="full"; other outputs flatten S.
 
     Returns:
         A tensor in the model's dtype on `device`.
@@ -93,7 +109,8 @@ def ntk(
     """
     start = _rss.mark()
     method = parse_method(method)
-    call = prepare(model, x1, x2, output, params, batch_size, device, memory, start=start)
+    spec = output_spec(output, trace_axes, diagonal_axes)
+    call = prepare(model, x1, x2, spec, params, batch_size, device, memory, start=start, output_fn=output_fn)
     K = call.run(call.choose() if method == "auto" else method, progress)
     check_kernel(K, f"the kernel (rows 0:{call.n1}, cols 0:{call.n2})", (call.x1, call.x2), call.fm.dtype)
     return K
@@ -143,21 +160,25 @@ class NtkPlan:
 
 def plan(
     model: nn.Module,
-    x1: torch.Tensor,
-    x2: torch.Tensor | None = None,
+    x1: Inputs,
+    x2: Inputs | None = None,
     *,
     output: str = "full",
     params: ParamSelection = None,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     memory: int | str | None = None,
+    output_fn: OutputFn | None = None,
+    trace_axes: int | tuple[int, ...] | None = None,
+    diagonal_axes: int | tuple[int, ...] | None = None,
 ) -> NtkPlan:
     """The method `auto` picks for this call, the cost estimates behind it and the block plan."""
-    call = prepare(model, x1, x2, output, params, batch_size, device, memory, start=_rss.mark())
+    call = prepare(model, x1, x2, output_spec(output, trace_axes, diagonal_axes), params, batch_size, device,
+                   memory, start=_rss.mark(), output_fn=output_fn)
     est = call.estimates()
     return NtkPlan(
         method=call.choose(), estimates={m: e.time for m, e in est.items()}, n1=call.n1, n2=call.n2,
-        symmetric=call.symmetric, n_logits=call.n_logits, output=str(call.spec),
+        symmetric=call.symmetric, n_logits=call.n_logits, output=str(call.final),
         n_params=call.fm.n_params, forward_flops=call.profile.flops, block=call.plan.block,
         n_groups=call.plan.n_groups, chunk=call.plan.chunk, memory=call.plan.budget,
         layers=tuple(call.layers()), rows_batch=call.plan.rows_batch,
@@ -173,6 +194,9 @@ def ntk_fn(
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     memory: int | str | None = None,
+    output_fn: OutputFn | None = None,
+    trace_axes: int | tuple[int, ...] | None = None,
+    diagonal_axes: int | tuple[int, ...] | None = None,
 ) -> Callable[..., torch.Tensor]:
     """`ntk` with its options fixed: returns `(x1, x2=None) -> Θ` (see :func:`ntk` for shapes).
 
@@ -182,26 +206,28 @@ def ntk_fn(
     reused until the model's structure changes (see `ntkit.engine.cache`).
     """
     parse_method(method)
-    parse_output(output)
-    FunctionalModel(model, params, device)  # validates the parameter selection
+    output_spec(output, trace_axes, diagonal_axes)
+    FunctionalModel(model, params, device, output_fn)  # validates the parameter selection
 
-    def fn(x1: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
-        return ntk(model, x1, x2, method=method, output=output, params=params,
-                   batch_size=batch_size, device=device, memory=memory)
+    def fn(x1: Inputs, x2: Inputs | None = None) -> torch.Tensor:
+        return ntk(model, x1, x2, method=method, output=output, params=params, batch_size=batch_size,
+                   device=device, memory=memory, output_fn=output_fn, trace_axes=trace_axes,
+                   diagonal_axes=diagonal_axes)
 
     return fn
 
 
 def ntk_vp(
     model: nn.Module,
-    x1: torch.Tensor,
-    x2: torch.Tensor | None,
+    x1: Inputs,
+    x2: Inputs | None,
     v: torch.Tensor,
     *,
     output: str = "full",
     params: ParamSelection = None,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
+    output_fn: OutputFn | None = None,
 ) -> torch.Tensor:
     """Θ(x1, x2)·v without forming Θ: one VJP on x2 and one JVP on x1 per block.
 
@@ -209,9 +235,13 @@ def ntk_vp(
     ((N2,) -> (N1,) when O = 1); for "diagonal", v: (N2, O) -> (N1, O), each logit's kernel
     applied to its own column; for "trace", "logit:K", "pntk", v: (N2,) -> (N1,).
     v may carry a trailing axis of k vectors: (N2, O, k) / (N2, k) -> (N1, O, k) / (N1, k).
+    Outputs (N, *S) count as O = prod(S) flattened logits; inputs and `output_fn` as in `ntk`.
     """
     spec = parse_output(output)
-    fm = functional_model(model, params, device)
+    if spec.kind == "axes":
+        raise ValueError("ntk_vp takes output='full', 'diagonal', 'trace', 'logit:K' or 'pntk'; trace/diagonal axes "
+                         "are not supported here: flatten S (output='full') and reshape v to (N2, prod(S))")
+    fm = functional_model(model, params, device, output_fn)
     dev = fm.device if device is not None else None
     x1 = as_tensor(x1, "x1", dev)
     x2 = x1 if x2 is None else as_tensor(x2, "x2", dev)

@@ -21,7 +21,8 @@ from ntkit._runtime.blocks import block_slices
 from ntkit._runtime import malloc as _malloc
 from ntkit.engine.cost import StructuredCost, estimate
 from ntkit.engine.finite import check_weights
-from ntkit.engine.functional import FunctionalModel, ParamSelection
+from ntkit.engine.functional import FunctionalModel, OutputFn, ParamSelection
+from ntkit.engine.inputs import as_inputs
 from ntkit.engine.jacobian_contraction import jacobian_contraction
 from ntkit.engine.memory import (ALLOCATOR_RESERVE, CACHE_BYTES, Plan, acc_entry_bytes, engine_minimum,
                                  host_overhead, make_plan, parse_memory)
@@ -49,21 +50,10 @@ class LayerCost:
     reason: str  # why a parameter falls back to Jacobian contraction ("" otherwise)
 
 
-def as_tensor(x: Any, name: str, device: torch.device | None) -> torch.Tensor:
-    """`x` (a tensor or numpy array) as a tensor on `device`; a TypeError naming `name` otherwise."""
-    if x is None:
-        return None
-    if not isinstance(x, torch.Tensor):
-        try:
-            import numpy as np
-
-            if isinstance(x, np.ndarray):
-                x = torch.from_numpy(x)
-            else:
-                raise TypeError
-        except TypeError:
-            raise TypeError(f"{name} must be a torch.Tensor of shape (N, *input), got {type(x).__name__}") from None
-    return x.to(device) if device is not None else x
+def as_tensor(x: Any, name: str, device: torch.device | None) -> Any:
+    """`x` as the engine's inputs on `device`: a tensor (numpy arrays converted), or a
+    `ntkit.engine.inputs.Batch` for a tuple or mapping of tensors; a TypeError naming `name` otherwise."""
+    return as_inputs(x, name, device)
 
 
 def blocks(n: int, size: int) -> list[slice]:
@@ -73,15 +63,17 @@ def blocks(n: int, size: int) -> list[slice]:
 
 class KernelCall:
     """One validated kernel computation: model function `fm`, inputs `x1`, `x2` (None when
-    symmetric), output `spec`, block `plan` (and `plan_kw`, the planner's inputs); `run(method)`
-    returns the kernel, shaped by `spec.shape(n1, n2, n_logits)`."""
+    symmetric), output `spec` (the plain mode the methods compute; `final` is the call's own,
+    which differs for `trace_axes`/`diagonal_axes`), block `plan` (and `plan_kw`, the planner's
+    inputs); `run(method)` returns the kernel, shaped by `out_shape()`."""
 
     def __init__(self, fm, x1, x2, spec, batch_size, memory, start=None):
         self.fm, self.x1, self.x2 = fm, x1, x2
         self.batch_size = batch_size
         self.symmetric = x2 is None
         n_logits = fm.check_inputs(x1, x2)
-        self.spec = spec.resolve(n_logits)
+        self.final = spec.resolve(n_logits, fm.out_shape if spec.kind == "axes" else None)
+        self.spec = self.final.inner()
         self.n_logits = n_logits
         self.n1 = x1.shape[0]
         self.n2 = self.n1 if x2 is None else x2.shape[0]
@@ -101,6 +93,10 @@ class KernelCall:
             peak=self.profile.peak, cache_bytes=self.cache_bytes, acc_entry=acc_entry,
         )
         self.plan: Plan = make_plan(**self.plan_kw)
+
+    def out_shape(self, n1: int | None = None, n2: int | None = None) -> tuple[int, ...]:
+        """The shape `run` returns (for n1 × n2 inputs, default the call's)."""
+        return tuple(self.final.shape(self.n1 if n1 is None else n1, self.n2 if n2 is None else n2, self.n_logits))
 
     def estimates(self) -> dict[str, Any]:
         kw = dict(n1=self.n1, n2=self.n2, symmetric=self.symmetric, n_logits=self.n_logits,
@@ -183,7 +179,7 @@ class KernelCall:
         STRATEGIES[method](fm, self.x1, x2, spec, plan, out, pairs, self.symmetric, Progress(progress))
         if self.symmetric:
             mirror(out, rows)
-        return out
+        return self.final.finish(out)
 
 
 def _working_budget(budget: int, start, minimum: int) -> int:
@@ -203,9 +199,10 @@ def _working_budget(budget: int, start, minimum: int) -> int:
     return budget - held - reserve
 
 
-def functional_model(model: torch.nn.Module, params: ParamSelection = None, device: Any = None) -> FunctionalModel:
+def functional_model(model: torch.nn.Module, params: ParamSelection = None, device: Any = None,
+                     output_fn: OutputFn | None = None) -> FunctionalModel:
     """`model` as a function of its selected parameters, weights checked finite, allocator tuned."""
-    fm = FunctionalModel(model, params, device)
+    fm = FunctionalModel(model, params, device, output_fn)
     check_weights(fm)  # before the probe forward: NaN weights must not pass for batch coupling
     if fm.device.type == "cpu":
         _malloc.tune()
@@ -214,13 +211,14 @@ def functional_model(model: torch.nn.Module, params: ParamSelection = None, devi
 
 def prepare(model: torch.nn.Module, x1: Any, x2: Any = None, output: str | OutputSpec = "full",
             params: ParamSelection = None, batch_size: int | None = None, device: Any = None,
-            memory: int | str | None = None, start: Any = None) -> KernelCall:
+            memory: int | str | None = None, start: Any = None, output_fn: OutputFn | None = None) -> KernelCall:
     """A validated, planned kernel computation of `model` on x1: (N1, *input) and x2: (N2, *input)
-    or None (x1 against itself, symmetric). `start` (`ntkit._runtime.rss.mark()`): count what the call
-    holds from there against a CPU `memory` budget. Raises the errors `ntkit.ntk` documents."""
+    or None (x1 against itself, symmetric); inputs may be tuples or mappings of tensors
+    (`ntkit.engine.inputs`). `start` (`ntkit._runtime.rss.mark()`): count what the call holds from
+    there against a CPU `memory` budget. Raises the errors `ntkit.ntk` documents."""
     if x2 is x1:
-        x2 = None  # the same tensor twice: exploit the symmetry
+        x2 = None  # the same inputs twice: exploit the symmetry
     spec = parse_output(output)
-    fm = functional_model(model, params, device)
+    fm = functional_model(model, params, device, output_fn)
     dev = fm.device if device is not None else None
     return KernelCall(fm, as_tensor(x1, "x1", dev), as_tensor(x2, "x2", dev), spec, batch_size, memory, start)

@@ -15,17 +15,20 @@ import difflib
 import fnmatch
 import math
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from ntkit.engine.cache import Memo, memo_for
+from ntkit.engine.inputs import Batch, input_signature, iter_leaves
 from ntkit.engine.outputs import OutputSpec
 
 ParamSelection = str | Sequence[str] | None
+OutputFn = Callable[[Any], torch.Tensor]
 
 
 class VmapFallbackWarning(UserWarning):
@@ -98,10 +101,14 @@ class FunctionalModel:
         model: nn.Module,
         params: ParamSelection = None,
         device: torch.device | str | None = None,
+        output_fn: OutputFn | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if output_fn is not None and not callable(output_fn):
+            raise TypeError(f"output_fn must be a callable taking the model's return value, got {output_fn!r}")
         self.model = model
+        self.output_fn = output_fn
         self.names = select_parameters(model, params)
         named = dict(model.named_parameters())
         tensors = list(named.values()) + [b for _, b in model.named_buffers()]
@@ -142,17 +149,25 @@ class FunctionalModel:
         self.vmappable: bool | None = None  # decided on first use
         self.n_logits: int | None = None
         self.out_squeezed = False  # model returns (N,) rather than (N, O)
+        self.out_shape: tuple[int, ...] = ()  # S of the model's (N, *S) output
         self._profile: Profile | None = None
         # What planning learns about this model's structure, kept between calls (see
         # ntkit.engine.cache); `sig` (input shape and dtype) is set by check_inputs.
-        self.memo: Memo = memo_for(model, (tuple(self.names), self.device, self.dtype))
+        self.memo: Memo = memo_for(model, (tuple(self.names), self.device, self.dtype, _key(output_fn)))
         self.sig: tuple | None = None
 
     # -- evaluation ---------------------------------------------------------------------------
-    def call(self, theta: dict[str, torch.Tensor], x: torch.Tensor, fresh_buffers: bool = False):
-        """The model's raw output on a batch x: (N, *input) -> (N, O) or (N,)."""
+    def call(self, theta: dict[str, torch.Tensor], x: torch.Tensor | Batch, fresh_buffers: bool = False):
+        """The model's differentiated output on a batch x (a tensor (N, *input) or a `Batch` of
+        arguments): (N, *S), picked from what the model returns by `output_fn` / `pick_output`."""
         buffers = {n: b.clone() for n, b in self.buffers.items()} if fresh_buffers else self.buffers
-        return functional_call(self.model, ({**self.frozen, **theta}, buffers), (x,))
+        if isinstance(x, Batch):
+            out = functional_call(self.model, ({**self.frozen, **theta}, buffers), x.args, x.kwargs)
+        else:
+            out = functional_call(self.model, ({**self.frozen, **theta}, buffers), (x,))
+        if self.output_fn is not None:
+            return self.output_fn(out)
+        return out if isinstance(out, torch.Tensor) else pick_output(out)
 
     def logits(self, theta: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """f(θ, x) as (N, O) for a batch x: (N, *input)."""
@@ -173,43 +188,28 @@ class FunctionalModel:
         return self.reduced(theta, x.unsqueeze(0), spec)[0]
 
     # -- validation -----------------------------------------------------------------------------
-    def check_inputs(self, x1: torch.Tensor, x2: torch.Tensor | None) -> int:
+    def check_inputs(self, x1: torch.Tensor | Batch, x2: torch.Tensor | Batch | None) -> int:
         """Validate x1 (and x2), run the model once, and return O. Raises ValueError with a fix."""
         for name, x in (("x1", x1), ("x2", x2)):
             if x is None:
                 continue
-            if x.ndim == 0:
-                raise ValueError(f"{name} is a scalar; inputs are batches of shape (N, *input)")
-            if x.shape[0] == 0:
-                raise ValueError(f"{name} is empty (N = 0); pass at least one input")
-            if x.device != self.device:
+            for leaf, t in iter_leaves(x):
+                what = name if isinstance(x, torch.Tensor) else f"{name}[{leaf!r}]" if x.kwargs else f"{name}[{leaf}]"
+                self._check_tensor(what, name, t)
+        if x2 is not None and input_signature(x1) != input_signature(x2):
+            if isinstance(x1, torch.Tensor) and isinstance(x2, torch.Tensor):
                 raise ValueError(
-                    f"{name} is on {x.device} but the model is on {self.device}: move the "
-                    f"inputs with .to({str(self.device)!r}), or pass device= to compute elsewhere"
+                    f"x1 and x2 have different input shapes {tuple(x1.shape[1:])} and "
+                    f"{tuple(x2.shape[1:])}; both must be (N, *input) for the same input shape"
                 )
-            if x.is_floating_point():
-                if x.dtype != self.dtype:
-                    raise ValueError(
-                        f"{name} has dtype {x.dtype} but the model's parameters are {self.dtype}: "
-                        f"convert one of them (e.g. {name}.to({self.dtype}))"
-                    )
-                bad = (~torch.isfinite(x)).sum().item()
-                if bad:
-                    raise ValueError(
-                        f"{name} contains {bad} NaN or Inf value(s); the kernel would be "
-                        "undefined. Clean or impute the inputs first"
-                    )
-            elif x.is_complex():
-                raise ValueError(f"{name} is complex; ntkit computes real NTKs only")
-        if x2 is not None and x1.shape[1:] != x2.shape[1:]:
             raise ValueError(
-                f"x1 and x2 have different input shapes {tuple(x1.shape[1:])} and "
-                f"{tuple(x2.shape[1:])}; both must be (N, *input) for the same input shape"
+                f"x1 and x2 have different structures, {_describe(x1)} and {_describe(x2)}; both must hold the "
+                "same arguments with the same shapes after dim 0 and dtypes (pad sequences to one length)"
             )
-        self.sig = (tuple(x1.shape[1:]), x1.dtype)
+        self.sig = input_signature(x1)
         known = self.memo.get(("inputs", self.sig))
         if known is not None:  # this structure accepted these inputs before (and was checked)
-            self.n_logits, self.out_squeezed, self._profile = known
+            self.n_logits, self.out_squeezed, self.out_shape, self._profile = known
             self.vmappable = self.memo.get(("vmappable", self.sig))
             return self.n_logits
         # Two samples tell (N,) and (N, O) outputs apart; a model in training mode gets four for
@@ -220,27 +220,34 @@ class FunctionalModel:
             try:
                 out = self._profiled_call(probe)
             except Exception as e:  # noqa: BLE001 - any model error is reported with context
+                if isinstance(e, OutputError):
+                    raise
+                if self.output_fn is not None and _raised_in(e, self.output_fn):
+                    raise ValueError(f"output_fn failed on the model's return value: {type(e).__name__}: {e}") from e
+                shown = f"inputs of shape {tuple(x1.shape)}" if isinstance(x1, torch.Tensor) else f"inputs {_describe(x1)}"
+                how = ("ntkit feeds batches (N, *input); check the input shape the model expects"
+                       if isinstance(x1, torch.Tensor) else
+                       "ntkit calls model(*tuple) or model(**mapping) on slices of N samples; check the "
+                       "argument names and shapes the forward expects")
                 raise ValueError(
-                    f"the model rejected inputs of shape {tuple(x1.shape)} (tried x1[:{len(probe)}]): "
-                    f"{type(e).__name__}: {e}. ntkit feeds batches (N, *input); check the input "
-                    "shape the model expects"
+                    f"the model rejected {shown} (tried x1[:{len(probe)}]): {type(e).__name__}: {e}. {how}"
                 ) from e
         if not isinstance(out, torch.Tensor):
             raise ValueError(
-                f"the model returned {type(out).__name__}; ntkit needs a tensor of shape (N,) or "
-                "(N, O). Wrap the model so it returns the logits"
+                f"output_fn returned {type(out).__name__}; it must return the tensor (N, *S) to differentiate"
             )
         if out.ndim == 1 and out.shape[0] == len(probe):
             self.out_squeezed = True
             n_logits = 1
-        elif out.ndim == 2 and out.shape[0] == len(probe):
-            n_logits = out.shape[1]
+        elif out.ndim >= 2 and out.shape[0] == len(probe):
+            n_logits = math.prod(out.shape[1:])
         else:
             raise ValueError(
                 f"the model's output for {len(probe)} inputs has shape {tuple(out.shape)}; ntkit "
-                f"needs ({len(probe)},) or ({len(probe)}, O). Flatten or select the outputs "
-                "in a wrapper module"
+                f"needs the batch first: ({len(probe)},) or ({len(probe)}, *S). Return the outputs "
+                "batch-first (or pick them with output_fn=...)"
             )
+        self.out_shape = tuple(out.shape[1:])
         if not out.is_floating_point():
             raise ValueError(f"the model's output has dtype {out.dtype}; it must be floating")
         if n_logits == 0:
@@ -252,8 +259,33 @@ class FunctionalModel:
         self.n_logits = n_logits
         if training:
             self._check_samples_independent(probe, out)
-        self.memo.put(("inputs", self.sig), (n_logits, self.out_squeezed, self._profile))
+        self.memo.put(("inputs", self.sig), (n_logits, self.out_squeezed, self.out_shape, self._profile))
         return n_logits
+
+    def _check_tensor(self, what: str, name: str, x: torch.Tensor) -> None:
+        if x.ndim == 0:
+            raise ValueError(f"{what} is a scalar; inputs are batches of shape (N, *input)")
+        if x.shape[0] == 0:
+            raise ValueError(f"{what} is empty (N = 0); pass at least one input")
+        if x.device != self.device:
+            raise ValueError(
+                f"{what} is on {x.device} but the model is on {self.device}: move the "
+                f"inputs with .to({str(self.device)!r}), or pass device= to compute elsewhere"
+            )
+        if x.is_floating_point():
+            if x.dtype != self.dtype:
+                raise ValueError(
+                    f"{what} has dtype {x.dtype} but the model's parameters are {self.dtype}: "
+                    f"convert one of them (e.g. {name}.to({self.dtype}))"
+                )
+            bad = (~torch.isfinite(x)).sum().item()
+            if bad:
+                raise ValueError(
+                    f"{what} contains {bad} NaN or Inf value(s); the kernel would be "
+                    "undefined. Clean or impute the inputs first"
+                )
+        elif x.is_complex():
+            raise ValueError(f"{what} is complex; ntkit computes real NTKs only")
 
     def _check_samples_independent(self, probe: torch.Tensor, batched: torch.Tensor) -> None:
         """A model in training mode may mix samples (BatchNorm) or be random (dropout)."""
@@ -328,7 +360,7 @@ class FunctionalModel:
             sizes.remove()
         self._profile = self._make_profile(flops, sizes.acts, sizes.peak)
         if self.sig is not None and self.n_logits is not None:
-            self.memo.put(("inputs", self.sig), (self.n_logits, self.out_squeezed, self._profile))
+            self.memo.put(("inputs", self.sig), (self.n_logits, self.out_squeezed, self.out_shape, self._profile))
         return self._profile
 
     # -- Jacobian rows --------------------------------------------------------------------------
@@ -408,3 +440,62 @@ class _ActivationSizes:
         for h in self.handles:
             h.remove()
         self.handles = []
+
+
+def _key(fn: Any) -> Any:
+    try:
+        hash(fn)
+        return fn
+    except TypeError:
+        return id(fn)
+
+
+def _describe(x: Any) -> str:
+    return f"a tensor {tuple(x.shape)}" if isinstance(x, torch.Tensor) else x.describe()
+
+
+def _raised_in(e: BaseException, fn: Any) -> bool:
+    code = getattr(fn, "__code__", None)
+    tb = e.__traceback__
+    while tb is not None and code is not None:
+        if tb.tb_frame.f_code is code:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+class OutputError(ValueError):
+    """The model's return value holds no single tensor to differentiate; pass output_fn=."""
+
+
+def pick_output(out: Any) -> torch.Tensor:
+    """The tensor to differentiate in a model's return value: the tensor itself; `.logits` (or
+    the key "logits") of a `ModelOutput`, dataclass or mapping; else the one tensor it holds. Raises
+    OutputError naming the choices and `output_fn=` otherwise."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, Mapping):
+        if isinstance(out.get("logits"), torch.Tensor):
+            return out["logits"]
+        items = [(repr(k), v) for k, v in out.items()]
+        hint = "output_fn=lambda out: out[{}]"
+    elif is_dataclass(out):
+        if isinstance(getattr(out, "logits", None), torch.Tensor):
+            return out.logits
+        items = [(f.name, getattr(out, f.name, None)) for f in fields(out)]
+        hint = "output_fn=lambda out: out.{}"
+    elif isinstance(out, (tuple, list)):
+        if isinstance(getattr(out, "logits", None), torch.Tensor):  # a namedtuple
+            return out.logits
+        items = [(str(i), v) for i, v in enumerate(out)]
+        hint = "output_fn=lambda out: out[{}]"
+    else:
+        raise OutputError(f"the model returned {type(out).__name__}, not a tensor; pass output_fn= (a callable "
+                          "that takes the model's return value and returns the tensor (N, *S) to differentiate)")
+    tensors = [(k, v) for k, v in items if isinstance(v, torch.Tensor)]
+    if len(tensors) == 1:
+        return tensors[0][1]
+    shown = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in tensors) or "none"
+    first = tensors[0][0] if tensors else "..."
+    raise OutputError(f"the model returned a {type(out).__name__} with {len(tensors)} tensors ({shown}) and no "
+                      f"'logits'; say which one to differentiate, e.g. {hint.format(first)}")
