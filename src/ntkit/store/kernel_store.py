@@ -165,6 +165,22 @@ class KernelStore:
         return len(self.shape)
 
     @property
+    def mirror_perm(self) -> tuple[int, ...] | None:
+        """How a tile's axes permute at its mirror position, for kernels with trace/diagonal
+        axes (`ntkit.engine.outputs`); None for the plain layouts (`records.mirror_tile`)."""
+        from ntkit.engine.outputs import parse_output
+
+        out = self._meta.get("output")
+        if not (isinstance(out, str) and out.startswith("axes:")):
+            return None
+        try:
+            spec = parse_output(out).resolve(0, tuple(self._meta["output_shape"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreError(f"{self.path}: its metadata's output {out!r} has no valid output_shape ({e}); "
+                             "the store cannot be mirrored: compute it again (--overwrite)") from None
+        return spec.mirror_perm(self.ndim)
+
+    @property
     def symmetric(self) -> bool:
         return bool(self._meta["symmetric"])
 
@@ -293,7 +309,7 @@ class KernelStore:
             if rec is None:  # not done (or no tile's): NaN, as the per-tile read gives
                 out[region] = np.nan
                 return None
-            return None if matches(out[region], owner[0], owner[1], rec) else chunk
+            return None if matches(out[region], owner[0], owner[1], rec, self.mirror_perm) else chunk
 
         chunks = [(ci, cj) for ci in range(-(-self.shape[0] // tr)) for cj in range(-(-self.shape[1] // tc))]
         self._chunk_owner(0, 0)  # builds the tile grid once, before the threads look it up
@@ -388,7 +404,7 @@ class KernelStore:
             data = np.ascontiguousarray(self._array[self._chunk_region(t, mirrored)])
         except Exception as e:  # noqa: BLE001 - a chunk the codec cannot decode: corrupted
             return None, f"cannot be decoded ({type(e).__name__}: {e})"
-        return (data, None) if matches(data, t, mirrored, rec) else (None, CHANGED)
+        return (data, None) if matches(data, t, mirrored, rec, self.mirror_perm) else (None, CHANGED)
 
     def _corrupt_message(self, t: Tile, mirrored: bool, problem: str) -> str:
         what = (f"the mirror (rows {t.c0}:{t.c1}, cols {t.r0}:{t.r1}) of tile {t.key}" if mirrored
@@ -450,7 +466,7 @@ class KernelStore:
         data = np.ascontiguousarray(data, dtype=self.dtype)
         self._array[tile.r0:tile.r1, tile.c0:tile.c1] = data
         chunks = [(tile.i, tile.j)]
-        low = mirror_tile(data) if tile.mirror else None
+        low = mirror_tile(data, self.mirror_perm) if tile.mirror else None
         if low is not None:
             self._array[tile.c0:tile.c1, tile.r0:tile.r1] = low
             chunks.append((tile.j, tile.i))

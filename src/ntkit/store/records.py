@@ -27,21 +27,25 @@ def tile_checksum(data: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(data).view(np.uint8).reshape(-1)).hexdigest()
 
 
-def mirror_tile(data: np.ndarray) -> np.ndarray:
-    """The tile at the transposed position: Θ(x2, x1)[b, a] = Θ(x1, x2)[a, b]."""
+def mirror_tile(data: np.ndarray, perm: tuple[int, ...] | None = None) -> np.ndarray:
+    """The tile at the transposed position: Θ(x2, x1)[b, a] = Θ(x1, x2)[a, b]. `perm`: the
+    store's axis permutation for kernels with trace/diagonal axes (`KernelStore.mirror_perm`);
+    None for the plain layouts, told apart by their number of axes."""
+    if perm is not None:
+        return np.ascontiguousarray(data.transpose(perm))
     if data.ndim == 4:
         return np.ascontiguousarray(data.transpose(1, 0, 3, 2))
     return np.ascontiguousarray(np.swapaxes(data, 0, 1))
 
 
-def matches(data: np.ndarray, t: Tile, mirrored: bool, rec: dict[str, Any]) -> bool:
+def matches(data: np.ndarray, t: Tile, mirrored: bool, rec: dict[str, Any], perm: tuple[int, ...] | None = None) -> bool:
     """The chunk data of tile `t` (its mirror when `mirrored`) are what its record says."""
     if rec.get("rows") != [t.r0, t.r1] or rec.get("cols") != [t.c0, t.c1]:
         return False
     if mirrored and isinstance(rec.get("mirror_sha256"), str):
         return tile_checksum(data) == rec["mirror_sha256"]
     # stores written before mirror checksums: the transposed copy must be the tile
-    return tile_checksum(mirror_tile(data) if mirrored else data) == rec.get("sha256")
+    return tile_checksum(mirror_tile(data, perm) if mirrored else data) == rec.get("sha256")
 
 
 def load_record(path: Path) -> dict[str, Any] | None:

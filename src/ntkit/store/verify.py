@@ -63,12 +63,12 @@ def verify_store(ks: KernelStore, recompute=None, sample: int = 2, rtol: float |
         if t.mirror:
             _, problem = ks._checked_chunk(t, True, recs[t.key])
             if problem == CHANGED and not np.array_equal(  # decodable, but not what was written
-                    ks._array[ks._chunk_region(t, True)], mirror_tile(data), equal_nan=True):
+                    ks._array[ks._chunk_region(t, True)], mirror_tile(data, ks.mirror_perm), equal_nan=True):
                 rep.problems.append(f"tile {t.key}'s mirror (rows {t.c0}:{t.c1}, cols {t.r0}:{t.r1}) "
                                     f"is not its transpose: the store is not symmetric; {fix}")
             elif problem is not None:  # (a transpose whose recorded checksum is damaged: readers refuse it too)
                 rep.problems.append(ks._corrupt_message(t, True, problem))
-        elif t.diagonal and not np.array_equal(data, mirror_tile(data), equal_nan=True):
+        elif t.diagonal and not np.array_equal(data, mirror_tile(data, ks.mirror_perm), equal_nan=True):
             rep.problems.append(f"diagonal tile {t.key} is not symmetric; {fix}")
     if recompute is not None and sample > 0:
         reduced = ks.precision in PRECISION_RTOL and ks.dtype == np.float32

@@ -123,7 +123,7 @@ def _plan_features(model, tile_call, tplan: TilePlan, symmetric: bool, requested
     acc_entry = call.itemsize * {"full": call.n_logits**2, "trace": call.n_logits,
                                  "diagonal": call.n_logits}.get(call.spec.kind, 1)
     root = store.parent if not store.exists() else store
-    rates = measure_rates(model, call.x1, output, params, device, tplan.engine, root)
+    rates = measure_rates(model, call.x1, output, params, device, tplan.engine, root, call.fm.output_fn)
     est = call.estimates()
     first = tiles[0]
     scale = sum(t.n_entries for t in tiles) / max(1, first.n_entries)

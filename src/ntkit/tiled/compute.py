@@ -69,7 +69,7 @@ def compute(
     *,
     store: str | os.PathLike[str] | None = None,
     method: str = "auto",
-    output: str = "trace",
+    output: str | None = None,
     params: Sequence[str] | str | None = None,
     memory: int | str | None = None,
     device: torch.device | str | None = None,
@@ -81,17 +81,23 @@ def compute(
     features: str = "auto",
     progress: Callable[[int, int], None] | None = None,
     metadata: dict[str, Any] | None = None,
+    output_fn: Callable[[Any], torch.Tensor] | None = None,
+    trace_axes: int | tuple[int, ...] | None = None,
+    diagonal_axes: int | tuple[int, ...] | None = None,
 ) -> KernelStore | torch.Tensor:
     """The eNTK of `model` between `rows` and `cols`, tile by tile under a memory budget.
 
     Args:
         model: any nn.Module (see `ntkit.ntk`).
-        rows: (N1, *input) tensor/array or a Dataset (items `x` or `(x, y)`).
+        rows: (N1, *input) tensor/array, a tuple or mapping of tensors (the model's positional /
+            keyword arguments, batched on dim 0, as in `ntkit.ntk`), or a Dataset (items `x` or
+            `(x, y)`; `x` may be a tuple or mapping of tensors, a mapping's "label(s)" are left out).
         cols: (N2, *input) likewise, or None for the symmetric kernel of `rows` (upper tiles only).
         store: path of a zarr kernel store (created, or resumed when it exists); None returns
             the kernel as a tensor (it must fit in memory; tiles still bound the working set).
         method: "auto" | "jacobian" | "ntk-vp" | "structured", fixed once for every tile.
-        output: "trace" (default here: big kernels) | "full" | "diagonal" | "logit:K" | "pntk".
+        output: "trace" (the default here without trace/diagonal axes: big kernels) | "full" |
+            "diagonal" | "logit:K" | "pntk".
         memory: bytes or "8GB" for one worker's peak (default: a quarter of free memory).
         device: where tiles are computed (default: the model's device); "cuda" with several
             Dask workers puts one worker on each GPU.
@@ -117,6 +123,9 @@ def compute(
             `current=(steps done, steps)` within the running tile, and `store=` (the
             `KernelStore`, once checked or created, before any tile is computed).
         metadata: extra JSON-able facts to keep with the store (e.g. the data and model specs).
+        output_fn, trace_axes, diagonal_axes: as in `ntkit.ntk` (structured outputs, per-token
+            or per-pixel kernels). A store records output_fn's qualified name, so a resume
+            with another one is refused (a lambda is named "<lambda>": prefer a named function).
 
     Returns:
         The `KernelStore` (complete) when `store` is given, else a tensor of shape
@@ -137,11 +146,14 @@ def compute(
     from ntkit.engine.api import parse_method
     from ntkit.engine.call import prepare
     from ntkit.engine.memory import parse_memory
-    from ntkit.engine.outputs import parse_output
+    from ntkit.engine.inputs import input_signature, iter_leaves
+    from ntkit.engine.outputs import output_spec
 
     start = _rss.mark()  # the budget counts from here (the command line: from its start)
     method = parse_method(method)
-    parse_output(output)
+    if output is None:
+        output = "trace" if trace_axes is None and diagonal_axes is None else "full"
+    output = str(output_spec(output, trace_axes, diagonal_axes))  # one string for jobs, workers, metadata
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if precision == "tf32x3" and method == "ntk-vp":
@@ -179,23 +191,29 @@ def compute(
 
     # -- probe: sizes the planner needs ---------------------------------------------------------
     probe = prepare(model, prep(src_rows.take(0, min(2, src_rows.n))).to(dev), None, output, params, None,
-                     device, 2**40)
-    fm, spec = probe.fm, probe.spec
+                     device, 2**40, output_fn=output_fn)
+    fm, spec = probe.fm, probe.spec  # spec: the plain mode the engine computes (see KernelCall)
     n_logits = probe.n_logits
     n1, n2 = src_rows.n, (src_rows.n if src_cols is None else src_cols.n)
     if src_cols is not None:
         sample_c = prep(src_cols.take(0, 1))
         sample_r = prep(src_rows.take(0, 1))
-        if sample_c.shape[1:] != sample_r.shape[1:] or sample_c.dtype != sample_r.dtype:
-            raise ValueError(f"rows have inputs {tuple(sample_r.shape[1:])} {sample_r.dtype} but cols have "
-                             f"{tuple(sample_c.shape[1:])} {sample_c.dtype}: both sides must be the model's input")
-    shape = tuple(spec.shape(n1, n2, n_logits))
+        if input_signature(sample_c) != input_signature(sample_r):
+            raise ValueError(f"rows have inputs {_inputs_text(sample_r)} but cols have {_inputs_text(sample_c)}: "
+                             "both sides must be the model's input")
+    shape = probe.out_shape(n1, n2)
     itemsize = torch.empty((), dtype=dtype).element_size()
     entry_bytes = int(np.prod(shape[2:], dtype=np.int64)) * itemsize
     x0 = src_rows.take(0, 1)
-    input_bytes = int(x0[0].numel() * x0.element_size())
+    input_bytes = sum(int(t[0].numel() * t.element_size()) for _, t in iter_leaves(x0))
     symmetric = src_cols is None
-    identity = _identity(model, src_rows, src_cols, str(spec), params, method, dtype, precision, shape)
+    if probe.final.kind == "axes" and features == "disk":
+        raise ValueError("features='disk' caches Jacobian rows for the plain outputs; with trace_axes/diagonal_axes "
+                         "use features='recompute' (or auto)")
+    identity = _identity(model, src_rows, src_cols, str(probe.final), params, method, dtype, precision, shape)
+    if output_fn is not None:  # only then: stores without output_fn keep their identity
+        # Its name only: the same function run as a script (__main__) or imported must resume.
+        identity["output_fn"] = str(getattr(output_fn, "__qualname__", type(output_fn).__qualname__))
 
     # -- the store: resume or create ------------------------------------------------------------
     ks: KernelStore | None = None
@@ -239,16 +257,17 @@ def compute(
         used = method
         choice_meta: dict[str, Any] = {}
         fplan = FeaturePlan("recompute", reason="in memory" if store is None else "asked for")
-        if method == "auto" or (store is not None and features != "recompute" and method == "jacobian"):
+        disk_ok = features != "recompute" and probe.final.kind != "axes"
+        if method == "auto" or (store is not None and disk_ok and method == "jacobian"):
             t0 = next(iter(tplan.tiles()))
             xr = prep(src_rows.take(t0.r0, t0.r1)).to(dev)
             xc = None if t0.diagonal else prep((src_cols or src_rows).take(t0.c0, t0.c1)).to(dev)
-            tile_call = prepare(model, xr, xc, output, params, None, device, tplan.engine)
+            tile_call = prepare(model, xr, xc, output, params, None, device, tplan.engine, output_fn=output_fn)
             if method == "auto":
                 # features="disk" makes auto's method Jacobian contraction; "auto" only caches
                 # the rows of the method auto picks (structured derivatives have none to cache).
                 used = "jacobian" if features == "disk" else tile_call.choose()
-            if store is not None and method == "auto" and features != "disk" and _budget_bound(tile_call):
+            if store is not None and method == "auto" and features != "disk" and disk_ok and _budget_bound(tile_call):
                 # The cost model does not see what the budget makes each method recompute: time
                 # both methods' per-sample work and count it as the engine loops.
                 fplan, rates, scale = _plan_features(model, tile_call, tplan, symmetric, features, Path(store),
@@ -259,7 +278,7 @@ def compute(
                 if used != "jacobian":
                     fplan = FeaturePlan("recompute", 0, 0, 0, fplan.recompute_s, fplan.disk_s,
                                         "structured derivatives are estimated faster")
-            elif store is not None and features != "recompute" and used == "jacobian":
+            elif store is not None and disk_ok and used == "jacobian":
                 fplan = _plan_features(model, tile_call, tplan, symmetric, features, Path(store),
                                        output, params, device)[0]
         if features == "auto":
@@ -269,8 +288,8 @@ def compute(
             ks = KernelStore.create(
                 store, shape=shape, dtype=str(dtype).replace("torch.", ""), tile_rows=tplan.tile_rows,
                 tile_cols=tplan.tile_cols, symmetric=symmetric, overwrite=overwrite,
-                metadata={"identity": identity, "store_id": uuid.uuid4().hex, "output": str(spec),
-                          "n_logits": n_logits, "method_requested": method, "method_used": used,
+                metadata={"identity": identity, "store_id": uuid.uuid4().hex, "output": str(probe.final),
+                          "n_logits": n_logits, "output_shape": list(fm.out_shape), "method_requested": method, "method_used": used,
                           "plan": {**_plan_meta(tplan), "features": _features_meta(fplan),
                                    "process_held": held, "allocator_reserve": reserve,
                                    **({"auto_seconds": choice_meta} if choice_meta else {})},
@@ -283,12 +302,13 @@ def compute(
                             n_logits=n_logits, symmetric=symmetric, shared=tplan.shared)
     job = TileJob(model=model, method=used, output=output, params=tuple(params) if params else None,
                   engine_memory=tplan.engine, device=None if device is None else str(device),
-                  precision=precision, features=fspec)
+                  precision=precision, features=fspec, output_fn=output_fn)
     tiles = tplan.tiles()
     total_entries = n1 * n2
     t_start = time.perf_counter()
     if ks is None:
-        return _compute_in_memory(job, tiles, src_rows, src_cols, prep, shape, dtype, progress, total_entries)
+        return _compute_in_memory(job, tiles, src_rows, src_cols, prep, shape, dtype, progress, total_entries,
+                                  probe.final.mirror_perm(len(shape)) if probe.final.kind == "axes" else None)
     done = ks.done()
     todo = [t for t in tiles if t.key not in done]
     entries_done = sum(t.n_entries for t in tiles if t.key in done)
@@ -459,7 +479,11 @@ def _features_tile(job: TileJob, cache: FeatureCache, t: Tile, rows: DataSource,
                          cache.root, cache=cache)
 
 
-def _compute_in_memory(job, tiles, rows, cols, prep, shape, dtype, progress, total_entries) -> torch.Tensor:
+def _inputs_text(x: Any) -> str:
+    return f"{tuple(x.shape[1:])} {x.dtype}" if isinstance(x, torch.Tensor) else x.describe()
+
+
+def _compute_in_memory(job, tiles, rows, cols, prep, shape, dtype, progress, total_entries, perm=None) -> torch.Tensor:
     from ntkit.store.records import mirror_tile
 
     out = np.full(shape, np.nan, dtype=str(dtype).replace("torch.", ""))
@@ -470,7 +494,7 @@ def _compute_in_memory(job, tiles, rows, cols, prep, shape, dtype, progress, tot
         data = compute_tile(job, t, xr, xc, progress=None if progress is None else progress.tile(t, total_entries))
         out[t.r0:t.r1, t.c0:t.c1] = data
         if t.mirror:
-            out[t.c0:t.c1, t.r0:t.r1] = mirror_tile(data)
+            out[t.c0:t.c1, t.r0:t.r1] = mirror_tile(data, perm)
         del data
         _release_between_tiles()
         done += t.n_entries

@@ -229,7 +229,7 @@ class FeatureCache:
         return out
 
 
-def jacobian_feature_rows(model, output: str, params, device, engine: int):
+def jacobian_feature_rows(model, output: str, params, device, engine: int, output_fn=None):
     """rows_fn for `FeatureCache.ensure`: the engine's Jacobian rows of a block of inputs, planned
     under the engine budget `engine` exactly as a tile's Jacobian contraction plans them."""
     from ntkit.engine.call import prepare
@@ -237,7 +237,8 @@ def jacobian_feature_rows(model, output: str, params, device, engine: int):
     from ntkit.engine.memory import make_plan
 
     def rows_fn(x: torch.Tensor):
-        call = prepare(model, x, None, output, list(params) if params else None, None, device, engine)
+        call = prepare(model, x, None, output, list(params) if params else None, None, device, engine,
+                       output_fn=output_fn)
         fm, spec = call.fm, call.spec
         plan = make_plan(**call.plan_kw, split_passes=call.cache_bytes is not None)
         offsets, off = {}, 0
@@ -311,14 +312,16 @@ def _matmul_rate(device: torch.device, dtype: torch.dtype, budget: int | None = 
     return _RATE_MEMO[key]
 
 
-def measure_rates(model, x: torch.Tensor, output: str, params, device, engine: int, root: Path) -> Rates:
+def measure_rates(model, x: torch.Tensor, output: str, params, device, engine: int, root: Path,
+                  output_fn=None) -> Rates:
     """Time a few Jacobian rows of `x` (n, *input) as a tile's engine computes them, the disk
     under `root`, and the matmul rate."""
     from ntkit.engine.call import prepare
     from ntkit.engine.jacobian_contraction import block_rows
     from ntkit.engine.memory import make_plan
 
-    call = prepare(model, x, None, output, list(params) if params else None, None, device, engine)
+    call = prepare(model, x, None, output, list(params) if params else None, None, device, engine,
+                   output_fn=output_fn)
     fm, spec = call.fm, call.spec
     plan = make_plan(**call.plan_kw, split_passes=call.cache_bytes is not None)
     group = plan.groups[0]
@@ -361,7 +364,7 @@ def tile_from_features(job, tile: Tile, x_rows: torch.Tensor, x_cols: torch.Tens
 
     need = [(k, x) for k, x in ((rk, x_rows), (ck, x_rows if x_cols is None else x_cols)) if not cache.done(k)]
     if need:
-        rows_fn = jacobian_feature_rows(job.model, job.output, job.params, device, job.engine_memory)
+        rows_fn = jacobian_feature_rows(job.model, job.output, job.params, device, job.engine_memory, job.output_fn)
         for key, x in need:
             if not cache.done(key):  # a diagonal tile lists its block twice
                 cache.ensure(key, x, rows_fn)

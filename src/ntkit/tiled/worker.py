@@ -4,6 +4,7 @@ worker by `ntkit.distributed.worker.run_tile_to_store`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ class TileJob:
     device: str | None = None
     precision: str = "float32"
     features: FeatureSpec | None = None  # tiles read Jacobian rows cached in the store's features/
+    output_fn: Any = None  # picks the differentiated tensor from the model's return value (ntkit.ntk)
 
 
 def compute_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.Tensor | None,
@@ -46,7 +48,7 @@ def compute_tile(job: TileJob, tile: Tile, x_rows: torch.Tensor, x_cols: torch.T
     x2 = None if x_cols is None else to_device(x_cols, device)
     with matmul_precision(device, job.precision):
         call = prepare(job.model, x1, x2, job.output, list(job.params) if job.params else None, None,
-                        None if name is None else device, job.engine_memory)
+                        None if name is None else device, job.engine_memory, output_fn=job.output_fn)
         k = call.run(job.method, progress)
     _check_tile(k, tile, x1, x2)
     return _host(k)
