@@ -389,7 +389,7 @@ class FunctionalModel:
                 warnings.warn(
                     f"torch.func.vmap cannot transform {type(self.model).__name__} "
                     f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); computing its "
-                    "Jacobian one sample and one logit at a time instead (exact, but slower)",
+                    "Jacobian one sample at a time instead (exact, but slower)",
                     VmapFallbackWarning,
                     stacklevel=4,
                 )
@@ -405,12 +405,34 @@ class FunctionalModel:
         return vmap(jacrev(f), in_dims=(None, 0))(group, x)
 
     def _jacobian_rows_loop(self, names, x, spec):
+        """One sample at a time: a forward and one backward vmapped over the O' outputs (models
+        whose forward vmap cannot batch, e.g. data-dependent branches on an attention mask, often
+        have a backward it can), else one backward per output."""
         out: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         for i in range(x.shape[0]):
             with torch.enable_grad():
                 leaves = {n: self.theta[n].clone().requires_grad_(True) for n in names}
                 theta = {**self.theta, **leaves}
                 y = self.reduced(theta, x[i : i + 1], spec)[0]
+                batched = self.memo.get(("batched_backward", self.sig)) if self.sig is not None else None
+                if batched is not False and y.shape[0] > 1:
+                    try:
+                        eye = torch.eye(y.shape[0], dtype=y.dtype, device=y.device)
+                        g = torch.autograd.grad(y, list(leaves.values()), eye, retain_graph=True,
+                                                allow_unused=True, is_grads_batched=True)
+                        for n, gi in zip(names, g):
+                            out[n].append(gi if gi is not None else torch.zeros(y.shape[0], *leaves[n].shape,
+                                                                                dtype=y.dtype, device=y.device))
+                        if batched is None and self.sig is not None:
+                            self.memo.put(("batched_backward", self.sig), True)
+                        continue
+                    except torch.OutOfMemoryError:
+                        raise
+                    except Exception:  # noqa: BLE001 - the backward cannot be vmapped: per output below
+                        if batched:
+                            raise
+                        if self.sig is not None:
+                            self.memo.put(("batched_backward", self.sig), False)
                 per_logit = []
                 for a in range(y.shape[0]):
                     g = torch.autograd.grad(

@@ -29,13 +29,14 @@ KERNEL_OUTPUTS = ("trace", "pntk", "logit:K")
 
 
 class EmpiricalNTK(Kernel):
-    """The empirical NTK of `model` as a kernel `k(x, z) -> (N, M)` on inputs (N, *input).
+    """The empirical NTK of `model` as a kernel `k(x, z) -> (N, M)` on inputs (N, *input), or on
+    tuples / mappings of tensors batched on dim 0 (the model's positional / keyword arguments).
 
     Args:
         model: any module `ntkit.ntk` takes (call `.eval()` for BatchNorm); it is read at every
             call, so training it changes the kernel (the feature cache notices parameter changes).
         output: "trace" (sum over logits), "pntk" or "logit:K": the scalar outputs of `ntkit.ntk`.
-        method, params, batch_size, memory: as in `ntkit.ntk`.
+        method, params, batch_size, memory, output_fn: as in `ntkit.ntk`.
         cache: keep the Jacobian rows of the last `z` (the centers of a kernel machine) between
             calls: "auto" when they fit in `memory` (default: a quarter of free memory), or
             True/False.
@@ -47,7 +48,7 @@ class EmpiricalNTK(Kernel):
 
     def __init__(self, model: nn.Module, output: str = "trace", method: str = "auto", *,
                  params: Any = None, batch_size: int | None = None, memory: int | str | None = None,
-                 cache: bool | str = "auto") -> None:
+                 cache: bool | str = "auto", output_fn: Any = None) -> None:
         super().__init__()
         from ntkit.engine.api import parse_method
         from ntkit.engine.functional import FunctionalModel
@@ -63,6 +64,7 @@ class EmpiricalNTK(Kernel):
             raise ValueError(f"cache must be 'auto', True or False, got {cache!r}")
         self.model, self.output, self.method = model, str(spec), parse_method(method)
         self.params, self.batch_size, self.memory, self.cache = params, batch_size, memory, cache
+        self.output_fn = output_fn
         self._ospec = spec
         self._fm_cls = FunctionalModel
         self._cached: tuple[Any, ...] | None = None  # (weakref to z, z version, params version, features)
@@ -119,7 +121,15 @@ class EmpiricalNTK(Kernel):
             return p.device
         return torch.device("cpu")
 
-    def prepare(self, x: Any, name: str = "x") -> torch.Tensor:
+    def prepare(self, x: Any, name: str = "x") -> Any:
+        from ntkit.engine.inputs import as_inputs
+
+        if isinstance(x, (tuple, dict)) or (hasattr(x, "keys") and hasattr(x, "__getitem__")):
+            try:
+                b = as_inputs(x, name)
+            except (TypeError, ValueError) as e:
+                raise KernelInputError(str(e)) from None
+            return b.to(self._dtype()).to(self._device())
         t = as_tensor(x, name)
         if t.ndim == 0:
             raise KernelInputError(f"{name} is a scalar; inputs are batches of shape (N, *input)")
@@ -135,7 +145,7 @@ class EmpiricalNTK(Kernel):
 
     # -- features (Jacobian rows) ------------------------------------------------------------
     def _fm(self):
-        return self._fm_cls(self.model, self.params, None)
+        return self._fm_cls(self.model, self.params, None, self.output_fn)
 
     def _feature_step(self, fm) -> int:
         """Samples per Jacobian block of `_features` (at most 256, under the memory budget)."""
@@ -213,7 +223,8 @@ class EmpiricalNTK(Kernel):
         xp = self.prepare(x, "x")
         if z is None or z is x:
             return ntk(self.model, xp, None, method=self.method, output=self.output, params=self.params,
-                       batch_size=self.batch_size, memory=self.memory, progress=current_progress())
+                       batch_size=self.batch_size, memory=self.memory, progress=current_progress(),
+                       output_fn=self.output_fn)
         zp = self.prepare(z, "z")
         fm = self._fm()
         fm.check_inputs(xp, zp)
@@ -224,7 +235,8 @@ class EmpiricalNTK(Kernel):
         fz = self._cached_features(z, zp, fm, steps)
         if fz is None:
             return ntk(self.model, xp, zp, method=self.method, output=self.output, params=self.params,
-                       batch_size=self.batch_size, memory=self.memory, progress=current_progress())
+                       batch_size=self.batch_size, memory=self.memory, progress=current_progress(),
+                       output_fn=self.output_fn)
         return self._features(fm, xp, steps) @ fz.T
 
     def mv(self, x: Any, z: Any, v: torch.Tensor, *, out: torch.Tensor | None = None) -> torch.Tensor:
