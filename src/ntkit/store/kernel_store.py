@@ -9,9 +9,9 @@ Layout of a store `K.zarr/` (a plain zarr v3 array, readable by zarr, dask and x
     .K.zarr.lock             beside the store: the writer's lock (`ntkit.store.lock`)
 
 A tile's record is written (atomically: temp file, fsync, rename) only after its chunk files are
-fsync-ed, so a record always means durable data, and a crash at any point leaves at worst a tile
-without a record, which the next run recomputes. Workers write distinct chunks and records, so
-several processes or machines can fill one store at once; only the driver writes the attributes.
+fsync-ed, so a record always means durable data, and a crash leaves at worst a tile without a
+record, which the next run recomputes. Workers write distinct chunks and records, so several
+processes or machines fill one store at once; only the driver writes the attributes.
 
 Integrity: every read (`store[...]`, `get`, `to_numpy`, `to_dask`, `read_tile`) reads whole
 tiles and checks each against its record's checksum (a mirrored chunk against its own checksum,
@@ -37,7 +37,7 @@ import numpy as np
 from ntkit._runtime.files import atomic_write, fsync_path, pid_alive
 from ntkit.schedule import Tile, iter_tiles
 from ntkit.store.errors import CorruptTileError, IncompleteStoreError, StoreError
-from ntkit.store.records import CHANGED, load_record, matches, mirror_tile, tile_checksum
+from ntkit.store.records import CHANGED, layout_perm, load_record, matches, mirror_tile, tile_checksum
 
 if TYPE_CHECKING:
     from ntkit.store.verify import VerifyReport
@@ -96,6 +96,7 @@ class KernelStore:
             tiles = (int(m["tile_rows"]), int(m["tile_cols"]), *a.shape[2:])
             have = (list(m["shape"]), str(np.dtype(m["dtype"])), tiles, "DefaultChunkKeyEncoding", "/")
             bool(m["symmetric"]), int(m.get("plan", {}).get("shared", 0))
+            self.mirror_perm: tuple[int, ...] | None = layout_perm(m, len(a.shape))  # see records.mirror_tile
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise StoreError(f"{self.path}'s metadata are damaged ({type(e).__name__}: {e}); compute it "
                              "again with --overwrite (overwrite=True)") from None
@@ -163,22 +164,6 @@ class KernelStore:
     @property
     def ndim(self) -> int:
         return len(self.shape)
-
-    @property
-    def mirror_perm(self) -> tuple[int, ...] | None:
-        """How a tile's axes permute at its mirror position, for kernels with trace/diagonal
-        axes (`ntkit.engine.outputs`); None for the plain layouts (`records.mirror_tile`)."""
-        from ntkit.engine.outputs import parse_output
-
-        out = self._meta.get("output")
-        if not (isinstance(out, str) and out.startswith("axes:")):
-            return None
-        try:
-            spec = parse_output(out).resolve(0, tuple(self._meta["output_shape"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise StoreError(f"{self.path}: its metadata's output {out!r} has no valid output_shape ({e}); "
-                             "the store cannot be mirrored: compute it again (--overwrite)") from None
-        return spec.mirror_perm(self.ndim)
 
     @property
     def symmetric(self) -> bool:

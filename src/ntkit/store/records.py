@@ -38,6 +38,22 @@ def mirror_tile(data: np.ndarray, perm: tuple[int, ...] | None = None) -> np.nda
     return np.ascontiguousarray(np.swapaxes(data, 0, 1))
 
 
+def layout_perm(meta: dict[str, Any], ndim: int) -> tuple[int, ...] | None:
+    """The axis permutation of a mirror tile for a kernel with trace/diagonal output axes (its
+    metadata's "output" and "output_shape", see `ntkit.engine.outputs`); None for the plain
+    layouts. ValueError when those metadata are damaged."""
+    from ntkit.engine.outputs import parse_output
+
+    out = meta.get("output")
+    if not (isinstance(out, str) and out.startswith("axes:")):
+        return None
+    try:
+        spec = parse_output(out).resolve(0, tuple(meta["output_shape"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"its metadata's output {out!r} has no valid output_shape ({e})") from None
+    return spec.mirror_perm(ndim)
+
+
 def matches(data: np.ndarray, t: Tile, mirrored: bool, rec: dict[str, Any], perm: tuple[int, ...] | None = None) -> bool:
     """The chunk data of tile `t` (its mirror when `mirrored`) are what its record says."""
     if rec.get("rows") != [t.r0, t.r1] or rec.get("cols") != [t.c0, t.c1]:
