@@ -69,3 +69,12 @@ def test_dask_task_does_not_record_a_nonfinite_tile(tmp_path):
     with pytest.raises(NonFiniteError, match="tile 0.0"):
         run_tile_to_store(job, str(path), "abc", tile, torch.randn(4, 4) * 1e30, None)
     assert KernelStore(path).done() == set()
+
+
+def test_dask_workers_take_mapping_inputs_and_output_fn(tmp_path):
+    """Tiles of a mapping-input model (ids + attention mask) with a per-token kernel, sent to two
+    Dask worker processes (inputs, output_fn and layout pickled), equal one process bitwise."""
+    one = job.run_tokens(str(tmp_path / "one.zarr"))
+    two = job.run_tokens(str(tmp_path / "two.zarr"), workers=2)
+    assert two.complete and two.verify().ok
+    assert np.array_equal(one.to_numpy(), two.to_numpy())
