@@ -109,9 +109,12 @@ def build_model(
 
 
 def seed_matters(spec: str | ModelSpec, weights: str | os.PathLike[str] | None) -> bool:
-    """Whether the seed changes the model ``build_model(spec, ..., weights=weights)`` returns:
-    always without weights; with weights only when a part is drawn after they load (``head=N``)."""
+    """Whether ``seed`` changes the model ``build_model(spec, ..., weights=weights)`` returns: never
+    when the spec names its own (``seed=438``); else always without weights, and with weights
+    only when a part is drawn after they load (``head=N``)."""
     parsed = spec if isinstance(spec, ModelSpec) else parse_model_spec(spec)
+    if parsed.options.get("seed") is not None:  # the spec's own seed (resnet-18_pretrained: 438)
+        return False
     if weights is None:
         return True
     return get_family(parsed.name).after_load is not None and parsed.options.get("head") is not None

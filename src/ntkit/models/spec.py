@@ -50,13 +50,25 @@ Model spec grammar:
               width=64, norm=bn|gn|none
     wrn       WideResNet-DEPTH-WIDEN (Zagoruyko & Komodakis 2016), DEPTH = 6n+4;
               also wrn:16-4                                depth=16, widen=4, norm=bn|gn|none
+    resnet-18 ImageNet-style ResNet-18 (BasicBlocks 2,2,2,2), 7x7 stride-2 stem, max-pool,
+    resnet-34 ... ResNet-34 (BasicBlocks 3,4,6,3)     torchvision's parameter names and
+    resnet-50 ... ResNet-50 (Bottlenecks 3,4,6,3)     shapes: its state dicts load (--weights)
+              pretrained=false, head=none, seed=none
+              pretrained=true: torchvision's ImageNet weights from the torch hub cache
+              (TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth, ...; never downloaded) unless
+              --weights is given; head=N: fc replaced by a fresh Linear(features, N) after the
+              weights load; seed=S: draw with S instead of --seed
+    resnet-18_pretrained (also -34, -50)  empirical-ntks' name for
+              resnet-18:pretrained=true,head=1,seed=438; with it, data written without
+              options gets resize=224,normalize=imagenet (see the data spec grammar)
     torchvision  torchvision.models.get_model(TVNAME, num_classes=..., **OPTIONS)
               (needs torchvision)
     file      FACTORY from a Python file, called with input_shape=... and num_classes=...
               when its signature accepts them; it must return a torch.nn.Module
   init=normal: weights N(0, 2/fan_in) (readout N(0, 1/fan_in)), biases N(0, 0.01).
   Examples: mlp:depth=10,width=256, cnn, myrtle:depth=7,width=32, resnet18:width=16,norm=gn,
-    wrn:16-4, wrn:depth=28,widen=10, torchvision:resnet18, file:nets/mine.py:make"""
+    wrn:16-4, wrn:depth=28,widen=10, resnet-50:head=10, resnet-18_pretrained,
+    torchvision:resnet18, file:nets/mine.py:make"""
 
 
 class ModelSpecError(ValueError):
