@@ -257,6 +257,8 @@ def _split_transform(text: str) -> tuple[str, str | None]:
 
 
 def _parse_transform(text: str, spec: str) -> DataTransform:
+    if ":" in text:
+        raise DataSpecError(f"{spec!r} has two ':' option lists; write them as one, e.g. ':resize=224,normalize=imagenet'")
     resize: int | None = None
     normalize = "dataset"
     seen: set[str] = set()
