@@ -35,10 +35,10 @@ PARTS: tuple[str, ...] = ("train", "test")
 
 DATA_GRAMMAR = """\
 Data spec grammar:
-  SPEC   := DATA [':' TRANSFORM (',' TRANSFORM)*]
-  DATA   := NAME ['[' SEL (',' SEL)* ']']       samples of a named data set
+  SPEC   := NAME ['[' SEL (',' SEL)* ']']       samples of a named data set
           | 'npz:' PATH ['[' SEL (',' SEL)* ']']  arrays x, y (and x_test, y_test) of a .npz file
           | EMPIRICAL                           the empirical-ntks name form
+          | SPEC ':' TRANSFORM (',' TRANSFORM)*   the samples transformed (see TRANSFORM)
   NAME   := digits | cifar10 | cifar100 | mnist | fashion-mnist
   SEL    := PART                                a whole part
           | PART ':' [START] ':' [STOP] [':' STEP]
