@@ -428,7 +428,8 @@ def test_torchvision_and_file_specs_split_their_arguments():
 
 
 def test_grammar_lists_every_model_key_and_choice():
-    assert list_models() == ["cnn", "file", "mlp", "myrtle", "resnet18", "torchvision", "wrn"]
+    assert list_models() == ["cnn", "file", "mlp", "myrtle", "resnet-18", "resnet-34", "resnet-50", "resnet18",
+                             "torchvision", "wrn"]
     for name in list_models():
         assert f"\n    {name} " in MODEL_GRAMMAR
         fam = spec_module.get_family(name)

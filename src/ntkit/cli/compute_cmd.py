@@ -105,6 +105,11 @@ def compute(
     check_device(device)
     check_writable(output_path, "store" if to_store else "kernel", directory=to_store)
 
+    from ntkit.cli.implied import implied_data
+
+    (data, cols), note = implied_data(model, data, cols)  # resnet-18_pretrained: 224 px, ImageNet's mean/std
+    if note and (explain or not quiet):
+        (out if explain else err).print(note, highlight=False, markup=False, soft_wrap=True)
     rows, col_ds = resolve_kernel_data(data, data_dir, cols=cols, num_classes=num_classes)
     # A store streams its inputs tile by tile; the in-memory path takes them all at once.
     x1 = rows[0:1][0] if to_store else rows.tensors()[0]
@@ -226,7 +231,7 @@ def _write_npy_sidecar(sidecar: Path, rows, col_ds, model: str, weights, seed: i
     import torch
 
     import ntkit
-    from ntkit.models import model_fingerprint, parse_model_spec
+    from ntkit.models import model_fingerprint, parse_model_spec, seed_matters
 
     meta = {
         "format": "ntkit.kernel.v1",
@@ -239,7 +244,7 @@ def _write_npy_sidecar(sidecar: Path, rows, col_ds, model: str, weights, seed: i
                  "rows_fingerprint": rows.fingerprint(),
                  "cols_fingerprint": col_ds.fingerprint() if col_ds is not None else None,
                  "input_shape": list(rows.input_shape), "num_classes": rows.num_classes},
-        "model": {"spec": str(parse_model_spec(model)), "seed": None if weights else seed,
+        "model": {"spec": str(parse_model_spec(model)), "seed": seed if seed_matters(model, weights) else None,
                   "weights": str(weights) if weights else None, "fingerprint": model_fingerprint(net),
                   "n_params": plan.n_params, "params": params or None},
         "method": {"requested": method, "used": chosen, "estimates": plan.estimates},
@@ -304,6 +309,7 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
                   command: str, features: str = "auto") -> int:
     """The store branch of `ntkit compute` (called by it after data and model are built)."""
     import ntkit
+    from ntkit.models import seed_matters
     from ntkit.store import StoreError
     from ntkit.store.lock import holds_lock, store_lock
 
@@ -320,7 +326,7 @@ def compute_store(*, net, rows, cols, output_path: Path, model_spec: str, weight
         "data": {"rows": rows.spec, "cols": None if cols is None else cols.spec,
                  "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
                  "input_shape": list(rows.input_shape), "num_classes": rows.num_classes},
-        "model": {"spec": model_spec, "seed": None if weights else seed,
+        "model": {"spec": model_spec, "seed": seed if seed_matters(model_spec, weights) else None,
                   "weights": None if weights is None else str(Path(weights).resolve())},
         "command": command,
     }

@@ -25,14 +25,21 @@ _FINGERPRINT_VERSION = 1
 
 @dataclass(frozen=True)
 class Normalization:
-    """``x = (raw / divisor - mean[c]) / std[c]`` for channel ``c`` (axis 1 of ``(N, C, ...)``).
+    """``x = (resize(raw) / divisor - mean[c]) / std[c]`` for channel ``c`` (axis 1 of ``(N, C, ...)``).
 
-    ``mean``/``std`` of ``None`` mean no shift and no scaling after the division.
+    ``mean``/``std`` of ``None`` mean no shift and no scaling after the division. ``resize``
+    (``None``: none) scales images ``(N, C, H, W)`` so that their shorter side is ``resize``
+    pixels, as torchvision's ``Resize(resize)`` does: bilinear with antialiasing
+    (``torch.nn.functional.interpolate(..., mode="bilinear", align_corners=False, antialias=True)``
+    in float32), and for integer images (uint8) rounded and clipped back to their range before the
+    division, as torchvision does to a uint8 image tensor (PIL differs from that by at most its
+    own fixed-point rounding). Applied per batch, so a data set keeps its raw size in memory.
     """
 
     divisor: float = 1.0
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    resize: int | None = None
 
     def __post_init__(self) -> None:
         if (self.mean is None) != (self.std is None):
@@ -40,9 +47,30 @@ class Normalization:
         if self.mean is not None and len(self.mean) != len(self.std):  # type: ignore[arg-type]
             raise ValueError(f"mean has {len(self.mean)} channels but std has {len(self.std)}")  # type: ignore[arg-type]
 
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of one sample after :meth:`apply`, e.g. ``(3, 32, 32)`` -> ``(3, 224, 224)``."""
+        if self.resize is None:
+            return tuple(input_shape)
+        if len(input_shape) != 3:
+            raise ValueError(f"resize={self.resize} needs images (C, H, W), got samples of shape {tuple(input_shape)}")
+        c, h, w = input_shape
+        # torchvision's Resize(int): the shorter side becomes `resize`, the longer keeps the ratio
+        if h <= w:
+            return c, self.resize, int(self.resize * w / h)
+        return c, int(self.resize * h / w), self.resize
+
     def apply(self, raw: torch.Tensor) -> torch.Tensor:
-        """``raw: (n, C, ...)`` of any real dtype -> float32 ``(n, C, ...)``, always a new tensor."""
+        """``raw: (n, C, ...)`` of any real dtype -> float32 ``(n, C, ...)``, always a new tensor
+        (``(n, C, H', W')`` with ``resize``: see the class docstring)."""
         x = raw.to(torch.float32, copy=True)
+        if self.resize is not None:
+            _, h, w = self.output_shape(tuple(raw.shape[1:]))
+            if (h, w) != tuple(raw.shape[2:]):
+                x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False,
+                                                    antialias=True)
+                if not raw.dtype.is_floating_point:
+                    info = torch.iinfo(raw.dtype)
+                    x.round_().clamp_(info.min, info.max)
         if self.divisor != 1.0:
             # Divide rather than multiply by 1/divisor: x / 255 is then the correctly rounded value.
             x.div_(self.divisor)
@@ -82,6 +110,7 @@ class ArrayDataset(torch.utils.data.Dataset):
         source: str | None = None,
         parts: Sequence[PartSlice] = (),
         spec: str | None = None,
+        transform: str = "",
     ) -> None:
         raw = _as_numpy(x)
         if raw.ndim < 1 or raw.dtype.kind not in "biuf":
@@ -113,6 +142,7 @@ class ArrayDataset(torch.utils.data.Dataset):
         self._source = source
         self._parts = tuple(parts)
         self._spec = spec
+        self._transform = transform  # the data spec's transform options, e.g. "resize=224,normalize=imagenet"
         self._fingerprint: str | None = None
         # An inferred count that fails the bound (one stray label of 10**9) is raised when the
         # count is used to size something (`num_classes`), not here: data that only gets
@@ -143,9 +173,10 @@ class ArrayDataset(torch.utils.data.Dataset):
         """
         if self._spec is not None:
             return self._spec
+        suffix = f":{self._transform}" if self._transform else ""
         if self._source is not None and self._parts:
-            return f"{self._source}[{','.join(p.text() for p in self._parts)}]"
-        return self._source or self._name
+            return f"{self._source}[{','.join(p.text() for p in self._parts)}]{suffix}"
+        return (self._source or self._name) + suffix
 
     @property
     def parts(self) -> tuple[PartSlice, ...]:
@@ -154,8 +185,9 @@ class ArrayDataset(torch.utils.data.Dataset):
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one sample, e.g. ``(3, 32, 32)``."""
-        return tuple(self._x.shape[1:])
+        """Shape of one sample as the model sees it, e.g. ``(3, 32, 32)`` (``(3, 224, 224)`` resized)."""
+        shape = tuple(self._x.shape[1:])
+        return shape if self._normalization is None else self._normalization.output_shape(shape)
 
     @property
     def num_classes(self) -> int:
@@ -261,7 +293,9 @@ class ArrayDataset(torch.utils.data.Dataset):
                 "raw_dtype": self._x.dtype.str,
                 "normalization": None
                 if self._normalization is None
-                else [self._normalization.divisor, self._normalization.mean, self._normalization.std],
+                else [self._normalization.divisor, self._normalization.mean, self._normalization.std]
+                # only when set, so that the fingerprints of unresized data stay what they were
+                + ([self._normalization.resize] if self._normalization.resize is not None else []),
                 "num_classes": self._num_classes,
             }
             digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
@@ -302,6 +336,7 @@ class ArrayDataset(torch.utils.data.Dataset):
             source=first._source if same_source else None,
             parts=tuple(p for d in datasets for p in d._parts) if same_source else (),
             spec=None if same_source else " + ".join(d.spec for d in datasets),
+            transform=first._transform if same_source else "",
         )
         joined._classes_error = widest._classes_error
         return joined

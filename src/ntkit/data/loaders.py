@@ -18,7 +18,7 @@ import numpy as np
 from ntkit.data.datasets import ArrayDataset, Normalization
 from ntkit.data.formats import DataFormatError, read_cifar_batch, read_idx, read_npz_arrays
 from ntkit.data.labels import LabelError, count_classes
-from ntkit.data.spec import PARTS, DataSpec, DataSpecError, PartSlice, parse_spec
+from ntkit.data.spec import IMAGENET_MEAN, IMAGENET_STD, PARTS, DataSpec, DataSpecError, PartSlice, parse_spec
 
 __all__ = [
     "DATASETS",
@@ -408,6 +408,8 @@ class _Assembler:
             normalization, source = info.normalization, spec.name
 
         x = pieces_x[0] if len(pieces_x) == 1 else np.concatenate(pieces_x)
+        if spec.transform is not None:
+            normalization = _transformed(spec, normalization, x)
         y = None
         if labeled:
             y = pieces_y[0] if len(pieces_y) == 1 else np.concatenate(pieces_y)  # type: ignore[arg-type]
@@ -421,10 +423,39 @@ class _Assembler:
             name=spec.name,
             source=source,
             parts=tuple(resolved),
+            transform="" if spec.transform is None else spec.transform.text(),
         )
         if classes_error is not None:  # raised when the count sizes something, not on loading
             ds._classes_error = classes_error
         return ds
+
+
+def _transformed(spec: DataSpec, base: Normalization | None, x: np.ndarray) -> Normalization | None:
+    """``base`` (the data set's normalization, ``None`` for npz) changed by ``spec.transform``."""
+    t = spec.transform
+    assert t is not None
+    # an npz file's integer images are pixel counts like the named sets' (ToTensor's / 255)
+    divisor = base.divisor if base is not None else (255.0 if x.dtype == np.uint8 else 1.0)
+    if t.normalize == "imagenet":
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise DataSpecError(
+                f"{spec.text!r}: normalize=imagenet needs colour images (N, 3, H, W), the data has samples of "
+                f"shape {tuple(x.shape[1:])}; use normalize=dataset or none, or colour data"
+            )
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif t.normalize == "none":
+        mean = std = None
+    else:
+        mean, std = (None, None) if base is None else (base.mean, base.std)
+        divisor = 1.0 if base is None else divisor  # npz data without transform options is used as stored
+    if t.resize is not None and x.ndim != 4:
+        raise DataSpecError(
+            f"{spec.text!r}: resize={t.resize} needs images (N, C, H, W), the data has samples of shape "
+            f"{tuple(x.shape[1:])}; drop resize or store the images with a channel axis"
+        )
+    if t.resize is None and mean is None and divisor == 1.0 and base is None:
+        return None
+    return Normalization(divisor, mean, std, resize=t.resize)
 
 
 def _parsed(spec: str | DataSpec) -> DataSpec:

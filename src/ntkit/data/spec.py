@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = [
     "DATASET_NAMES",
@@ -20,6 +20,9 @@ __all__ = [
     "PARTS",
     "DataSpec",
     "DataSpecError",
+    "DataTransform",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
     "PartSlice",
     "parse_spec",
 ]
@@ -35,6 +38,7 @@ Data spec grammar:
   SPEC   := NAME ['[' SEL (',' SEL)* ']']       samples of a named data set
           | 'npz:' PATH ['[' SEL (',' SEL)* ']']  arrays x, y (and x_test, y_test) of a .npz file
           | EMPIRICAL                           the empirical-ntks name form
+          | SPEC ':' TRANSFORM (',' TRANSFORM)*   the samples transformed (see TRANSFORM)
   NAME   := digits | cifar10 | cifar100 | mnist | fashion-mnist
   SEL    := PART                                a whole part
           | PART ':' [START] ':' [STOP] [':' STEP]
@@ -48,8 +52,16 @@ Data spec grammar:
     Fashion-MNIST, FashionMNIST (case-insensitive). Rows are train[TRAIN_START:TRAIN_STOP]
     followed by test[TEST_START:TEST_STOP], columns are train[TRAIN_START:TRAIN_STOP];
     without the numbers, rows are all of train then all of test, columns all of train.
+  TRANSFORM := resize=S                 images scaled so the shorter side is S pixels (bilinear,
+                                           antialiased, as torchvision's Resize(S)), per batch
+             | normalize=dataset|imagenet|none   the data set's own mean/std (the default),
+                                           ImageNet's (0.485,0.456,0.406)/(0.229,0.224,0.225),
+                                           or none (pixels / 255 only)
+    A model with ImageNet weights (resnet-18_pretrained) implies resize=224,normalize=imagenet
+    for data written without TRANSFORMs, as empirical-ntks transforms CIFAR.
   Examples: digits, digits[test], mnist[0:1000], cifar10[train:0:2500,test:0:1000],
-    cifar10[train:::10], npz:tokens.npz[train,test], CIFAR-10_0_2500_0_1000
+    cifar10[train:::10], npz:tokens.npz[train,test], CIFAR-10_0_2500_0_1000,
+    CIFAR-10_0_2500_0_1000:resize=224,normalize=imagenet
   Files for cifar10, cifar100, mnist, fashion-mnist are looked for under --data-dir DIR or
   $NTKIT_DATA."""
 
@@ -116,6 +128,31 @@ def _num(value: int | None) -> str:
     return "" if value is None else str(value)
 
 
+IMAGENET_MEAN: tuple[float, ...] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, ...] = (0.229, 0.224, 0.225)
+_NORMALIZE = ("dataset", "imagenet", "none")
+
+
+@dataclass(frozen=True)
+class DataTransform:
+    """A data spec's ``:resize=S,normalize=...`` options (applied per batch when samples are read).
+
+    ``resize``: the shorter image side in pixels, ``None`` to keep the size. ``normalize``:
+    ``dataset`` (the data set's own mean and std), ``imagenet`` or ``none`` (only the division
+    of the pixel counts, e.g. by 255).
+    """
+
+    resize: int | None = None
+    normalize: str = "dataset"
+
+    def text(self) -> str:
+        """The options that differ from the defaults, e.g. ``resize=224,normalize=imagenet``."""
+        parts = [] if self.resize is None else [f"resize={self.resize}"]
+        if self.normalize != "dataset":
+            parts.append(f"normalize={self.normalize}")
+        return ",".join(parts)
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """A parsed data spec.
@@ -123,6 +160,7 @@ class DataSpec:
     ``name`` is one of :data:`DATASET_NAMES` or ``"npz"`` (then ``path`` is the file as written).
     ``rows`` is the selection that :func:`~ntkit.data.load_data` returns; ``cols`` is the column
     selection of a kernel, set only by the empirical-ntks form (``None``: columns = rows).
+    ``transform`` holds the ``:resize=...,normalize=...`` options, ``None`` when none are written.
     """
 
     name: str
@@ -130,6 +168,7 @@ class DataSpec:
     cols: tuple[PartSlice, ...] | None = None
     path: str | None = None
     text: str = ""
+    transform: DataTransform | None = None
 
     @property
     def source(self) -> str:
@@ -175,6 +214,12 @@ def parse_spec(spec: str) -> DataSpec:
     text = spec.strip()
     if not text:
         raise DataSpecError("empty data spec")
+    text, transform_text = _split_transform(text)
+    if transform_text is not None:
+        parsed = parse_spec(text)
+        if parsed.transform is not None:
+            raise DataSpecError(f"{spec!r} has two ':' option lists; write them as one, e.g. ':resize=224,normalize=imagenet'")
+        return replace(parsed, text=spec, transform=_parse_transform(transform_text, spec))
     if text.lower().startswith("npz:"):
         return _parse_npz(text, spec)
 
@@ -192,6 +237,54 @@ def parse_spec(spec: str) -> DataSpec:
         raise _unknown(raw_name, spec)
     rows = _parse_selection(sel, spec) if sel is not None else (PartSlice("train"),)
     return DataSpec(name=name, rows=rows, text=spec)
+
+
+_OPTION_ITEM_RE = re.compile(r"^\s*[A-Za-z_]+\s*=")
+
+
+def _split_transform(text: str) -> tuple[str, str | None]:
+    """``(data part, transform options text or None)``: the options are what follows the ':' after
+    a selection's ']', or the last ':' when each of its comma items reads ``key=`` (a path never does)."""
+    if "]" in text:
+        body, rest = text[: text.rindex("]") + 1], text[text.rindex("]") + 1 :]
+        if rest.startswith(":"):
+            return body, rest[1:]
+        return text, None
+    body, colon, rest = text.rpartition(":")
+    if colon and body.strip() and all(_OPTION_ITEM_RE.match(item) for item in rest.split(",")):
+        return body.strip(), rest
+    return text, None
+
+
+def _parse_transform(text: str, spec: str) -> DataTransform:
+    if ":" in text:
+        raise DataSpecError(f"{spec!r} has two ':' option lists; write them as one, e.g. ':resize=224,normalize=imagenet'")
+    resize: int | None = None
+    normalize = "dataset"
+    seen: set[str] = set()
+    for item in text.split(","):
+        key, eq, value = (s.strip() for s in item.partition("="))
+        key = key.lower()
+        if not eq or not value:
+            raise DataSpecError(f"malformed transform option '{item.strip()}' in {spec!r}: expected key=value")
+        if key in seen:
+            raise DataSpecError(f"transform option '{key}' is given twice in {spec!r}")
+        seen.add(key)
+        if key == "resize":
+            if not _INT_RE.match(value) or int(value) < 1:
+                raise DataSpecError(f"resize={value} in {spec!r}: expected the shorter image side in pixels, e.g. resize=224")
+            resize = int(value)
+        elif key == "normalize":
+            if value.lower() not in _NORMALIZE:
+                close = difflib.get_close_matches(value.lower(), _NORMALIZE, n=1, cutoff=0.5)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise DataSpecError(f"normalize={value} in {spec!r}{hint}: use one of {', '.join(_NORMALIZE)}")
+            normalize = value.lower()
+        else:
+            close = difflib.get_close_matches(key, ("resize", "normalize"), n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise DataSpecError(f"unknown transform option '{key}' in {spec!r}{hint}; options: resize, normalize")
+    return DataTransform(resize=resize, normalize=normalize)
 
 
 def _parse_npz(text: str, spec: str) -> DataSpec:

@@ -16,20 +16,24 @@ transformed per sample by ``torch.func.vmap`` / ``jacrev`` / ``jvp``.
 from __future__ import annotations
 
 # Imported for their side effect: each family module registers its builders.
-from ntkit.models import cnn, external, mlp, myrtle, resnet, wrn  # noqa: F401
+from ntkit.models import cnn, external, imagenet_resnet, mlp, myrtle, resnet, wrn  # noqa: F401
 from ntkit.models.build import (
     ModelWeightsError,
     build_model,
     load_weights,
     model_fingerprint,
     parameter_count,
+    seed_matters,
 )
+from ntkit.models.imagenet_resnet import PretrainedWeightsNotFoundError, hub_weights_path
 from ntkit.models.spec import (
     MODEL_GRAMMAR,
     ModelSpec,
     ModelSpecError,
+    list_aliases,
     list_models,
     parse_model_spec,
+    register_alias,
     register_model,
 )
 from ntkit.models.trust import UntrustedModelError, untrusted_source
@@ -40,12 +44,17 @@ __all__ = [
     "ModelSpecError",
     "ModelWeightsError",
     "build_model",
+    "hub_weights_path",
+    "list_aliases",
     "list_models",
     "load_weights",
     "model_fingerprint",
     "parameter_count",
+    "PretrainedWeightsNotFoundError",
     "parse_model_spec",
+    "register_alias",
     "register_model",
+    "seed_matters",
     "UntrustedModelError",
     "untrusted_source",
 ]

@@ -28,6 +28,7 @@ __all__ = [
     "load_weights",
     "model_fingerprint",
     "parameter_count",
+    "seed_matters",
 ]
 
 
@@ -66,7 +67,10 @@ def build_model(
     Returns an ``nn.Module`` in eval mode (BatchNorm uses its running statistics, so each
     output depends on its own sample only), float32, on the CPU. Its weights are drawn from
     ``seed`` without touching the global RNG, or loaded from the state dict at ``weights``
-    (``torch.load(weights_only=True)``, strict: a mismatch raises :class:`ModelWeightsError`).
+    (``torch.load(weights_only=True)``, strict: a mismatch raises :class:`ModelWeightsError`);
+    a family with published weights loads them when none are passed (``resnet-18:pretrained=true``:
+    torchvision's file in the torch hub cache) and may then replace a part (``head=N``: a fresh
+    classifier drawn from the seed, after the weights load).
     Raises :class:`~ntkit.models.ModelSpecError` for a malformed or unknown spec.
 
     >>> model = build_model("mlp:depth=3,width=64", input_shape=(1, 8, 8), num_classes=10)
@@ -84,6 +88,7 @@ def build_model(
     with _seeded(operator.index(seed)):
         try:
             model = family.build(shape, num_classes, *parsed.args, **parsed.options)
+            drawn = torch.default_generator.get_state()  # where a head drawn after loading goes on
         except (MemoryError, RuntimeError) as e:
             if not isinstance(e, MemoryError) and "allocate" not in str(e):
                 raise
@@ -92,9 +97,27 @@ def build_model(
                 "choose a smaller width or depth"
             ) from None
     model = model.to(device="cpu", dtype=torch.float32)
+    if weights is None and family.default_weights is not None:
+        weights = family.default_weights(parsed.options)  # e.g. torchvision's file in the hub cache
     if weights is not None:
         load_weights(model, weights)
+    if family.after_load is not None:
+        with _seeded(0):
+            torch.default_generator.set_state(drawn)
+            model = family.after_load(model, parsed.options).to(device="cpu", dtype=torch.float32)
     return model.eval()
+
+
+def seed_matters(spec: str | ModelSpec, weights: str | os.PathLike[str] | None) -> bool:
+    """Whether ``seed`` changes the model ``build_model(spec, ..., weights=weights)`` returns: never
+    when the spec names its own (``seed=438``); else always without weights, and with weights
+    only when a part is drawn after they load (``head=N``)."""
+    parsed = spec if isinstance(spec, ModelSpec) else parse_model_spec(spec)
+    if parsed.options.get("seed") is not None:  # the spec's own seed (resnet-18_pretrained: 438)
+        return False
+    if weights is None:
+        return True
+    return get_family(parsed.name).after_load is not None and parsed.options.get("head") is not None
 
 
 def _listing(items: Sequence[str], limit: int = 10) -> str:

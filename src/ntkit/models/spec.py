@@ -26,8 +26,10 @@ __all__ = [
     "MODEL_GRAMMAR",
     "ModelSpec",
     "ModelSpecError",
+    "list_aliases",
     "list_models",
     "parse_model_spec",
+    "register_alias",
     "register_model",
 ]
 
@@ -48,13 +50,25 @@ Model spec grammar:
               width=64, norm=bn|gn|none
     wrn       WideResNet-DEPTH-WIDEN (Zagoruyko & Komodakis 2016), DEPTH = 6n+4;
               also wrn:16-4                                depth=16, widen=4, norm=bn|gn|none
+    resnet-18 ImageNet-style ResNet-18 (BasicBlocks 2,2,2,2), 7x7 stride-2 stem, max-pool,
+    resnet-34 ... ResNet-34 (BasicBlocks 3,4,6,3)     torchvision's parameter names and
+    resnet-50 ... ResNet-50 (Bottlenecks 3,4,6,3)     shapes: its state dicts load (--weights)
+              pretrained=false, head=none, seed=none
+              pretrained=true: torchvision's ImageNet weights from the torch hub cache
+              (TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth, ...; never downloaded) unless
+              --weights is given; head=N: fc replaced by a fresh Linear(features, N) after the
+              weights load; seed=S: draw with S instead of --seed
+    resnet-18_pretrained (also -34, -50)  empirical-ntks' name for
+              resnet-18:pretrained=true,head=1,seed=438; with it, data written without
+              options gets resize=224,normalize=imagenet (see the data spec grammar)
     torchvision  torchvision.models.get_model(TVNAME, num_classes=..., **OPTIONS)
               (needs torchvision)
     file      FACTORY from a Python file, called with input_shape=... and num_classes=...
               when its signature accepts them; it must return a torch.nn.Module
   init=normal: weights N(0, 2/fan_in) (readout N(0, 1/fan_in)), biases N(0, 0.01).
   Examples: mlp:depth=10,width=256, cnn, myrtle:depth=7,width=32, resnet18:width=16,norm=gn,
-    wrn:16-4, wrn:depth=28,widen=10, torchvision:resnet18, file:nets/mine.py:make"""
+    wrn:16-4, wrn:depth=28,widen=10, resnet-50:head=10, resnet-18_pretrained,
+    torchvision:resnet18, file:nets/mine.py:make"""
 
 
 class ModelSpecError(ValueError):
@@ -90,6 +104,12 @@ class Family:
     leading option without ``=`` (``16-4`` in ``wrn:16-4``) into raw ``{key: text}`` or raises
     :class:`ModelSpecError`; ``check`` sees the coerced options and raises
     :class:`ModelSpecError` for combinations the types cannot express.
+
+    Families with published weights: ``default_weights(options)`` is the state dict to load when
+    no ``weights`` are passed (a path, or ``None``: keep the seeded draw); ``after_load(model,
+    options)`` runs after the weights load, drawing from the seed's generator where the
+    construction left it (a fresh classifier head); ``implied_data(options)`` is the data-spec
+    transform the weights expect (``"resize=224,normalize=imagenet"``) for data given without one.
     """
 
     name: str
@@ -100,9 +120,14 @@ class Family:
     options: dict[str, inspect.Parameter] = field(default_factory=dict)
     hints: dict[str, Any] = field(default_factory=dict)
     open_options: bool = False  # the builder takes **options (torchvision): any key passes
+    default_weights: Callable[[dict[str, Any]], str | None] | None = None
+    after_load: Callable[[nn.Module, dict[str, Any]], nn.Module] | None = None
+    implied_data: Callable[[dict[str, Any]], str | None] | None = None
 
 
 _REGISTRY: dict[str, Family] = {}
+#: Other projects' model names: alias -> (family, raw options it stands for).
+_ALIASES: dict[str, tuple[str, dict[str, str]]] = {}
 
 
 def register_model(
@@ -111,11 +136,16 @@ def register_model(
     split: Callable[[str], tuple[tuple[str, ...], str]] | None = None,
     shorthand: Callable[[str], dict[str, str]] | None = None,
     check: Callable[[dict[str, Any]], None] | None = None,
+    default_weights: Callable[[dict[str, Any]], str | None] | None = None,
+    after_load: Callable[[nn.Module, dict[str, Any]], nn.Module] | None = None,
+    implied_data: Callable[[dict[str, Any]], str | None] | None = None,
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Register ``build(input_shape, num_classes, *, key=default, ...)`` as model family ``name``.
 
     The keyword-only parameters are the spec's options. Annotate them ``int``, ``float``,
-    ``bool``, ``str`` or ``Literal[...]`` (choices); the default is used when the key is absent.
+    ``bool``, ``str``, ``int | None`` (``none`` or a positive integer) or ``Literal[...]``
+    (choices); the default is used when the key is absent. ``default_weights``, ``after_load``
+    and ``implied_data``: see :class:`Family`.
     :data:`MODEL_GRAMMAR` is hand-written: a built-in family must be added to it too (a test
     checks that it lists every key and choice).
 
@@ -140,10 +170,27 @@ def register_model(
             options=options,
             hints=typing.get_type_hints(build),
             open_options=open_options,
+            default_weights=default_weights,
+            after_load=after_load,
+            implied_data=implied_data,
         )
         return build
 
     return decorate
+
+
+def register_alias(alias: str, family: str, **options: str) -> None:
+    """Let ``alias`` stand for ``family:key=value,...`` (options as spec text), e.g. empirical-ntks'
+    ``resnet-18_pretrained``; options written after the alias (``alias:head=10``) override these."""
+    _ALIASES[alias.lower()] = (family, dict(options))
+
+
+def list_aliases() -> dict[str, str]:
+    """``{alias: the spec it stands for}``, sorted by alias."""
+    return {
+        a: f"{fam}:" + ",".join(f"{k}={v}" for k, v in opts.items())
+        for a, (fam, opts) in sorted(_ALIASES.items())
+    }
 
 
 def list_models() -> list[str]:
@@ -178,8 +225,10 @@ class ModelSpec:
 
     def __str__(self) -> str:
         parts = [self.name, *self.args]
-        if self.options:
-            parts.append(",".join(f"{k}={_format_value(v)}" for k, v in self.options.items()))
+        # an option left at None (``head`` of resnet-18) is the same spec written without it
+        shown = {k: v for k, v in self.options.items() if v is not None}
+        if shown:
+            parts.append(",".join(f"{k}={_format_value(v)}" for k, v in shown.items()))
         return ":".join(parts)
 
     def __hash__(self) -> int:  # options is a dict; the canonical text identifies the spec
@@ -226,6 +275,9 @@ def parse_model_spec(spec: str) -> ModelSpec:
     name = head.strip().lower()  # names are case-insensitive: MLP, ResNet18
     if not _NAME_RE.match(name):
         raise _unknown_name(head.strip(), spec, malformed=True)
+    alias = _ALIASES.get(name)
+    if alias is not None:
+        name = alias[0]
     fam = _REGISTRY.get(name)
     if fam is None:
         raise _unknown_name(head.strip(), spec)
@@ -236,6 +288,8 @@ def parse_model_spec(spec: str) -> ModelSpec:
     if fam.split is not None:
         args, rest = fam.split(rest.strip())
     raw = _split_options(fam, rest, spec)
+    if alias is not None:
+        raw = {**alias[1], **raw}
     options = _coerce_options(fam, raw, spec)
     if fam.check is not None:
         fam.check(options)
@@ -244,7 +298,7 @@ def parse_model_spec(spec: str) -> ModelSpec:
 
 def _unknown_name(name: str, spec: str, *, malformed: bool = False) -> ModelSpecError:
     what = "malformed model name" if malformed else "unknown model"
-    hint = did_you_mean(name, _REGISTRY)
+    hint = did_you_mean(name, [*_REGISTRY, *_ALIASES])
     known = ", ".join(list_models())
     where = f" in {spec!r}" if spec != name else ""
     return ModelSpecError(f"{what} '{name}'{where}{hint}; known models: {known}")
@@ -299,6 +353,10 @@ def _coerce_options(fam: Family, raw: Mapping[str, str], spec: str) -> dict[str,
 def _coerce(model: str, key: str, text: str, hint: Any, spec: str) -> Any:
     """``text`` as the type the builder declares for ``key``."""
     where = f"option '{key}' of '{model}' in {spec!r}"
+    if hint == int | None:  # none, or a size or count like any integer option
+        if text.lower() == "none":
+            return None
+        hint = int
     if typing.get_origin(hint) is Literal:
         choices = typing.get_args(hint)
         for choice in choices:
