@@ -112,8 +112,10 @@ def compute(
         (out if explain else err).print(note, highlight=False, markup=False, soft_wrap=True)
     rows, col_ds = resolve_kernel_data(data, data_dir, cols=cols, num_classes=num_classes)
     # A store streams its inputs tile by tile; the in-memory path takes them all at once.
-    x1 = rows[0:1][0] if to_store else rows.tensors()[0]
-    x2 = None if col_ds is None else (col_ds[0:1][0] if to_store else col_ds.tensors()[0])
+    from ntkit.engine.inputs import as_inputs  # keyword inputs (an npz of input_ids, ...) as one batch
+
+    x1 = as_inputs(rows[0:1][0] if to_store else rows.tensors()[0], "rows")
+    x2 = None if col_ds is None else as_inputs(col_ds[0:1][0] if to_store else col_ds.tensors()[0], "cols")
     timings["load_data_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -166,7 +168,7 @@ def compute(
             if explain:
                 out.print(str(plan), highlight=False, markup=False)
             # the whole kernel must fit on the disk: found out now, not after computing it
-            k_shape = parse_output(output).resolve(plan.n_logits).shape(plan.n1, plan.n2, plan.n_logits)
+            k_shape = plan.shape
             check_free_space(output_path, 128 + int(torch.empty((), dtype=torch_dtype).element_size())
                              * int(torch.Size(k_shape).numel()), "kernel")
             bar = Bar(f"eNTK {rows.spec} x {col_ds.spec if col_ds is not None else 'same'} [{chosen}]",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,18 +112,23 @@ class ArrayDataset(torch.utils.data.Dataset):
         spec: str | None = None,
         transform: str = "",
     ) -> None:
-        raw = _as_numpy(x)
-        if raw.ndim < 1 or raw.dtype.kind not in "biuf":
-            raise TypeError(f"x must be a real array of shape (N, *input), got {raw.dtype} {raw.shape}")
-        if raw.dtype.kind == "f" and raw.dtype != np.float32:
-            raw = raw.astype(np.float32)
-        elif raw.dtype.kind == "b":
-            raw = raw.astype(np.uint8)
-        elif not raw.dtype.isnative:
-            raw = raw.astype(raw.dtype.newbyteorder("="))
-        self._x = _owned(raw)
+        if isinstance(x, Mapping):  # keyword inputs of the model (an npz of several named arrays)
+            if not x:
+                raise ValueError("x is an empty mapping: give at least one input array")
+            if normalization is not None:
+                raise ValueError("a normalization or resize applies to one image array, not to keyword inputs "
+                                 f"({', '.join(x)}): leave the transform out for this data")
+            self._x = {str(k): _clean(_as_numpy(v), f"x[{k!r}]") for k, v in x.items()}
+            sizes = {k: len(v) for k, v in self._x.items()}
+            if len(set(sizes.values())) > 1:
+                raise ValueError(f"the input arrays have different numbers of samples ({sizes}); each holds one "
+                                 "row per sample")
+            raw = next(iter(self._x.values()))
+        else:
+            raw = _clean(_as_numpy(x), "x")
+            self._x = raw
 
-        n = len(self._x)
+        n = len(raw)
         if y is None:
             labels = np.full(n, -1, dtype=np.int64)
             num_classes = 0 if num_classes is None else num_classes
@@ -184,8 +189,11 @@ class ArrayDataset(torch.utils.data.Dataset):
         return self._parts
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of one sample as the model sees it, e.g. ``(3, 32, 32)`` (``(3, 224, 224)`` resized)."""
+    def input_shape(self) -> tuple[int, ...] | dict[str, tuple[int, ...]]:
+        """Shape of one sample as the model sees it, e.g. ``(3, 32, 32)`` (``(3, 224, 224)`` resized);
+        for keyword inputs, ``{name: shape}``."""
+        if isinstance(self._x, dict):
+            return {k: tuple(v.shape[1:]) for k, v in self._x.items()}
         shape = tuple(self._x.shape[1:])
         return shape if self._normalization is None else self._normalization.output_shape(shape)
 
@@ -207,7 +215,10 @@ class ArrayDataset(torch.utils.data.Dataset):
 
     @property
     def dtype(self) -> torch.dtype:
-        """dtype of the ``x`` tensors this dataset yields: float32, or int64 for token ids."""
+        """dtype of the ``x`` tensors this dataset yields: float32, or int64 for token ids (for
+        keyword inputs: float32 if any of them is floating)."""
+        if isinstance(self._x, dict):
+            return torch.float32 if any(v.dtype.kind == "f" for v in self._x.values()) else torch.int64
         if self._normalization is None and self._x.dtype.kind in "iu":
             return torch.int64
         return torch.float32
@@ -220,13 +231,18 @@ class ArrayDataset(torch.utils.data.Dataset):
     @property
     def raw(self) -> tuple[np.ndarray, np.ndarray]:
         """Read-only views of the stored arrays ``(x_raw: (N, *input), y: (N,))``."""
+        if isinstance(self._x, dict):
+            xs = {k: v.view() for k, v in self._x.items()}
+            for view in (*xs.values(), y := self._y.view()):
+                view.flags.writeable = False
+            return xs, y
         views = self._x.view(), self._y.view()
         for view in views:
             view.flags.writeable = False
         return views
 
     def __len__(self) -> int:
-        return len(self._x)
+        return len(self._y)
 
     def __repr__(self) -> str:
         return (
@@ -245,16 +261,16 @@ class ArrayDataset(torch.utils.data.Dataset):
             if not -len(self) <= i < len(self):
                 raise IndexError(f"index {i} is out of range for a dataset of {len(self)} samples")
             i %= len(self)
-            x, y = self._convert(self._x[i : i + 1], self._y[i : i + 1])
-            return x[0], y[0]
+            x, y = self._convert(_take(self._x, slice(i, i + 1)), self._y[i : i + 1])
+            return ({k: v[0] for k, v in x.items()} if isinstance(x, dict) else x[0]), y[0]
         if isinstance(index, slice):
-            return self._convert(self._x[index], self._y[index])
+            return self._convert(_take(self._x, index), self._y[index])
         idx = index.cpu().numpy() if isinstance(index, torch.Tensor) else np.asarray(index)
         if idx.dtype.kind not in "biu" or idx.ndim != 1:
             raise TypeError(
                 f"index with an int, a slice or a 1-d integer/bool array, got {idx.dtype} {idx.shape}"
             )
-        return self._convert(self._x[idx], self._y[idx])
+        return self._convert(_take(self._x, idx), self._y[idx])
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All samples at once: ``(x: (N, *input), y: (N,))``."""
@@ -269,6 +285,8 @@ class ArrayDataset(torch.utils.data.Dataset):
 
     def _convert(self, raw: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.from_numpy(np.array(y, dtype=np.int64))
+        if isinstance(raw, dict):
+            return {k: self._convert(v, y)[0] for k, v in raw.items()}, labels
         if self._normalization is not None:
             # from_numpy shares memory; apply() always returns a fresh tensor, so no copy here.
             return self._normalization.apply(torch.from_numpy(np.ascontiguousarray(raw))), labels
@@ -290,7 +308,8 @@ class ArrayDataset(torch.utils.data.Dataset):
                 "parts": [p.text() for p in self._parts],
                 "n": len(self),
                 "input_shape": list(self.input_shape),
-                "raw_dtype": self._x.dtype.str,
+                "raw_dtype": ({k: v.dtype.str for k, v in self._x.items()} if isinstance(self._x, dict)
+                              else self._x.dtype.str),
                 "normalization": None
                 if self._normalization is None
                 else [self._normalization.divisor, self._normalization.mean, self._normalization.std]
@@ -299,7 +318,8 @@ class ArrayDataset(torch.utils.data.Dataset):
                 "num_classes": self._num_classes,
             }
             digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
-            for array in (self._x, self._y.astype("<i8")):
+            xs = list(self._x.values()) if isinstance(self._x, dict) else [self._x]
+            for array in (*xs, self._y.astype("<i8")):
                 digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
@@ -322,7 +342,10 @@ class ArrayDataset(torch.utils.data.Dataset):
                 raise ValueError(f"cannot concat differently normalized data: {first.spec} and {other.spec}")
             if other.dtype != first.dtype:
                 raise ValueError(f"cannot concat {first.dtype} samples with {other.dtype} samples")
-        x = np.concatenate([d._x for d in datasets]) if len(datasets) > 1 else first._x
+        if isinstance(first._x, dict):
+            x = {k: np.concatenate([d._x[k] for d in datasets]) for k in first._x} if len(datasets) > 1 else first._x
+        else:
+            x = np.concatenate([d._x for d in datasets]) if len(datasets) > 1 else first._x
         y = np.concatenate([d._y for d in datasets]) if len(datasets) > 1 else first._y
         same_source = all(d._source == first._source and d._parts for d in datasets) and first._source
         names = list(dict.fromkeys(d.name for d in datasets))
@@ -346,6 +369,23 @@ def _as_numpy(a: np.ndarray | torch.Tensor | Sequence[int]) -> np.ndarray:
     if isinstance(a, torch.Tensor):
         return a.detach().cpu().numpy()
     return np.asarray(a)
+
+
+def _clean(raw: np.ndarray, name: str) -> np.ndarray:
+    """A real array kept as stored: floats as float32, bools as uint8, native byte order."""
+    if raw.ndim < 1 or raw.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a real array of shape (N, *input), got {raw.dtype} {raw.shape}")
+    if raw.dtype.kind == "f" and raw.dtype != np.float32:
+        raw = raw.astype(np.float32)
+    elif raw.dtype.kind == "b":
+        raw = raw.astype(np.uint8)
+    elif not raw.dtype.isnative:
+        raw = raw.astype(raw.dtype.newbyteorder("="))
+    return _owned(raw)
+
+
+def _take(x: np.ndarray | dict[str, np.ndarray], index) -> np.ndarray | dict[str, np.ndarray]:
+    return {k: v[index] for k, v in x.items()} if isinstance(x, dict) else x[index]
 
 
 def _owned(a: np.ndarray) -> np.ndarray:

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from ntkit.data.datasets import ArrayDataset, Normalization
-from ntkit.data.formats import DataFormatError, read_cifar_batch, read_idx, read_npz_arrays
+from ntkit.data.formats import DataFormatError, read_cifar_batch, read_idx
+from ntkit.data.npz import read_npz as _read_npz
 from ntkit.data.labels import LabelError, count_classes
 from ntkit.data.spec import IMAGENET_MEAN, IMAGENET_STD, PARTS, DataSpec, DataSpecError, PartSlice, parse_spec
 
@@ -288,62 +289,6 @@ def _existing(path: Path, gz: bool) -> Path | None:
     return zipped if gz and zipped.is_file() else None
 
 
-# -- npz -----------------------------------------------------------------------------------------
-def _read_npz(
-    spec: DataSpec, data_dir: Path | None
-) -> tuple[Path, dict[str, tuple[np.ndarray, np.ndarray | None]]]:
-    """``(resolved path, {part: (x, y or None)})`` from a ``.npz`` with x, y, x_test, y_test."""
-    given = Path(spec.path).expanduser()  # type: ignore[arg-type]
-    tried = [given]
-    if not given.is_absolute() and data_dir is not None:
-        tried.append(data_dir / given)
-    path = next((p for p in tried if p.is_file()), None)
-    if path is None:
-        raise DataNotFoundError(
-            f"{spec.text!r}: no such file; looked for "
-            + ", ".join(str(p.resolve()) for p in tried)
-            + (
-                f" (a relative path is also tried under --data-dir DIR or {DATA_ENV}=DIR)"
-                if data_dir is None and not given.is_absolute()
-                else ""
-            )
-        )
-    arrays = read_npz_arrays(path, fix="Write one with numpy.savez(PATH, x=..., y=...).")
-    if "x" not in arrays:
-        raise DataFormatError(f"{path}: has no array 'x' (found {sorted(arrays)})")
-    if "y_test" in arrays and "x_test" not in arrays:
-        raise DataFormatError(f"{path}: has 'y_test' but no 'x_test'")
-    if ("y" in arrays) != ("y_test" in arrays) and "x_test" in arrays:
-        raise DataFormatError(f"{path}: labels for one part only: give both 'y' and 'y_test', or neither")
-    parts = {"train": (arrays["x"], arrays.get("y"))}
-    if "x_test" in arrays:
-        parts["test"] = (arrays["x_test"], arrays.get("y_test"))
-    for part, (x, y) in parts.items():
-        if x.ndim < 1 or x.dtype.kind not in "biuf":
-            raise DataFormatError(
-                f"{path}: x of part '{part}' is {x.dtype} {x.shape}; expected real (N, *input)"
-            )
-        if y is not None and (y.shape != (len(x),) or y.dtype.kind not in "iu" or (len(y) and y.min() < 0)):
-            example = ""
-            if y.ndim == 1 and len(y) and (y.dtype.kind == "f" or y.dtype.kind in "iu" and y.min() < 0):
-                bad = (y < 0) | (y != np.round(y)) if y.dtype.kind == "f" else y < 0
-                if bad.any():
-                    i = int(np.flatnonzero(bad)[0])
-                    example = f", e.g. {'y' if part == 'train' else 'y_' + part}[{i}] = {y[i].item()!r}"
-            raise DataFormatError(
-                f"{path}: labels of part '{part}' are {y.dtype} {y.shape}; expected ({len(x)},) "
-                f"non-negative integers{example}: class labels are 0..C-1 (relabel with "
-                "np.unique(y, return_inverse=True)[1], then store them as integers)"
-            )
-    if "test" in parts:
-        (x, _), (xt, _) = parts["train"], parts["test"]
-        if x.shape[1:] != xt.shape[1:] or (x.dtype.kind == "f") != (xt.dtype.kind == "f"):
-            raise DataFormatError(
-                f"{path}: x {x.dtype} {x.shape[1:]} and x_test {xt.dtype} {xt.shape[1:]} do not match"
-            )
-    return path.resolve(), parts
-
-
 # -- assembling datasets ---------------------------------------------------------------------------
 class _Assembler:
     """Loads each (data set, part) at most once per call, then cuts and joins selections."""
@@ -379,11 +324,15 @@ class _Assembler:
             if sel.part not in PARTS:  # parse_spec never makes one; guard hand-built DataSpecs
                 raise DataSpecError(f"{spec.text!r}: unknown part '{sel.part}'")
             x, y = self.part(spec, sel.part)
-            r = sel.resolve(len(x), spec=spec.text)
-            whole = (r.start, r.stop, r.step) == (0, len(x), 1)
+            n = len(y) if y is not None else len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+            r = sel.resolve(n, spec=spec.text)
+            whole = (r.start, r.stop, r.step) == (0, n, 1)
             cut = slice(r.start, r.stop, r.step)
             # A copy of a proper subset lets the full part be freed once loading is done.
-            pieces_x.append(x if whole else x[cut].copy())
+            if isinstance(x, dict):
+                pieces_x.append(x if whole else {k: v[cut].copy() for k, v in x.items()})
+            else:
+                pieces_x.append(x if whole else x[cut].copy())
             pieces_y.append(None if y is None else (y if whole else y[cut].copy()))
             resolved.append(r)
 
@@ -407,7 +356,12 @@ class _Assembler:
             labeled, num_classes = True, info.num_classes
             normalization, source = info.normalization, spec.name
 
-        x = pieces_x[0] if len(pieces_x) == 1 else np.concatenate(pieces_x)
+        if len(pieces_x) == 1:
+            x = pieces_x[0]
+        elif isinstance(pieces_x[0], dict):
+            x = {k: np.concatenate([p[k] for p in pieces_x]) for k in pieces_x[0]}
+        else:
+            x = np.concatenate(pieces_x)
         if spec.transform is not None:
             normalization = _transformed(spec, normalization, x)
         y = None

@@ -36,7 +36,10 @@ PARTS: tuple[str, ...] = ("train", "test")
 DATA_GRAMMAR = """\
 Data spec grammar:
   SPEC   := NAME ['[' SEL (',' SEL)* ']']       samples of a named data set
-          | 'npz:' PATH ['[' SEL (',' SEL)* ']']  arrays x, y (and x_test, y_test) of a .npz file
+          | 'npz:' PATH ['[' SEL (',' SEL)* ']']  arrays x, y (and x_test, y_test) of a .npz file;
+                                              without x, every other array is a keyword input
+                                              of the model (input_ids=..., attention_mask=...;
+                                              NAME_test for the test part)
           | EMPIRICAL                           the empirical-ntks name form
           | SPEC ':' TRANSFORM (',' TRANSFORM)*   the samples transformed (see TRANSFORM)
   NAME   := digits | cifar10 | cifar100 | mnist | fashion-mnist

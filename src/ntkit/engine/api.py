@@ -135,6 +135,7 @@ class NtkPlan:
     memory: int
     layers: tuple[LayerCost, ...] = ()  # structured derivatives per parameter group
     rows_batch: int = 0  # samples per vmapped Jacobian pass (0: a whole block; see engine.memory)
+    shape: tuple[int, ...] = ()  # the kernel's shape
 
     def __str__(self) -> str:
         lines = [
@@ -181,7 +182,7 @@ def plan(
         symmetric=call.symmetric, n_logits=call.n_logits, output=str(call.final),
         n_params=call.fm.n_params, forward_flops=call.profile.flops, block=call.plan.block,
         n_groups=call.plan.n_groups, chunk=call.plan.chunk, memory=call.plan.budget,
-        layers=tuple(call.layers()), rows_batch=call.plan.rows_batch,
+        layers=tuple(call.layers()), rows_batch=call.plan.rows_batch, shape=call.out_shape(),
     )
 
 

@@ -13,7 +13,6 @@ import os
 import pickle
 import re
 import warnings
-import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
@@ -78,9 +77,17 @@ def build_model(
     torch.Size([5, 10])
     """
     parsed = spec if isinstance(spec, ModelSpec) else parse_model_spec(spec)
-    shape = tuple(operator.index(d) for d in input_shape)
-    if not shape or any(d < 1 for d in shape):
-        raise ValueError(f"input_shape must be a non-empty tuple of positive sizes, got {shape}")
+    if isinstance(input_shape, Mapping):  # keyword inputs (an npz of input_ids, attention_mask, ...)
+        if parsed.name != "file":
+            raise ModelSpecError(
+                f"model {parsed} takes one input array, but the data holds keyword inputs "
+                f"({', '.join(input_shape)}): use a model whose forward takes them, file:PATH.py:FACTORY "
+                "(its factory gets input_shape={name: shape})")
+        shape = {str(k): tuple(operator.index(d) for d in v) for k, v in input_shape.items()}
+    else:
+        shape = tuple(operator.index(d) for d in input_shape)
+        if not shape or any(d < 1 for d in shape):
+            raise ValueError(f"input_shape must be a non-empty tuple of positive sizes, got {shape}")
     num_classes = operator.index(num_classes)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")

@@ -168,7 +168,8 @@ def file_model(
         )
     if not callable(fn):
         raise ModelSpecError(f"'{factory}' in '{path}' is a {type(fn).__name__}, not a callable")
-    offered = {"input_shape": tuple(input_shape), "num_classes": num_classes}
+    offered = {"input_shape": dict(input_shape) if isinstance(input_shape, dict) else tuple(input_shape),
+               "num_classes": num_classes}
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # some builtins have no signature: offer nothing

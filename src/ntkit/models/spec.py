@@ -63,7 +63,8 @@ Model spec grammar:
               options gets resize=224,normalize=imagenet (see the data spec grammar)
     torchvision  torchvision.models.get_model(TVNAME, num_classes=..., **OPTIONS)
               (needs torchvision)
-    file      FACTORY from a Python file, called with input_shape=... and num_classes=...
+    file      FACTORY from a Python file, called with input_shape=... ({name: shape} for
+              keyword inputs) and num_classes=...
               when its signature accepts them; it must return a torch.nn.Module
   init=normal: weights N(0, 2/fan_in) (readout N(0, 1/fan_in)), biases N(0, 0.01).
   Examples: mlp:depth=10,width=256, cnn, myrtle:depth=7,width=32, resnet18:width=16,norm=gn,

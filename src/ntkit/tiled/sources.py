@@ -65,6 +65,10 @@ class DataSource:
             x = item[0] if isinstance(item, tuple) else item
             if isinstance(x, torch.Tensor) and x.shape[0] == stop - start:
                 return x
+            if isinstance(x, Mapping) and isinstance(item, tuple):  # a dataset of keyword inputs, sliced
+                b = as_inputs(_inputs_of((x,)), self.name)
+                if len(b) == stop - start:
+                    return b
         except Exception:  # noqa: BLE001 - not sliceable: one item at a time below
             pass
         return collate([_inputs_of(ds[i]) for i in range(start, stop)], self.name, start)
