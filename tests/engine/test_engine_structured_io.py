@@ -9,6 +9,8 @@ differ from the reference's summation order by ~1e-15, so 1e-8 leaves room only 
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from dataclasses import dataclass
 
 import pytest
@@ -17,6 +19,7 @@ from torch import nn
 
 import ntkit
 from ntkit.reference import ntk_reference
+from zoo import RTOL64, ZOO, reference, rel_err
 
 D = torch.float64
 METHODS = ["jacobian", "ntk-vp", "structured", "auto"]
@@ -179,3 +182,16 @@ def test_ntk_vp_takes_mapping_inputs(encoder):
     v = torch.randn(2, 3, dtype=D)
     ref = torch.einsum("nmab,mb->na", ntk_reference(encoder, x1, x2), v)
     _close(ntkit.ntk_vp(encoder, x1, x2, v), ref)
+
+
+@pytest.mark.parametrize("case", ZOO, ids=[c.name for c in ZOO])
+@pytest.mark.parametrize("method", ["jacobian", "ntk-vp", "structured"])
+def test_zoo_as_tuple_and_mapping_inputs(case, method):
+    """Every zoo model fed its input as a 1-tuple and as a keyword argument: the same kernel."""
+    model = case.model()
+    x1, x2 = case.inputs()
+    name = next(iter(inspect.signature(model.forward).parameters))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the zoo's vmap and rule fallbacks warn, as they should
+        for a, b in (((x1,), (x2,)), ({name: x1}, {name: x2})):
+            assert rel_err(ntkit.ntk(model, a, b, method=method), reference(case, False, "full")) <= RTOL64
