@@ -122,9 +122,9 @@ class EmpiricalNTK(Kernel):
         return torch.device("cpu")
 
     def prepare(self, x: Any, name: str = "x") -> Any:
-        from ntkit.engine.inputs import as_inputs
+        from ntkit.engine.inputs import Batch, as_inputs
 
-        if isinstance(x, (tuple, dict)) or (hasattr(x, "keys") and hasattr(x, "__getitem__")):
+        if isinstance(x, (tuple, dict, Batch)) or (hasattr(x, "keys") and hasattr(x, "__getitem__")):
             try:
                 b = as_inputs(x, name)
             except (TypeError, ValueError) as e:
