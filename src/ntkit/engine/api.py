@@ -136,6 +136,7 @@ class NtkPlan:
     layers: tuple[LayerCost, ...] = ()  # structured derivatives per parameter group
     rows_batch: int = 0  # samples per vmapped Jacobian pass (0: a whole block; see engine.memory)
     shape: tuple[int, ...] = ()  # the kernel's shape
+    decision: str = ""  # how auto decided (ntkit.engine.choice): estimates only, or measured probes
 
     def __str__(self) -> str:
         lines = [
@@ -150,6 +151,8 @@ class NtkPlan:
         for m, t in sorted(self.estimates.items(), key=lambda kv: kv[1]):
             mark = "  <- chosen" if m == self.method else ""
             lines.append(f"  {m:<10} est. cost {t:.3g} (x{t / best:.2f}){mark}")
+        if self.decision:
+            lines.append(f"  {self.decision}")
         if self.layers:
             lines.append("  structured derivatives per parameter group:")
             for c in self.layers:
@@ -174,11 +177,14 @@ def plan(
     diagonal_axes: int | tuple[int, ...] | None = None,
 ) -> NtkPlan:
     """The method `auto` picks for this call, the cost estimates behind it and the block plan."""
+    from ntkit.engine.choice import decide
+
     call = prepare(model, x1, x2, output_spec(output, trace_axes, diagonal_axes), params, batch_size, device,
                    memory, start=_rss.mark(), output_fn=output_fn)
     est = call.estimates()
+    choice = decide(call)
     return NtkPlan(
-        method=call.choose(), estimates={m: e.time for m, e in est.items()}, n1=call.n1, n2=call.n2,
+        method=choice.method, decision=choice.describe(), estimates={m: e.time for m, e in est.items()}, n1=call.n1, n2=call.n2,
         symmetric=call.symmetric, n_logits=call.n_logits, output=str(call.final),
         n_params=call.fm.n_params, forward_flops=call.profile.flops, block=call.plan.block,
         n_groups=call.plan.n_groups, chunk=call.plan.chunk, memory=call.plan.budget,

@@ -19,6 +19,7 @@ import torch
 
 from ntkit._runtime.blocks import block_slices
 from ntkit._runtime import malloc as _malloc
+from ntkit.engine.choice import decide
 from ntkit.engine.cost import StructuredCost, estimate
 from ntkit.engine.finite import check_weights
 from ntkit.engine.functional import FunctionalModel, OutputFn, ParamSelection
@@ -138,17 +139,21 @@ class KernelCall:
         return rows
 
     def choose(self) -> str:
-        est = self.estimates()
-        return min(est, key=lambda m: est[m].time)
+        """The method `auto` runs: the cost model's choice, checked by timing the close
+        candidates on a slice of the real inputs when the call is large enough
+        (`ntkit.engine.choice`)."""
+        return decide(self).method
 
-    def run(self, method: str, progress: ProgressCallback | None = None) -> torch.Tensor:
+    def resolve(self, method: str) -> str:
+        """`method` as it will run: NTK-vector products fall back to Jacobian contraction (with
+        a warning) on a model without forward-mode AD, or one that vmap cannot batch."""
         fm, spec = self.fm, self.spec
         # Decide vmappability on one sample and the smallest parameter before the real work
         # (structured derivatives need it only for fallback parameters, and find out then).
         if fm.vmappable is None and method != "structured":
             fm.jacobian_rows([min(fm.names, key=fm.sizes.get)], self.x1[:1], spec)
         if method == "ntk-vp" and fm.vmappable is False:
-            method = "jacobian"  # forward-mode vmapping would fail the same way
+            return "jacobian"  # forward-mode vmapping would fail the same way
         if method == "ntk-vp":
             reason = fm.memo.get(("forward_ad", fm.sig), False)
             if reason is False:
@@ -159,24 +164,39 @@ class KernelCall:
                     f"method='ntk-vp' needs forward-mode AD, which {type(fm.model).__name__} does "
                     f"not support ({reason}); using Jacobian contraction instead",
                     ForwardADFallbackWarning,
-                    stacklevel=3,
+                    stacklevel=4,
                 )
-                method = "jacobian"
-        out = torch.zeros(spec.shape(self.n1, self.n2, self.n_logits), dtype=fm.dtype, device=fm.device)
-        plan = self.plan
+                return "jacobian"
+        return method
+
+    def plan_for(self, method: str) -> Plan:
+        """The block plan `method` runs with (structured derivatives and CPU Jacobian passes
+        refine the call's plan)."""
         if method == "structured" and self.batch_size is None:
-            plan = structured_plan(fm, self.x1, self.n2, spec, self.symmetric, plan, self.profile.activations)
-        elif method == "jacobian" and self.batch_size is None and self.cache_bytes is not None:
-            plan = make_plan(**self.plan_kw, split_passes=True)
+            return structured_plan(self.fm, self.x1, self.n2, self.spec, self.symmetric, self.plan,
+                                   self.profile.activations)
+        if method == "jacobian" and self.batch_size is None and self.cache_bytes is not None:
+            return make_plan(**self.plan_kw, split_passes=True)
+        return self.plan
+
+    def run_pairs(self, method: str, plan: Plan, out: torch.Tensor, pairs, progress: Progress) -> None:
+        """Add the kernel blocks `pairs` ((row slice, column slice) of x1, x2) into `out` by
+        `method` (already resolved), as `run` does for all of them."""
+        x2 = self.x1 if self.symmetric else self.x2
+        STRATEGIES[method](self.fm, self.x1, x2, self.spec, plan, out, pairs, self.symmetric, progress)
+
+    def run(self, method: str, progress: ProgressCallback | None = None) -> torch.Tensor:
+        method = self.resolve(method)
+        out = torch.zeros(self.spec.shape(self.n1, self.n2, self.n_logits), dtype=self.fm.dtype, device=self.fm.device)
+        plan = self.plan_for(method)
         rows = blocks(self.n1, plan.block)
         cols = rows if self.symmetric else blocks(self.n2, plan.block)
         if self.symmetric:
             pairs = [(r, c) for i, r in enumerate(rows) for c in rows[i:]]
         else:
             pairs = [(r, c) for r in rows for c in cols]
-        x2 = self.x1 if self.symmetric else self.x2
         self.method_used = method
-        STRATEGIES[method](fm, self.x1, x2, spec, plan, out, pairs, self.symmetric, Progress(progress))
+        self.run_pairs(method, plan, out, pairs, Progress(progress))
         if self.symmetric:
             mirror(out, rows)
         return self.final.finish(out)

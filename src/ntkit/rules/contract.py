@@ -51,6 +51,16 @@ FORMATION_WEIGHT = 6.0
 FORMATION_ROWS = 64
 # Largest temporary (elements) a direct contraction with S > 1 may create; rows are chunked.
 CHUNK_ELEMENTS = 1 << 23
+# A direct contraction over S > 1 positions is bound by memory traffic, not FLOPs: the full
+# kind builds E (S·O'·out elements per pair of samples) by batched products with an inner size
+# of only S and permutes it into the final product; trace and diagonal multiply and sum an
+# (S·T[·O']) block per pair elementwise. Each element of those temporaries costs this many
+# FLOPs at the matmul rate (a permuting copy ran at 1/275 of the float32 matmul FLOP rate per
+# element on this 2-core CPU; the whole full-kind contraction of a 16-token LayerNorm/GELU block
+# ran at ~15% of the matmul rate, 0.175 s where its FLOPs at the peak take 0.026 s), so that a
+# sequence layer whose direct contraction is slow goes to per-sample gradients instead.
+DIRECT_PERMUTE_WEIGHT = 150.0
+DIRECT_ELEMENTWISE_WEIGHT = 8.0
 
 
 # ------------------------------------------------------------------------------------------ terms
@@ -133,6 +143,9 @@ class LinearTerm(Term):
             con = {"full": 2.0 * s * t * o * out + 2.0 * s * o * o * out + 2 * s * t,
                    "trace": 2.0 * s * t * o * out + 2 * s * t,
                    "diagonal": 2.0 * s * t * o * out + 2 * s * t * o}[kind]
+            con += {"full": DIRECT_PERMUTE_WEIGHT * s * o * out + DIRECT_ELEMENTWISE_WEIGHT * s * t,
+                    "trace": DIRECT_ELEMENTWISE_WEIGHT * s * t,
+                    "diagonal": DIRECT_ELEMENTWISE_WEIGHT * s * t * o}[kind]
         return k + con
 
     def prepare(self, facs: dict[str, list[Factor]]) -> Operands:

@@ -1,0 +1,216 @@
+"""`method="auto"`: the cost model's choice, checked by measurement where that is cheap.
+
+The cost model (`ntkit.engine.cost`) ranks the methods by FLOPs at fixed relative rates. Its
+constants were fitted on a few architectures, so on shapes it never saw (the direct contraction
+of a sequence layer, a model vmap cannot batch) it can be off by 2x. cuDNN's benchmark mode,
+FFTW's MEASURE plans and Triton's autotuner face the same problem and measure; so does this.
+
+For a call whose best estimate is at least `MIN_PROBE_SECONDS` (at this machine's measured matmul
+rate), every method estimated within `RULE_OUT` of the best is run for real on a slice of the
+call's own inputs: the same strategy, plan and structured-derivative analysis as the full call,
+on one block pair of k × k samples and then on k × 2k (k as large as `PROBE_SHARE` of the
+call's estimated time allows). The two times separate the per-sample work a (Jacobian rows,
+captures, per-sample gradients: rows 2k, then 3k) from the per-pair work b (contractions: k², then
+2k² pairs), and each candidate's time for the whole call is a·(its inputs) + b·(its pairs). The
+fastest runs; a method within `TIE` of the cost model's choice does not displace it (timing
+noise). Smaller calls, and calls whose inputs are too few to cut a probe from, keep the cost
+model's choice. The probes are counted in the call's time; the decision is cached with the
+plan (`ntkit.engine.cache`: per model structure, input shape, output, dtype, device, sizes and
+budget), so `ntk_fn` and repeated calls pay nothing, and a changed model probes again.
+
+`decide(call)` returns a `Choice` with the estimates, the measured extrapolations and the
+reason, which `ntkit.plan` and `--explain` print.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ntkit.engine.cost import AUTODIFF_RATE, MATMUL_RATE, Estimate
+from ntkit.engine.progress import Progress
+
+__all__ = ["Choice", "decide", "matmul_rate", "MIN_PROBE_SECONDS", "PROBE_SHARE", "RULE_OUT", "TIE"]
+
+MIN_PROBE_SECONDS = 2.0  # a call estimated shorter keeps the cost model's choice
+PROBE_SHARE = 0.08  # the probes (all candidates) may take this share of the call's estimated time
+RULE_OUT = 3.0  # methods estimated slower than this factor times the best are not probed
+TIE = 1.15  # a measured winner must beat the cost model's choice by this factor to replace it
+MAX_K = 64  # samples per probe side (the probe's purpose is rates, not entries)
+MIN_K = 32  # smaller probes run far below the full call's rates (a 16 x 16 Jacobian-contraction probe
+# extrapolated to 9x the real time): such calls keep the cost model's choice
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What `auto` decided for one call, and why."""
+
+    method: str
+    model_method: str  # the cost model's own choice
+    estimates: dict[str, float]  # seconds: the cost model at the measured matmul rate
+    measured: dict[str, float] = field(default_factory=dict)  # seconds extrapolated from the probes
+    probe_seconds: float = 0.0  # spent probing (0 when the decision came from the cache)
+    reason: str = ""
+
+    def describe(self) -> str:
+        """One line for `ntkit.plan` / `--explain`."""
+        if not self.measured:
+            return f"auto: {self.method} ({self.reason})"
+        got = ", ".join(f"{m} {t:.3g} s" for m, t in sorted(self.measured.items(), key=lambda kv: kv[1]))
+        return f"auto: {self.method} (measured on a slice, extrapolated: {got}; probes took {self.probe_seconds:.3g} s; {self.reason})"
+
+
+_RATES: dict[tuple[str, Any], float] = {}
+
+
+def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
+    """This machine's matmul FLOP/s in `dtype` on `device` (a 512² product, best of 3; kept
+    per process). It turns the cost model's units into seconds for the probe decision only."""
+    key = (str(device), dtype)
+    if key not in _RATES:
+        n = 512
+        a = torch.randn(n, n, dtype=dtype if dtype.is_floating_point else torch.float32, device=device)
+        best = math.inf
+        for _ in range(3):
+            _sync(device)
+            t = time.perf_counter()
+            a @ a
+            _sync(device)
+            best = min(best, time.perf_counter() - t)
+        _RATES[key] = 2.0 * n**3 / max(best, 1e-9)
+    return _RATES[key]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _parts(e: Estimate) -> tuple[float, float]:
+    """(per-sample part, per-pair part) of an estimate, in its time units."""
+    per_sample = (e.formation_time + e.cache * e.autodiff_flops / AUTODIFF_RATE) * e.margin
+    return per_sample, e.matmul_flops / MATMUL_RATE * e.margin
+
+
+def _counts(call) -> tuple[float, float]:
+    """(inputs whose per-sample work the call does, sample pairs it contracts)."""
+    if call.symmetric:
+        return float(call.n1), call.n1 * (call.n1 + 1) / 2.0
+    return float(call.n1 + call.n2), float(call.n1) * call.n2
+
+
+def _probe_layout(call, k: int, n_cols: int) -> tuple[list[tuple[slice, slice]], int]:
+    """Pairs of one probe (rows 0:k against `n_cols` column blocks of k) and the width of the
+    output they index. A symmetric call's column blocks start after its rows (off-diagonal
+    blocks, as most of the full call's)."""
+    first = k if call.symmetric else 0
+    pairs = [(slice(0, k), slice(first + i * k, first + (i + 1) * k)) for i in range(n_cols)]
+    return pairs, first + n_cols * k
+
+
+def time_probe(call, method: str, k: int, n_cols: int) -> float:
+    """Seconds of `method` (resolved) on one probe of `call` (see `_probe_layout`)."""
+    pairs, width = _probe_layout(call, k, n_cols)
+    plan = call.plan_for(method)
+    out = torch.zeros(call.spec.shape(k, width, call.n_logits), dtype=call.fm.dtype, device=call.fm.device)
+    _sync(call.fm.device)
+    t = time.perf_counter()
+    call.run_pairs(method, plan, out, pairs, Progress(None))
+    _sync(call.fm.device)
+    return time.perf_counter() - t
+
+
+def _max_k(call) -> int:
+    """The largest probe side the call's inputs allow (rows k, columns 2k)."""
+    if call.symmetric:
+        return min(call.n1 // 3, MAX_K)
+    return min(call.n1, call.n2 // 2, MAX_K)
+
+
+def decide(call) -> Choice:
+    """The method `auto` runs for `call` (a `ntkit.engine.call.KernelCall`); see the module docstring."""
+    est = call.estimates()
+    finite = {m: e for m, e in est.items() if math.isfinite(e.time)}
+    model_method = min(finite, key=lambda m: finite[m].time)
+    fm = call.fm
+    key = ("choice", fm.sig, str(call.final), call.n1, call.n2, call.symmetric, call.plan.budget, call.batch_size)
+    cached = fm.memo.get(key)
+    if cached is not None:
+        return Choice(cached.method, cached.model_method, cached.estimates, cached.measured, 0.0,
+                      cached.reason + " (cached)")
+    rate = matmul_rate(fm.device, fm.dtype)
+    seconds = {m: e.time / rate for m, e in finite.items()}
+    best = seconds[model_method]
+    candidates = [m for m in seconds if seconds[m] <= RULE_OUT * best]
+    choice = Choice(model_method, model_method, seconds, reason="")
+    if len(candidates) < 2:
+        choice = Choice(model_method, model_method, seconds, reason="cost model: no other method within "
+                        f"{RULE_OUT:g}x")
+    elif best < MIN_PROBE_SECONDS:
+        choice = Choice(model_method, model_method, seconds,
+                        reason=f"cost model: the call is estimated at {best:.2g} s, too short to probe")
+    else:
+        choice = _measured(call, finite, seconds, candidates, model_method, rate)
+    fm.memo.put(key, choice)
+    return choice
+
+
+def _probe_k(call, finite: dict[str, Estimate], candidates: list[str], budget_s: float, rate: float) -> int:
+    """The largest power-of-two probe side whose two probes for all candidates fit `budget_s`."""
+    rows_f, pairs_f = _counts(call)
+    k, best = 1, 0
+    while 2 * k <= _max_k(call):
+        k *= 2
+        cost = 0.0
+        for m in candidates:
+            a, b = _parts(finite[m])
+            # probes 1 and 2: rows 2k + 3k, pairs k² + 2k²
+            cost += (a * 5 * k / rows_f + b * 3 * k * k / pairs_f) / rate
+        if cost > budget_s:
+            break
+        best = k
+    return best
+
+
+def _measured(call, finite, seconds, candidates, model_method, rate) -> Choice:
+    k = _probe_k(call, finite, candidates, PROBE_SHARE * seconds[model_method], rate)
+    if k < MIN_K:
+        return Choice(model_method, model_method, seconds,
+                      reason="cost model: too few inputs, or a probe would cost more than "
+                             f"{PROBE_SHARE:.0%} of the call")
+    rows_f, pairs_f = _counts(call)
+    t0 = time.perf_counter()
+    measured: dict[str, float] = {}
+    for m in candidates:
+        method = call.resolve(m)
+        if method != m:  # NTK-vector products without forward-mode AD: Jacobian contraction anyway
+            continue
+        time_probe(call, m, 1, 1)  # warm-up: vmap decisions, the analysis, first-use allocations
+        t1 = time_probe(call, m, k, 1)
+        t2 = time_probe(call, m, k, 2)
+        measured[m] = extrapolate(t1, t2, k, rows_f, pairs_f)
+    spent = time.perf_counter() - t0
+    if not measured:
+        return Choice(model_method, model_method, seconds, probe_seconds=spent, reason="no candidate could be probed")
+    winner = min(measured, key=measured.get)
+    if model_method in measured and measured[winner] * TIE > measured[model_method]:
+        winner, why = model_method, f"the cost model's choice, within {TIE - 1:.0%} of the fastest measured"
+    else:
+        why = "fastest measured" + ("" if winner == model_method else f" (the cost model picked {model_method})")
+    return Choice(winner, model_method, seconds, measured, spent, why + f", probes of {k} x {k} and {k} x {2 * k}")
+
+
+def extrapolate(t1: float, t2: float, k: int, rows: float, pairs: float) -> float:
+    """A method's seconds for a call of `rows` inputs and `pairs` sample pairs, from its probe
+    times t1 (rows 2k, pairs k²) and t2 (rows 3k, pairs 2k²): t = a·rows + b·pairs."""
+    b = 2.0 * (t2 - 1.5 * t1) / (k * k)
+    a = (t1 - k * k * b) / (2.0 * k)
+    if b < 0:  # noise: all per-sample
+        a, b = t1 / (2.0 * k), 0.0
+    elif a < 0:  # noise: all per-pair
+        a, b = 0.0, t1 / (k * k)
+    return a * rows + b * pairs

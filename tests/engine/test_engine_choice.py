@@ -1,0 +1,122 @@
+"""`method="auto"`'s measured choice (`ntkit.engine.choice`): deterministic given the probe
+times (injected here, no timing in tests), cached with the plan and invalidated with it, never
+probing a call too small to probe; and the sequence-layer mode rule of the cost model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import ntkit
+from ntkit.engine import cache, choice
+from ntkit.engine.call import prepare
+
+D = torch.float64
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 32), nn.Tanh(), nn.Linear(32, 4)).to(D).eval()
+
+
+@pytest.fixture
+def probes(monkeypatch):
+    """Every probe is recorded and timed by a formula: t = a·rows + b·pairs per method."""
+    calls = []
+    rates = {"jacobian": (1e-3, 1e-5), "structured": (1e-3, 4e-5), "ntk-vp": (1e-2, 1e-4)}
+
+    def fake(call, method, k, n_cols):
+        calls.append((method, k, n_cols))
+        a, b = rates[method]
+        return a * k * (n_cols + 1) + b * k * k * n_cols
+
+    monkeypatch.setattr(choice, "time_probe", fake)
+    monkeypatch.setattr(choice, "MIN_PROBE_SECONDS", 0.0)
+    monkeypatch.setattr(choice, "MIN_K", 2)
+    monkeypatch.setattr(choice, "PROBE_SHARE", 1e6)
+    monkeypatch.setattr(choice, "RULE_OUT", 1e9)
+    monkeypatch.setattr(choice, "matmul_rate", lambda device, dtype: 1e9)
+    return calls, rates
+
+
+def test_extrapolation_recovers_per_sample_and_per_pair_costs():
+    a, b, k = 0.003, 2e-5, 16
+    t1, t2 = a * 2 * k + b * k * k, a * 3 * k + b * 2 * k * k
+    assert choice.extrapolate(t1, t2, k, 1000, 250_000) == pytest.approx(a * 1000 + b * 250_000)
+    # noise that makes one part negative puts everything in the other
+    assert choice.extrapolate(1.0, 1.0, 4, 8, 16) == pytest.approx(1.0 / 8 * 8)
+    assert choice.extrapolate(1.0, 5.0, 4, 8, 16) == pytest.approx(1.0 / 16 * 16)
+
+
+def test_measured_choice_is_deterministic_given_probe_times(probes):
+    calls, rates = probes
+    model, x = _mlp(), torch.randn(64, 6, dtype=D)
+    cache.clear(model)
+    call = prepare(model, x, None, "full")
+    picked = choice.decide(call)
+    assert picked.measured and set(picked.measured) == {"jacobian", "structured", "ntk-vp"}
+    rows, pairs = 64, 64 * 65 / 2
+    want = {m: a * rows + b * pairs for m, (a, b) in rates.items()}
+    for m, t in picked.measured.items():
+        assert t == pytest.approx(want[m])
+    fastest = min(want, key=want.get)
+    if picked.model_method != fastest and want[picked.model_method] > choice.TIE * want[fastest]:
+        assert picked.method == fastest
+    assert picked.method == min(want, key=want.get) or want[picked.model_method] <= choice.TIE * want[fastest]
+    assert calls and all(k >= 2 for _, k, _ in calls if k > 1)
+
+
+def test_a_clear_measured_winner_replaces_the_cost_models_choice(probes, monkeypatch):
+    calls, rates = probes
+    model, x = _mlp(), torch.randn(64, 6, dtype=D)
+    cache.clear(model)
+    call = prepare(model, x, None, "full")
+    model_pick = min(call.estimates(), key=lambda m: call.estimates()[m].time)
+    slow = {m: (1.0, 1.0) for m in rates}
+    slow["jacobian" if model_pick != "jacobian" else "structured"] = (1e-4, 1e-7)
+    rates.update(slow)
+    picked = choice.decide(call)
+    assert picked.method != model_pick and "cost model picked" in picked.reason
+
+
+def test_the_decision_is_cached_and_invalidated_with_the_plan(probes):
+    calls, _ = probes
+    model, x = _mlp(), torch.randn(64, 6, dtype=D)
+    cache.clear(model)
+    first = choice.decide(prepare(model, x, None, "full"))
+    n = len(calls)
+    assert n > 0
+    again = choice.decide(prepare(model, x, None, "full"))
+    assert len(calls) == n and again.method == first.method and again.probe_seconds == 0.0
+    with torch.no_grad():
+        model[0].weight.mul_(2.0)  # values change: the same structure, still cached
+    choice.decide(prepare(model, x, None, "full"))
+    assert len(calls) == n
+    model[2] = nn.Linear(32, 4).to(D)  # a replaced layer: a new structure, probed again
+    choice.decide(prepare(model, x, None, "full"))
+    assert len(calls) > n
+
+
+def test_a_small_call_never_probes(monkeypatch):
+    seen = []
+    monkeypatch.setattr(choice, "time_probe", lambda *a: seen.append(a) or 0.0)
+    model = _mlp()
+    cache.clear(model)
+    k = ntkit.ntk(model, torch.randn(20, 6, dtype=D))
+    assert k.shape == (20, 20, 4, 4) and seen == []
+    monkeypatch.setattr(choice, "RULE_OUT", 1e9)  # every method a candidate: only the size keeps it from probing
+    cache.clear(model)
+    assert "too short to probe" in ntkit.plan(model, torch.randn(20, 6, dtype=D)).decision
+    assert seen == []
+
+
+def test_sequence_layers_with_full_outputs_form_per_sample_gradients():
+    """A Linear over 16 positions: its direct full contraction is bound by memory traffic
+    (ntkit.rules.contract.DIRECT_PERMUTE_WEIGHT), so the analysis forms per-sample gradients."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.LayerNorm(32), nn.GELU(), nn.Linear(32, 32), nn.GELU(),
+                          nn.Flatten(), nn.Linear(16 * 32, 10)).eval()
+    call = prepare(model, torch.randn(64, 16, 8), torch.randn(48, 16, 8), "full")
+    modes = {row.params: row.mode for row in call.layers()}
+    assert modes["3.weight, 3.bias"] == "grads"
