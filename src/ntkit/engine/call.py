@@ -138,11 +138,11 @@ class KernelCall:
                  for n, why in an.fallback.items()]
         return rows
 
-    def choose(self) -> str:
+    def choose(self, scale: float = 1.0) -> str:
         """The method `auto` runs: the cost model's choice, checked by timing the close
         candidates on a slice of the real inputs when the call is large enough
-        (`ntkit.engine.choice`)."""
-        return decide(self).method
+        (`ntkit.engine.choice`; `scale`: how many such calls the choice is for)."""
+        return decide(self, scale).method
 
     def resolve(self, method: str) -> str:
         """`method` as it will run: NTK-vector products fall back to Jacobian contraction (with

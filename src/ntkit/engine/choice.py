@@ -8,12 +8,13 @@ FFTW's MEASURE plans and Triton's autotuner face the same problem and measure; s
 For a call whose best estimate is at least `MIN_PROBE_SECONDS` (at this machine's measured matmul
 rate), every method estimated within `RULE_OUT` of the best is run for real on a slice of the
 call's own inputs: the same strategy, plan and structured-derivative analysis as the full call,
-on one block pair of k × k samples and then on k × 2k (k as large as `PROBE_SHARE` of the
-call's estimated time allows). The two times separate the per-sample work a (Jacobian rows,
-captures, per-sample gradients: rows 2k, then 3k) from the per-pair work b (contractions: k², then
-2k² pairs), and each candidate's time for the whole call is a·(its inputs) + b·(its pairs). The
-fastest runs; a method within `TIE` of the cost model's choice does not displace it (timing
-noise). Smaller calls, and calls whose inputs are too few to cut a probe from, keep the cost
+on one block pair of k × k samples (k as large as `PROBE_SHARE` of the call's estimated time
+allows, at least `MIN_K`: smaller blocks run far below the full call's rates). The engine's
+progress steps say which work each interval of the probe was: per-sample work (Jacobian rows,
+captures, per-sample gradients, VJPs: "rows") or per-pair work (contractions, JVPs against
+columns: "blocks"), so one probe gives a per-sample time a and a per-pair time b, and each
+candidate's time for the whole call is a·(its inputs) + b·(its sample pairs). The fastest runs;
+it must beat the cost model's choice by `TIE` to replace it (timing noise). Smaller calls, and calls whose inputs are too few to cut a probe from, keep the cost
 model's choice. The probes are counted in the call's time; the decision is cached with the
 plan (`ntkit.engine.cache`: per model structure, input shape, output, dtype, device, sizes and
 budget), so `ntk_fn` and repeated calls pay nothing, and a changed model probes again.
@@ -40,9 +41,9 @@ MIN_PROBE_SECONDS = 2.0  # a call estimated shorter keeps the cost model's choic
 PROBE_SHARE = 0.08  # the probes (all candidates) may take this share of the call's estimated time
 RULE_OUT = 3.0  # methods estimated slower than this factor times the best are not probed
 TIE = 1.15  # a measured winner must beat the cost model's choice by this factor to replace it
-MAX_K = 64  # samples per probe side (the probe's purpose is rates, not entries)
-MIN_K = 32  # smaller probes run far below the full call's rates (a 16 x 16 Jacobian-contraction probe
-# extrapolated to 9x the real time): such calls keep the cost model's choice
+MAX_K = 256  # samples per probe side (the probe's purpose is rates, not entries)
+MIN_K = 48  # smaller probes run far below the full call's rates (16 x 16 Jacobian-contraction probes
+# extrapolated to 2-9x the real time, 64 x 64 to 1.1-1.4x): such calls keep the cost model's choice
 
 
 @dataclass(frozen=True)
@@ -103,41 +104,63 @@ def _counts(call) -> tuple[float, float]:
     return float(call.n1 + call.n2), float(call.n1) * call.n2
 
 
-def _probe_layout(call, k: int, n_cols: int) -> tuple[list[tuple[slice, slice]], int]:
-    """Pairs of one probe (rows 0:k against `n_cols` column blocks of k) and the width of the
-    output they index. A symmetric call's column blocks start after its rows (off-diagonal
-    blocks, as most of the full call's)."""
+class PhaseClock(Progress):
+    """A progress sink that times the intervals between the engine's steps by the kind of work
+    each step finished: per-sample ("rows" counted) or per-pair ("blocks" counted)."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.last = time.perf_counter()
+        self.rows_s = self.pairs_s = 0.0
+        self.rows = 0
+
+    def advance(self, steps: int = 1, counts: dict[str, int] | None = None) -> None:
+        now = time.perf_counter()
+        dt, self.last = now - self.last, now
+        c = counts or {}
+        if "rows" in c and "blocks" not in c:
+            self.rows_s += dt
+            self.rows += c["rows"]
+        else:
+            self.pairs_s += dt
+        super().advance(steps, counts)
+
+
+def time_probe(call, method: str, k: int) -> tuple[float, float]:
+    """(seconds per input, seconds per sample pair) of `method` (resolved) on one k × k block
+    pair of `call`'s inputs (a symmetric call's off-diagonal block)."""
     first = k if call.symmetric else 0
-    pairs = [(slice(0, k), slice(first + i * k, first + (i + 1) * k)) for i in range(n_cols)]
-    return pairs, first + n_cols * k
-
-
-def time_probe(call, method: str, k: int, n_cols: int) -> float:
-    """Seconds of `method` (resolved) on one probe of `call` (see `_probe_layout`)."""
-    pairs, width = _probe_layout(call, k, n_cols)
+    pairs = [(slice(0, k), slice(first, first + k))]
     plan = call.plan_for(method)
-    out = torch.zeros(call.spec.shape(k, width, call.n_logits), dtype=call.fm.dtype, device=call.fm.device)
+    out = torch.zeros(call.spec.shape(k, first + k, call.n_logits), dtype=call.fm.dtype, device=call.fm.device)
+    clock = PhaseClock()
     _sync(call.fm.device)
     t = time.perf_counter()
-    call.run_pairs(method, plan, out, pairs, Progress(None))
+    clock.last = t
+    call.run_pairs(method, plan, out, pairs, clock)
     _sync(call.fm.device)
-    return time.perf_counter() - t
+    total = time.perf_counter() - t
+    rows_s = clock.rows_s if clock.rows else 0.0
+    return rows_s / (2 * k), max(total - rows_s, 0.0) / (k * k)
 
 
 def _max_k(call) -> int:
-    """The largest probe side the call's inputs allow (rows k, columns 2k)."""
+    """The largest probe side the call's inputs allow."""
     if call.symmetric:
-        return min(call.n1 // 3, MAX_K)
-    return min(call.n1, call.n2 // 2, MAX_K)
+        return min(call.n1 // 2, MAX_K)
+    return min(call.n1, call.n2, MAX_K)
 
 
-def decide(call) -> Choice:
-    """The method `auto` runs for `call` (a `ntkit.engine.call.KernelCall`); see the module docstring."""
+def decide(call, scale: float = 1.0) -> Choice:
+    """The method `auto` runs for `call` (a `ntkit.engine.call.KernelCall`); see the module
+    docstring. `scale`: how many such calls the decision is for (the tiles of `ntkit.compute`),
+    which the probes may take their share of."""
     est = call.estimates()
     finite = {m: e for m, e in est.items() if math.isfinite(e.time)}
     model_method = min(finite, key=lambda m: finite[m].time)
     fm = call.fm
-    key = ("choice", fm.sig, str(call.final), call.n1, call.n2, call.symmetric, call.plan.budget, call.batch_size)
+    key = ("choice", fm.sig, str(call.final), call.n1, call.n2, call.symmetric, call.plan.budget, call.batch_size,
+           round(math.log2(max(scale, 1.0))))
     cached = fm.memo.get(key)
     if cached is not None:
         return Choice(cached.method, cached.model_method, cached.estimates, cached.measured, 0.0,
@@ -150,11 +173,11 @@ def decide(call) -> Choice:
     if len(candidates) < 2:
         choice = Choice(model_method, model_method, seconds, reason="cost model: no other method within "
                         f"{RULE_OUT:g}x")
-    elif best < MIN_PROBE_SECONDS:
+    elif best * scale < MIN_PROBE_SECONDS:
         choice = Choice(model_method, model_method, seconds,
-                        reason=f"cost model: the call is estimated at {best:.2g} s, too short to probe")
+                        reason=f"cost model: the call is estimated at {best * scale:.2g} s, too short to probe")
     else:
-        choice = _measured(call, finite, seconds, candidates, model_method, rate)
+        choice = _measured(call, finite, seconds, candidates, model_method, rate, scale)
     fm.memo.put(key, choice)
     return choice
 
@@ -168,16 +191,15 @@ def _probe_k(call, finite: dict[str, Estimate], candidates: list[str], budget_s:
         cost = 0.0
         for m in candidates:
             a, b = _parts(finite[m])
-            # probes 1 and 2: rows 2k + 3k, pairs k² + 2k²
-            cost += (a * 5 * k / rows_f + b * 3 * k * k / pairs_f) / rate
+            cost += (a * 2 * k / rows_f + b * k * k / pairs_f) / rate  # rows 2k, pairs k²
         if cost > budget_s:
             break
         best = k
     return best
 
 
-def _measured(call, finite, seconds, candidates, model_method, rate) -> Choice:
-    k = _probe_k(call, finite, candidates, PROBE_SHARE * seconds[model_method], rate)
+def _measured(call, finite, seconds, candidates, model_method, rate, scale) -> Choice:
+    k = _probe_k(call, finite, candidates, PROBE_SHARE * seconds[model_method] * scale, rate)
     if k < MIN_K:
         return Choice(model_method, model_method, seconds,
                       reason="cost model: too few inputs, or a probe would cost more than "
@@ -189,10 +211,9 @@ def _measured(call, finite, seconds, candidates, model_method, rate) -> Choice:
         method = call.resolve(m)
         if method != m:  # NTK-vector products without forward-mode AD: Jacobian contraction anyway
             continue
-        time_probe(call, m, 1, 1)  # warm-up: vmap decisions, the analysis, first-use allocations
-        t1 = time_probe(call, m, k, 1)
-        t2 = time_probe(call, m, k, 2)
-        measured[m] = extrapolate(t1, t2, k, rows_f, pairs_f)
+        time_probe(call, m, 1)  # warm-up: vmap decisions, the analysis, first-use allocations
+        per_row, per_pair = time_probe(call, m, k)
+        measured[m] = per_row * rows_f + per_pair * pairs_f
     spent = time.perf_counter() - t0
     if not measured:
         return Choice(model_method, model_method, seconds, probe_seconds=spent, reason="no candidate could be probed")
@@ -201,16 +222,4 @@ def _measured(call, finite, seconds, candidates, model_method, rate) -> Choice:
         winner, why = model_method, f"the cost model's choice, within {TIE - 1:.0%} of the fastest measured"
     else:
         why = "fastest measured" + ("" if winner == model_method else f" (the cost model picked {model_method})")
-    return Choice(winner, model_method, seconds, measured, spent, why + f", probes of {k} x {k} and {k} x {2 * k}")
-
-
-def extrapolate(t1: float, t2: float, k: int, rows: float, pairs: float) -> float:
-    """A method's seconds for a call of `rows` inputs and `pairs` sample pairs, from its probe
-    times t1 (rows 2k, pairs k²) and t2 (rows 3k, pairs 2k²): t = a·rows + b·pairs."""
-    b = 2.0 * (t2 - 1.5 * t1) / (k * k)
-    a = (t1 - k * k * b) / (2.0 * k)
-    if b < 0:  # noise: all per-sample
-        a, b = t1 / (2.0 * k), 0.0
-    elif a < 0:  # noise: all per-pair
-        a, b = 0.0, t1 / (k * k)
-    return a * rows + b * pairs
+    return Choice(winner, model_method, seconds, measured, spent, why + f", probes of {k} x {k}")

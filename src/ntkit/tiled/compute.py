@@ -266,7 +266,8 @@ def compute(
             if method == "auto":
                 # features="disk" makes auto's method Jacobian contraction; "auto" only caches
                 # the rows of the method auto picks (structured derivatives have none to cache).
-                used = "jacobian" if features == "disk" else tile_call.choose()
+                used = "jacobian" if features == "disk" else tile_call.choose(
+                    scale=n1 * n2 / max(1, (t0.r1 - t0.r0) * (t0.c1 - t0.c0)))
             if store is not None and method == "auto" and features != "disk" and disk_ok and _budget_bound(tile_call):
                 # The cost model does not see what the budget makes each method recompute: time
                 # both methods' per-sample work and count it as the engine loops.
