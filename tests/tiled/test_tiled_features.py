@@ -242,7 +242,7 @@ def test_a_full_disk_is_an_error_that_names_the_fix_and_leaves_no_partial_block(
 @pytest.mark.parametrize("diagonal", [False, True])
 @pytest.mark.parametrize("budget", [200_000, 10**9])
 def test_structured_side_builds_are_counted_as_the_engine_loops(monkeypatch, diagonal, budget):
-    from ntkit.tiled.choice import measure_side
+    from ntkit.engine.rates import measure_side
     from ntkit.engine import structured as smod
 
     net = _cnn()

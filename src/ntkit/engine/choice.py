@@ -28,14 +28,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from ntkit.engine.cost import AUTODIFF_RATE, MATMUL_RATE, Estimate
 from ntkit.engine.progress import Progress
+from ntkit.engine.rates import matmul_rate, sync as _sync
 
-__all__ = ["Choice", "decide", "matmul_rate", "MIN_PROBE_SECONDS", "PROBE_SHARE", "RULE_OUT", "TIE"]
+__all__ = ["Choice", "PhaseClock", "decide", "time_probe", "MIN_K", "MIN_PROBE_SECONDS", "PROBE_SHARE", "RULE_OUT", "TIE"]
 
 MIN_PROBE_SECONDS = 2.0  # a call estimated shorter keeps the cost model's choice
 PROBE_SHARE = 0.08  # the probes (all candidates) may take this share of the call's estimated time
@@ -63,32 +63,6 @@ class Choice:
             return f"auto: {self.method} ({self.reason})"
         got = ", ".join(f"{m} {t:.3g} s" for m, t in sorted(self.measured.items(), key=lambda kv: kv[1]))
         return f"auto: {self.method} (measured on a slice, extrapolated: {got}; probes took {self.probe_seconds:.3g} s; {self.reason})"
-
-
-_RATES: dict[tuple[str, Any], float] = {}
-
-
-def matmul_rate(device: torch.device, dtype: torch.dtype) -> float:
-    """This machine's matmul FLOP/s in `dtype` on `device` (a 512² product, best of 3; kept
-    per process). It turns the cost model's units into seconds for the probe decision only."""
-    key = (str(device), dtype)
-    if key not in _RATES:
-        n = 512
-        a = torch.randn(n, n, dtype=dtype if dtype.is_floating_point else torch.float32, device=device)
-        best = math.inf
-        for _ in range(3):
-            _sync(device)
-            t = time.perf_counter()
-            a @ a
-            _sync(device)
-            best = min(best, time.perf_counter() - t)
-        _RATES[key] = 2.0 * n**3 / max(best, 1e-9)
-    return _RATES[key]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _parts(e: Estimate) -> tuple[float, float]:
@@ -165,7 +139,9 @@ def decide(call, scale: float = 1.0) -> Choice:
     if cached is not None:
         return Choice(cached.method, cached.model_method, cached.estimates, cached.measured, 0.0,
                       cached.reason + " (cached)")
-    rate = matmul_rate(fm.device, fm.dtype)
+    # A call that would be short even at a slow 10 GFLOP/s needs no measured rate (a small call
+    # pays nothing for the decision).
+    rate = 1e10 if finite[model_method].time / 1e10 < MIN_PROBE_SECONDS else matmul_rate(fm.device, fm.dtype)
     seconds = {m: e.time / rate for m, e in finite.items()}
     best = seconds[model_method]
     candidates = [m for m in seconds if seconds[m] <= RULE_OUT * best]

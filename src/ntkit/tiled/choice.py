@@ -15,70 +15,20 @@ where t_eval is a (sample, parameter group) Jacobian row, t_side one sample's ca
 per-sample gradients, and the Gram step and contractions are the cost model's matmul FLOPs at the
 measured matmul rate. The cheaper one runs; the disk cache of Jacobian rows
 (`ntkit.schedule.features.plan_features`) is then weighed against that method's estimate, with
-this machine's rates measured by `ntkit.tiled.features.measure_rates` (`_plan_features`).
+this machine's rates measured by `ntkit.engine.rates` (through `ntkit.tiled.features.measure_rates`).
 """
 
 from __future__ import annotations
 
 import shutil
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 
+from ntkit.engine.rates import SideCost, measure_side
 from ntkit.schedule import TilePlan
 from ntkit.schedule.features import FeaturePlan, plan_features, tile_evaluations
 from ntkit.tiled.features import unique_inputs
-
-PROBE_SECONDS = 0.1
-
-
-@dataclass(frozen=True)
-class SideCost:
-    """Structured derivatives' per-sample work, measured."""
-
-    t_side: float  # seconds per sample: capture, direct-mode operands, per-sample gradients
-    bytes_per_sample: int  # what a kept side holds per sample (its cache test)
-    block: int  # samples per block under the tile's budget (`structured_plan`)
-
-
-def measure_side(call) -> SideCost | None:
-    """Time structured derivatives' sides on the first samples of a tile call (`_Call`);
-    None when the rules cover nothing (then structured derivatives are Jacobian contraction)."""
-    from ntkit.engine.structured import Side, analyze, structured_plan
-
-    fm, spec = call.fm, call.spec
-    try:
-        an = analyze(fm, call.x1, call.n2, spec, call.symmetric, check=False)
-    except torch.OutOfMemoryError:
-        raise
-    except Exception:  # noqa: BLE001 - the cost model drops structured derivatives alike
-        return None
-    if not an.covered:
-        return None
-    plan = structured_plan(fm, call.x1, call.n2, spec, call.symmetric, call.plan, call.profile.activations)
-    direct = [t for t in an.terms if t.mode == "direct"]
-    grads = [t for t in an.terms if t.mode == "grads"]
-    grad_elems = sum(t.size for t in grads) * spec.n_out(call.n_logits)
-    sync = torch.cuda.synchronize if fm.device.type == "cuda" else (lambda *a: None)
-    most = int(min(call.x1.shape[0], plan.block))
-    Side(fm, an, call.x1[:1], spec, direct, True, None, grads)  # warm-up
-    k = min(4, most)
-    while True:
-        sync()
-        t = time.perf_counter()
-        side = Side(fm, an, call.x1[:k], spec, direct, True, None, grads)
-        sync()
-        seconds = time.perf_counter() - t
-        nbytes = side.nbytes(grad_elems, call.itemsize)
-        del side
-        if seconds >= PROBE_SECONDS or k >= most:
-            break
-        k = min(most, 4 * k)
-    return SideCost(t_side=seconds / k, bytes_per_sample=max(1, nbytes // k), block=plan.block)
-
 
 def structured_seconds(tiles, side: SideCost, budget: int, contraction_s: float) -> float:
     """Estimated seconds of structured derivatives over `tiles` (module docstring)."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import shutil
 import time
@@ -265,87 +264,18 @@ class Rates:
     matmul_flops_per_s: float  # the device's matmul rate in the model's dtype
 
 
-_RATE_MEMO: dict[tuple, float] = {}
-PROBE_BYTES = 32 * 2**20
-PROBE_CHUNK = 2**20
-PROBE_SECONDS = 0.1
-
-
-def _write_rate(root: Path) -> float:
-    key = ("write", str(root))
-    if key not in _RATE_MEMO:
-        root.mkdir(parents=True, exist_ok=True)
-        path = root / f".ntkit-disk-probe-{os.getpid()}"
-        # PROBE_BYTES written from one small random buffer: a budget of a few MB holds it
-        data = np.random.default_rng(0).integers(0, 255, PROBE_CHUNK, dtype=np.uint8).tobytes()
-        try:
-            t = time.perf_counter()
-            with open(path, "wb") as fh:
-                for _ in range(PROBE_BYTES // PROBE_CHUNK):
-                    fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            _RATE_MEMO[key] = PROBE_BYTES / max(time.perf_counter() - t, 1e-6)
-        finally:
-            path.unlink(missing_ok=True)
-    return _RATE_MEMO[key]
-
-
-def _matmul_rate(device: torch.device, dtype: torch.dtype, budget: int | None = None) -> float:
-    key = ("matmul", str(device), str(dtype))
-    if key not in _RATE_MEMO:
-        n = 2048 if device.type == "cuda" else 1024
-        if budget is not None:  # two n x n matrices in at most a quarter of the engine's budget
-            itemsize = torch.empty((), dtype=dtype).element_size()
-            n = max(256, min(n, math.isqrt(budget // (8 * itemsize))))
-        a = torch.randn(n, n, dtype=dtype, device=device)
-        best = float("inf")
-        for _ in range(3):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t = time.perf_counter()
-            a @ a
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            best = min(best, time.perf_counter() - t)
-        _RATE_MEMO[key] = 2.0 * n**3 / max(best, 1e-9)
-    return _RATE_MEMO[key]
-
-
 def measure_rates(model, x: torch.Tensor, output: str, params, device, engine: int, root: Path,
                   output_fn=None) -> Rates:
     """Time a few Jacobian rows of `x` (n, *input) as a tile's engine computes them, the disk
     under `root`, and the matmul rate."""
     from ntkit.engine.call import prepare
-    from ntkit.engine.jacobian_contraction import block_rows
-    from ntkit.engine.memory import make_plan
+    from ntkit.engine.rates import disk_rate, matmul_rate, measure_rows
 
     call = prepare(model, x, None, output, list(params) if params else None, None, device, engine,
                    output_fn=output_fn)
-    fm, spec = call.fm, call.spec
-    plan = make_plan(**call.plan_kw, split_passes=call.cache_bytes is not None)
-    group = plan.groups[0]
-    block_rows(fm, group, call.x1[:1], spec, plan)  # warm-up: vmap decision, allocator
-    sync = torch.cuda.synchronize if fm.device.type == "cuda" else (lambda *a: None)
-    # A vmapped pass has a fixed cost of milliseconds that the engine's passes of rows_batch (or
-    # a whole block of) samples amortize: time passes of growing size until one takes
-    # PROBE_SECONDS or reaches the engine's own pass size, and take the per-sample time of that.
-    most = int(min(x.shape[0], plan.rows_batch or plan.block))
-    k = min(4, most)
-    while True:
-        sync()
-        t = time.perf_counter()
-        rows = block_rows(fm, group, call.x1[:k], spec, plan)
-        sync()
-        seconds = time.perf_counter() - t
-        del rows
-        if seconds >= PROBE_SECONDS or k >= most:
-            break
-        k = min(most, 4 * k)
-    t_eval = seconds / k
-    write = _write_rate(root)
-    return Rates(t_eval=t_eval, feature_groups=plan.n_groups, write_bps=write, read_bps=write,
-                 matmul_flops_per_s=_matmul_rate(fm.device, fm.dtype, engine))
+    t_eval, groups = measure_rows(call)
+    return Rates(t_eval=t_eval, feature_groups=groups, write_bps=disk_rate(root), read_bps=disk_rate(root),
+                 matmul_flops_per_s=matmul_rate(call.fm.device, call.fm.dtype, engine))
 
 
 def tile_from_features(job, tile: Tile, x_rows: torch.Tensor, x_cols: torch.Tensor | None, root: Path,
