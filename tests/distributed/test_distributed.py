@@ -78,3 +78,19 @@ def test_dask_workers_take_mapping_inputs_and_output_fn(tmp_path):
     two = job.run_tokens(str(tmp_path / "two.zarr"), workers=2)
     assert two.complete and two.verify().ok
     assert np.array_equal(one.to_numpy(), two.to_numpy())
+
+
+def test_tasks_on_a_callers_cluster_share_the_workers_cores():
+    """On a cluster ntkit did not start, a task's torch threads are the cores divided by the
+    tasks its worker runs at once (OpenMP threads oversubscribing shared cores slow every method)."""
+    import os
+
+    from distributed import Client, LocalCluster
+
+    from ntkit.distributed import worker
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        assert client.submit(worker._task_threads).result() == max(1, cores // 2)
+    assert worker._task_threads() == cores  # outside a worker: all of them

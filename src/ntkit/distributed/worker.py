@@ -16,9 +16,13 @@ from ntkit.tiled.worker import TileJob, compute_tile, features_tile
 
 def run_tile_to_store(job: TileJob, store_path: str, store_id: str, tile: Tile, x_rows: torch.Tensor,
                       x_cols: torch.Tensor | None, threads: int | None = None) -> dict:
-    """Compute a tile and write it durably to the store at `store_path` (a Dask task)."""
-    if threads:
-        torch.set_num_threads(threads)
+    """Compute a tile and write it durably to the store at `store_path` (a Dask task).
+
+    `threads`: torch threads for this task (a LocalCluster ntkit started: its cores shared among
+    its workers); None (a caller's cluster): the worker's cores shared among the tasks it runs at
+    once, so that concurrent tasks do not oversubscribe the cores (OpenMP threads spinning on
+    cores another task holds slowed every method up to 10x)."""
+    torch.set_num_threads(threads or _task_threads())
     t = time.perf_counter()
     device = _worker_device(job.device)
     if job.features is not None:
@@ -28,6 +32,18 @@ def run_tile_to_store(job: TileJob, store_path: str, store_id: str, tile: Tile, 
     seconds = time.perf_counter() - t
     store = _open_cached(store_path, store_id)
     return store.write_tile(tile, data, seconds, worker=f"{os.uname().nodename}:{os.getpid()}")
+
+
+def _task_threads() -> int:
+    """This machine's usable cores divided by the tasks its Dask worker runs at once."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        from distributed import get_worker
+
+        per_worker = max(1, int(get_worker().state.nthreads))
+    except Exception:  # noqa: BLE001 - not on a Dask worker, or an older distributed
+        per_worker = 1
+    return max(1, cores // per_worker)
 
 
 _STORES: dict[tuple[str, str], object] = {}
