@@ -1,6 +1,6 @@
 """Does `method="auto"` pick the fastest method on models the project never calibrated on?
 
-Thirteen architectures of the kinds people compute eNTKs of (none of them from tests/zoo.py or
+Fourteen architectures of the kinds people compute eNTKs of (none of them from tests/zoo.py or
 benchmarks/workloads.py): MLPs of three widths, LeNet-5, a VGG-style and a ResNet-style CNN with
 BatchNorm, a depthwise-separable (MobileNet-style) CNN, WRN-10-2, an MLP-Mixer, a ViT and a BERT
 encoder (tiny `transformers` configs, no downloads; BERT gets dict inputs with an attention mask),
@@ -565,9 +565,12 @@ def summary(rows: list[dict]) -> str:
         return (f"worst {max(vals):.2f} ({worst['model']} {worst['output']}), median {statistics.median(vals):.2f}, "
                 f"{sum(v <= 1.10 for v in vals)}/{len(vals)} rows <= 1.10")
     failed = [f"{r['model']} {r['output']}" for r in rows if "median_s" not in r["methods"]["auto"]]
+    wrong = [f"{r['model']} {r['output']}" for r in rows
+             if r["methods"]["auto"].get("rel_err_vs_jacobian", 0.0) > AGREE_RTOL]
     return (f"auto regret (cold, probe included): {stat('regret')}. auto regret (warm): {stat('regret_warm')}. "
             f"auto / tutorial: {stat('auto_vs_tutorial')}."
-            + (f" auto not timed on: {', '.join(failed)}." if failed else ""))
+            + (f" auto not timed on: {', '.join(failed)}." if failed else "")
+            + (f" auto DISAGREES with jacobian on: {', '.join(wrong)}." if wrong else ""))
 
 
 def table(rows: list[dict], compact: bool = False) -> list[str]:
