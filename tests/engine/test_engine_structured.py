@@ -261,3 +261,28 @@ def test_structured_blocks_are_sized_by_their_own_memory():
     call = prepare(model, x, None, "trace", None, None, None, "20MB")
     sp = structured_plan(call.fm, x, 200, call.spec, True, call.plan, call.profile.activations)
     assert sp.block >= 2 * call.plan.block
+
+
+def test_a_parameter_with_a_vanishing_gradient_keeps_its_rule():
+    """A token-mixing bias that the next LayerNorm removes (constant along the normalized axis)
+    has a true gradient of rounding noise; the rule check compares it at the scale of the other
+    gradients, so it is not sent to Jacobian contraction for a rounding-noise mismatch."""
+    class TokenMix(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok = torch.nn.Linear(6, 6)
+            self.ln = torch.nn.LayerNorm(5)
+            self.head = torch.nn.Linear(5, 3)
+
+        def forward(self, x):  # x: (N, 6 tokens, 5 channels)
+            return self.head(self.ln(self.tok(x.transpose(1, 2)).transpose(1, 2)).mean(1))
+
+    torch.manual_seed(0)
+    model = TokenMix().to(D).eval()
+    x = torch.randn(4, 6, 5, dtype=D)
+    from ntkit.engine.call import prepare
+
+    assert [row.params for row in prepare(model, x, None, "trace").layers() if row.reason] == []
+    from ntkit.reference import ntk_reference
+
+    assert rel_err(ntkit.ntk(model, x, method="structured", output="trace"), ntk_reference(model, x, output="trace")) <= RTOL64
