@@ -178,9 +178,9 @@ def gradient_descent_mse_ensemble(ntk_train_train: Any, y_train: Any, nngp_train
         mean(t) = Θ_tx Θ⁻¹ (I − e^{−Θt/|y|}) y
         cov(t)  = K_tt + Θ_tx A K A Θ_xt − (Θ_tx A K_xt + K_tx A Θ_xt),  A = Θ⁻¹ (I − e^{−Θt/|y|})
 
-    (A with the discrete-step factors when lr is given; Θ + ridge·I throughout). At t = inf with
-    Θ = K this is `gp_inference`'s posterior. For the infinite-width kernels it is the ensemble of
-    infinitely wide networks. With empirical kernels (the eNTK of one network and its NNGP, e.g.
+    (A with the discrete-step factors when lr is given; the ridge goes on Θ only, K stays the
+    noiseless prior of f0). At t = inf with Θ = K and no ridge this is `gp_inference`'s posterior.
+    For the infinite-width kernels it is the ensemble of infinitely wide networks. With empirical kernels (the eNTK of one network and its NNGP, e.g.
     `ntkit.nngp` averaged over seeds) it is the distribution of the *linearized* network's outputs
     when only f0 is redrawn, f0 ~ N(0, K), and Θ is held at the given eNTK: a good description of
     an ensemble of wide networks, whose eNTKs vary little between seeds. With a single network's
