@@ -180,8 +180,8 @@ def gradient_descent_mse_ensemble(ntk_train_train: Any, y_train: Any, nngp_train
 
     (A with the discrete-step factors when lr is given; the ridge goes on Θ only, K stays the
     noiseless prior of f0). At t = inf with Θ = K and no ridge this is `gp_inference`'s posterior.
-    For the infinite-width kernels it is the ensemble of infinitely wide networks. With empirical kernels (the eNTK of one network and its NNGP, e.g.
-    `ntkit.nngp` averaged over seeds) it is the distribution of the *linearized* network's outputs
+    For the infinite-width kernels it is the ensemble of infinitely wide networks. With empirical
+    kernels (the eNTK of one network and its NNGP, e.g. `ntkit.nngp` averaged over seeds) it is the distribution of the *linearized* network's outputs
     when only f0 is redrawn, f0 ~ N(0, K), and Θ is held at the given eNTK: a good description of
     an ensemble of wide networks, whose eNTKs vary little between seeds. With a single network's
     NNGP (f0 f0ᵀ, rank ≤ O) the "covariance" is that one draw's second moment.
