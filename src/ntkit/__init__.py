@@ -13,7 +13,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "ntk", "ntk_fn", "ntk_vp", "plan", "METHODS", "OUTPUTS", "compute", "open", "NonFiniteError"]
+__all__ = ["__version__", "ntk", "ntk_fn", "ntk_vp", "plan", "METHODS", "OUTPUTS", "compute", "open", "NonFiniteError",
+           "linearize", "taylor_expand", "nngp", "predict"]
 
 _ENGINE_NAMES = {"ntk", "ntk_fn", "ntk_vp", "plan", "METHODS", "OUTPUTS", "NonFiniteError"}
 
@@ -27,6 +28,14 @@ def __getattr__(name: str):  # lazy, so `import ntkit.data` stays light and cycl
         from ntkit.tiled import compute
 
         return compute
+    if name in ("linearize", "taylor_expand", "nngp"):
+        from ntkit import predict
+
+        return getattr(predict, name)
+    if name == "predict":
+        import ntkit.predict
+
+        return ntkit.predict
     if name == "open":
         from ntkit.store import open_store
 

@@ -28,7 +28,7 @@ LAYERS = [
     {"store"},
     {"tiled", "distributed"},  # tiled.compute hands tiles to Dask when asked; Dask runs tiled's tile work
     {"kernels"},
-    {"solvers", "analysis"},
+    {"solvers", "analysis", "predict"},  # predict: the linearized network and closed-form dynamics
     {"cli"},
 ]
 LEAVES = {"data", "models"}  # used by any layer above engine; import only each other and _runtime

@@ -1,8 +1,8 @@
 """The `ntkit` command line: builds the Typer app from the command modules and runs it.
 
 Each command module (`compute_cmd`, `info_cmd`, `analyze_cmd`, `demo_cmd`, `fit_cmd`,
-`store_cmd`) defines its commands as plain functions and imports only `ntkit.cli._ui` and
-library code; they are registered here, in the order of `ntkit --help`. `main` is the one
+`dynamics_cmd`, `store_cmd`) defines its commands as plain functions and imports only
+`ntkit.cli._ui` and library code; they are registered here, in the order of `ntkit --help`. `main` is the one
 place that turns exceptions into `error: <message>` (exit status 2) or an interrupt's last word.
 Each sub-command's help is its docstring.
 """
@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from ntkit.cli import analyze_cmd, compute_cmd, demo_cmd, fit_cmd, info_cmd, store_cmd
+from ntkit.cli import analyze_cmd, compute_cmd, demo_cmd, dynamics_cmd, fit_cmd, info_cmd, store_cmd
 from ntkit.cli._ui import ARGV as _ARGV
 from ntkit.cli._ui import UserError, err, out, print_error as _print_error
 
@@ -136,7 +136,7 @@ def _main(args: list[str] | None = None) -> int:
 
 
 for _command in (compute_cmd.compute, info_cmd.info, analyze_cmd.analyze, demo_cmd.demo, fit_cmd.fit,
-                 fit_cmd.predict, store_cmd.verify):
+                 fit_cmd.predict, dynamics_cmd.dynamics, store_cmd.verify):
     app.command()(_command)
 
 
