@@ -137,7 +137,7 @@ def test_pool_does_not_grow_with_the_number_of_block_pairs(monkeypatch):
     case = next(c for c in ZOO if c.name == "convzoo")
     model = case.model()
     held = []
-    for n in (4, 12, 24):
+    for n in (8, 12, 24):  # (at 4 inputs some scratch is not needed at all: the pool is smaller)
         scratch.release()
         g = torch.Generator().manual_seed(n)
         x1 = torch.randn(n, *case.input_shape, generator=g, dtype=D)
