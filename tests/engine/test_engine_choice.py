@@ -118,3 +118,28 @@ def test_sequence_layers_with_full_outputs_form_per_sample_gradients():
     call = prepare(model, torch.randn(64, 16, 8), torch.randn(48, 16, 8), "full")
     modes = {row.params: row.mode for row in call.layers()}
     assert modes["3.weight, 3.bias"] == "grads"
+
+
+def test_a_model_vmap_cannot_batch_costs_its_per_sample_loop():
+    """Once vmap is known to fail on the model, Jacobian rows are charged the per-sample loop
+    (cost.LOOP_PENALTY) and NTK-vector products, which would fall back to Jacobian contraction,
+    are not a candidate; a call large enough for it finds out before deciding."""
+    import warnings
+
+    from ntkit.engine.cost import LOOP_PENALTY
+    from zoo import ZOO
+
+    case = next(c for c in ZOO if c.name == "not-vmappable")
+    model = case.model()
+    x = torch.randn(64, *case.input_shape, dtype=D)
+    cache.clear(model)
+    call = prepare(model, x, None, "full")
+    before = call.estimates()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        call.settle_vmap()
+    after = call.estimates()
+    assert call.fm.vmappable is False
+    assert after["ntk-vp"].time == float("inf")
+    assert after["jacobian"].autodiff_flops == before["jacobian"].autodiff_flops
+    assert after["jacobian"].cache == pytest.approx(LOOP_PENALTY * before["jacobian"].cache)

@@ -181,8 +181,8 @@ def plan(
 
     call = prepare(model, x1, x2, output_spec(output, trace_axes, diagonal_axes), params, batch_size, device,
                    memory, start=_rss.mark(), output_fn=output_fn)
+    choice = decide(call)  # first: it may settle facts the estimates depend on (vmap support)
     est = call.estimates()
-    choice = decide(call)
     return NtkPlan(
         method=choice.method, decision=choice.describe(), estimates={m: e.time for m, e in est.items()}, n1=call.n1, n2=call.n2,
         symmetric=call.symmetric, n_logits=call.n_logits, output=str(call.final),

@@ -102,9 +102,16 @@ class KernelCall:
     def estimates(self) -> dict[str, Any]:
         kw = dict(n1=self.n1, n2=self.n2, symmetric=self.symmetric, n_logits=self.n_logits,
                   spec=self.spec, n_params=self.fm.n_params, flops=self.profile.flops, plan=self.plan,
-                  peak=self.profile.peak, itemsize=self.itemsize, cache_bytes=self.cache_bytes)
+                  peak=self.profile.peak, itemsize=self.itemsize, cache_bytes=self.cache_bytes,
+                  loop=self.fm.vmappable is False)
         return {m: estimate(m, **kw, structured=self._structured_cost() if m == "structured" else None)
                 for m in STRATEGIES}
+
+    def settle_vmap(self) -> None:
+        """Find out (once per model structure and input shape) whether vmap batches the model
+        over samples: one sample, the smallest parameter."""
+        if self.fm.vmappable is None:
+            self.fm.jacobian_rows([min(self.fm.names, key=self.fm.sizes.get)], self.x1[:1], self.spec)
 
     def _structured_cost(self) -> StructuredCost | None:
         """The rules' FLOPs and the fallback parameters (None if the analysis itself fails)."""
@@ -148,10 +155,10 @@ class KernelCall:
         """`method` as it will run: NTK-vector products fall back to Jacobian contraction (with
         a warning) on a model without forward-mode AD, or one that vmap cannot batch."""
         fm, spec = self.fm, self.spec
-        # Decide vmappability on one sample and the smallest parameter before the real work
-        # (structured derivatives need it only for fallback parameters, and find out then).
-        if fm.vmappable is None and method != "structured":
-            fm.jacobian_rows([min(fm.names, key=fm.sizes.get)], self.x1[:1], spec)
+        # Decide vmappability before the real work (structured derivatives need it only for
+        # fallback parameters, and find out then).
+        if method != "structured":
+            self.settle_vmap()
         if method == "ntk-vp" and fm.vmappable is False:
             return "jacobian"  # forward-mode vmapping would fail the same way
         if method == "ntk-vp":

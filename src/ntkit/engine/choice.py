@@ -41,6 +41,7 @@ MIN_PROBE_SECONDS = 2.0  # a call estimated shorter keeps the cost model's choic
 PROBE_SHARE = 0.08  # the probes (all candidates) may take this share of the call's estimated time
 RULE_OUT = 3.0  # methods estimated slower than this factor times the best are not probed
 TIE = 1.15  # a measured winner must beat the cost model's choice by this factor to replace it
+SETTLE_VMAP_FLOPS = 1e9  # calls estimated above this (~5 ms at the matmul rate) check vmap first
 MAX_K = 256  # samples per probe side (the probe's purpose is rates, not entries)
 MIN_K = 48  # smaller probes run far below the full call's rates (16 x 16 Jacobian-contraction probes
 # extrapolated to 2-9x the real time, 64 x 64 to 1.1-1.4x): such calls keep the cost model's choice
@@ -129,10 +130,15 @@ def decide(call, scale: float = 1.0) -> Choice:
     """The method `auto` runs for `call` (a `ntkit.engine.call.KernelCall`); see the module
     docstring. `scale`: how many such calls the decision is for (the tiles of `ntkit.compute`),
     which the probes may take their share of."""
+    fm = call.fm
     est = call.estimates()
+    if fm.vmappable is None and min(e.time for e in est.values()) >= SETTLE_VMAP_FLOPS:
+        # Whether vmap batches the model changes Jacobian contraction's cost several-fold
+        # (cost.LOOP_PENALTY); a call this size affords the one-sample check.
+        call.settle_vmap()
+        est = call.estimates()
     finite = {m: e for m, e in est.items() if math.isfinite(e.time)}
     model_method = min(finite, key=lambda m: finite[m].time)
-    fm = call.fm
     key = ("choice", fm.sig, str(call.final), call.n1, call.n2, call.symmetric, call.plan.budget, call.batch_size,
            round(math.log2(max(scale, 1.0))))
     cached = fm.memo.get(key)

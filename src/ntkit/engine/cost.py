@@ -73,6 +73,11 @@ CACHE_EXPONENT = 0.24
 # 36 convolution cases (see benchmarks/results/cost_model.md).
 CAPTURE_WEIGHT = 1.0
 STRUCTURED_MARGIN = 1.0
+# Jacobian rows of a model that vmap cannot batch over samples (transformers' attention-mask
+# branches, in-place buffer updates) run one sample at a time (ntkit.engine.functional): a
+# forward and one backward vmapped over the outputs per sample. Measured on a 1-layer BERT over
+# 32 tokens (benchmarks/auto_zoo.py): 8x the vmapped estimate; 6x is charged.
+LOOP_PENALTY = 6.0
 
 
 def cache_penalty(nbytes: float, cache_bytes: int | None) -> float:
@@ -128,12 +133,15 @@ def estimate(
     peak: int = 0,
     itemsize: int = 4,
     cache_bytes: int | None = None,
+    loop: bool = False,
 ) -> Estimate:
     """Estimated cost of `method` ("jacobian", "ntk-vp" or "structured") for one kernel.
 
     "structured" needs `structured` (the analysis of the rules); without it the estimate is inf.
     peak: elements of one sample's largest layer output; cache_bytes: the CPU cache budget of a
-    vmapped pass (None: no cache model, as on GPUs).
+    vmapped pass (None: no cache model, as on GPUs). loop: the model's Jacobian rows run one
+    sample at a time (vmap cannot batch it): LOOP_PENALTY on them, and NTK-vector products (which
+    then fall back to Jacobian contraction) are not a candidate.
     """
     o_diff = spec.n_out(n_logits)
     share = 0.55 if symmetric and n1 > 1 else 1.0
@@ -142,6 +150,10 @@ def estimate(
     sides = n1 + (0 if symmetric else n2)
     sample_bytes = peak * itemsize
     jac_cache = cache_penalty((plan.rows_batch or plan.block) * o_diff * sample_bytes, cache_bytes)
+    if loop:
+        jac_cache *= LOOP_PENALTY
+        if method == "ntk-vp":
+            return Estimate(method, math.inf, 0.0)
     if method == "jacobian":
         rows = sides * per_sample_rows * plan.n_groups
         return Estimate(method, share * 2.0 * n1 * n2 * n_params * o_factor, rows, cache=jac_cache)
