@@ -113,3 +113,20 @@ def test_sigkill_then_resume_is_bit_identical_with_mapping_inputs(tmp_path):
     assert np.array_equal(resumed.to_numpy(), reference.to_numpy())
     model, x = job.build_tokens()
     _close(reference.to_numpy(), ntk_reference(model, x, **AXES))
+
+
+def test_a_store_refuses_another_output_fn_and_the_disk_cache_with_axes(tmp_path, token_job):
+    """output_fn's name is part of a store's identity; Jacobian rows cached on disk hold the plain
+    outputs only, so features='disk' with trace/diagonal axes is refused before any work."""
+    model, x = token_job
+    path = tmp_path / "K.zarr"
+    ntkit.compute(model, x, store=path, tile=5, output="trace", output_fn=job.token_logits)
+
+    def pooled(out):
+        return out["logits"]
+
+    with pytest.raises(StoreMismatchError, match="output_fn differs"):
+        ntkit.compute(model, x, store=path, tile=5, output="trace", output_fn=pooled)
+    with pytest.raises(ValueError, match="features='disk'.*trace_axes/diagonal_axes"):
+        ntkit.compute(model, x, store=tmp_path / "D.zarr", features="disk", **AXES)
+    assert not (tmp_path / "D.zarr").exists()

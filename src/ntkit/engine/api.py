@@ -17,10 +17,10 @@ from torch import nn
 from torch.func import jvp, vjp
 
 from ntkit._runtime import rss as _rss
-from ntkit.engine.call import ForwardADFallbackWarning, LayerCost, as_tensor, blocks, functional_model, prepare
+from ntkit.engine.call import ForwardADFallbackWarning, LayerCost, blocks, functional_model, prepare
 from ntkit.engine.finite import NonFiniteError, check_kernel
 from ntkit.engine.functional import FunctionalModel, OutputFn, ParamSelection
-from ntkit.engine.inputs import Inputs
+from ntkit.engine.inputs import Inputs, as_inputs
 from ntkit.engine.outputs import OUTPUTS, output_spec, parse_output
 from ntkit.engine.progress import ProgressCallback
 from ntkit.engine.structured import StructuredFallbackWarning
@@ -250,9 +250,11 @@ def ntk_vp(
                          "are not supported here: flatten S (output='full') and reshape v to (N2, prod(S))")
     fm = functional_model(model, params, device, output_fn)
     dev = fm.device if device is not None else None
-    x1 = as_tensor(x1, "x1", dev)
-    x2 = x1 if x2 is None else as_tensor(x2, "x2", dev)
-    v = as_tensor(v, "v", fm.device)
+    x1 = as_inputs(x1, "x1", dev)
+    x2 = x1 if x2 is None else as_inputs(x2, "x2", dev)
+    v = as_inputs(v, "v", fm.device)
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"v must be a tensor (N2, O) or (N2,), got a {type(v).__name__} of inputs")
     n_logits = fm.check_inputs(x1, x2)
     spec = spec.resolve(n_logits)
     n2 = x2.shape[0]

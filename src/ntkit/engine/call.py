@@ -51,12 +51,6 @@ class LayerCost:
     reason: str  # why a parameter falls back to Jacobian contraction ("" otherwise)
 
 
-def as_tensor(x: Any, name: str, device: torch.device | None) -> Any:
-    """`x` as the engine's inputs on `device`: a tensor (numpy arrays converted), or a
-    `ntkit.engine.inputs.Batch` for a tuple or mapping of tensors; a TypeError naming `name` otherwise."""
-    return as_inputs(x, name, device)
-
-
 def blocks(n: int, size: int) -> list[slice]:
     """[0:size], [size:2 size], ... covering range(n)."""
     return block_slices(n, size)
@@ -248,4 +242,4 @@ def prepare(model: torch.nn.Module, x1: Any, x2: Any = None, output: str | Outpu
     spec = parse_output(output)
     fm = functional_model(model, params, device, output_fn)
     dev = fm.device if device is not None else None
-    return KernelCall(fm, as_tensor(x1, "x1", dev), as_tensor(x2, "x2", dev), spec, batch_size, memory, start)
+    return KernelCall(fm, as_inputs(x1, "x1", dev), as_inputs(x2, "x2", dev), spec, batch_size, memory, start)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
-__all__ = ["Batch", "Inputs", "as_inputs", "input_signature", "iter_leaves", "take_rows", "fingerprint_update"]
+__all__ = ["Batch", "Inputs", "as_inputs", "input_signature", "iter_leaves", "fingerprint_update"]
 
 Inputs = torch.Tensor | tuple | Mapping  # what users pass as x1 / x2
 
@@ -228,18 +228,6 @@ def input_signature(x: Any) -> tuple:
         return (tuple(x.shape[1:]), x.dtype)
     return (tuple((k, tuple(t.shape[1:]), t.dtype) for k, t in x.leaves()),
             tuple((k, repr(v)) for k, v in x.constants()), len(x.args))
-
-
-def take_rows(parts: list[Any]) -> Any:
-    """Concatenate input batches along dim 0 (tensors or Batches of one structure)."""
-    if isinstance(parts[0], torch.Tensor):
-        return torch.cat(parts)
-    first = parts[0]
-    args = tuple(torch.cat([p.args[i] for p in parts]) if isinstance(a, torch.Tensor) else a
-                 for i, a in enumerate(first.args))
-    kwargs = {k: torch.cat([p.kwargs[k] for p in parts]) if isinstance(v, torch.Tensor) else v
-              for k, v in first.kwargs.items()}
-    return Batch(args, kwargs)
 
 
 def fingerprint_update(h: "hashlib._Hash", x: Any, first: bool, n: int) -> None:
