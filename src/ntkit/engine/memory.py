@@ -132,6 +132,10 @@ class Plan:
     chunk: int
     budget: int
     rows_batch: int = 0  # samples per vmapped Jacobian pass (0: a whole block)
+    # Structured derivatives only: > 0 runs them term by term over every sample of the call at
+    # once (`ntkit.engine.structured`), capturing factors in batches of this many samples.
+    capture_batch: int = 0
+    term_part: int = 0  # ... and forms at most this many parameters' gradients at once (0: a whole term)
 
     @property
     def n_groups(self) -> int:

@@ -115,6 +115,7 @@ class SideCost:
     t_side: float  # seconds per sample: capture, direct-mode operands, per-sample gradients
     bytes_per_sample: int  # what a kept side holds per sample (its cache test)
     block: int  # samples per block under the tile's budget (`structured_plan`)
+    term_major: bool = False  # the plan runs term by term: every sample of a tile is captured once
 
 
 def measure_side(call) -> SideCost | None:
@@ -144,6 +145,7 @@ def measure_side(call) -> SideCost | None:
         held[:] = [side.nbytes(grad_elems, call.itemsize)]
 
     seconds, k = timed(run, most, fm.device)
-    return SideCost(t_side=seconds / k, bytes_per_sample=max(1, held[0] // k), block=plan.block)
+    return SideCost(t_side=seconds / k, bytes_per_sample=max(1, held[0] // k), block=plan.block,
+                    term_major=plan.capture_batch > 0)
 
 

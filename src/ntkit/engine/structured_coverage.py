@@ -22,7 +22,7 @@ from ntkit.engine.functional import FunctionalModel
 from ntkit.engine.outputs import OutputSpec
 from ntkit.rules.capture import Capture, Target, capture
 from ntkit.rules.contract import Term, build_terms
-from ntkit.rules.factors import Factor
+from ntkit.rules.factors import Factor, held_bytes
 from ntkit.rules.registry import Rule, rule_for
 
 __all__ = ["Analysis", "analyze", "contraction_kind", "reduced_fn", "grad_leaves", "CHECK_SAMPLES", "CHECK_TOL"]
@@ -48,11 +48,12 @@ class Analysis:
     per_output: bool = False  # one backward per output instead of one vmapped backward
     first: tuple[slice, dict[str, list[Factor]]] | None = None  # the check's capture, reusable once
     checked: bool = False  # coverage confirmed by the gradient check
+    held: float = 0.0  # bytes per sample that the factors of the "grads" terms keep alive
 
     def frozen(self) -> _Frozen:
         """What may be cached between calls: no factors, layers by name (no module references)."""
         return _Frozen(tuple((t.name, t.rule, tuple(t.params.items())) for t in self.targets), tuple(self.covered),
-                       tuple(self.fallback.items()), tuple(self.terms), self.per_output, self.checked)
+                       tuple(self.fallback.items()), tuple(self.terms), self.per_output, self.checked, self.held)
 
     @property
     def matmul_flops(self) -> float:
@@ -85,12 +86,13 @@ class _Frozen:
     terms: tuple[Term, ...]
     per_output: bool
     checked: bool
+    held: float
 
     def thaw(self, model: torch.nn.Module) -> Analysis:
         modules = dict(model.named_modules(remove_duplicate=False))
         targets = [Target(name, modules[name], rule, dict(params)) for name, rule, params in self.targets]
         return Analysis(targets, list(self.covered), dict(self.fallback), list(self.terms), self.per_output,
-                        None, self.checked)
+                        None, self.checked, self.held)
 
 
 def _claims(fm: FunctionalModel) -> tuple[dict[int, dict], dict[str, str]]:
@@ -225,6 +227,7 @@ def _analyze(fm: FunctionalModel, x1: torch.Tensor, n2: int, spec: OutputSpec, s
     terms: list[Term] = []
     per_output = False
     kept = None
+    held = 0.0
     run_check = check and known is None
     if targets:
         if first is not None and check:
@@ -258,12 +261,14 @@ def _analyze(fm: FunctionalModel, x1: torch.Tensor, n2: int, spec: OutputSpec, s
         targets = _make_targets(raw, set(reasons))
         facs = {n: f for n, f in facs.items() if n in covered}
         terms = build_terms(facs, covered, contraction_kind(spec), x1.shape[0], n2, symmetric)
+        held = held_bytes(f for t in terms if t.mode == "grads" for n in t.names for f in facs[n]) / xb.shape[0]
         if first is not None and check:
             kept = (first, facs)
     else:
         covered = []
     fallback = {n: reasons[n] for n in fm.names if n in reasons}
-    return Analysis(targets, covered, fallback, terms, per_output, kept, checked=check or known is not None)
+    return Analysis(targets, covered, fallback, terms, per_output, kept, checked=check or known is not None,
+                    held=held)
 
 
 def _check(fm: FunctionalModel, covered: Sequence[str], facs: dict[str, list[Factor]], cap: Capture,

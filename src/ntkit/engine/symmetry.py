@@ -36,7 +36,22 @@ def mirror(out: torch.Tensor, blocks: list[slice]) -> None:
     diagonal differ by rounding, and (a + b) / 2 is bitwise symmetric.
     """
     for i, r in enumerate(blocks):
-        diag = out[r, r]
-        out[r, r] = (diag + transpose(diag)) / 2
+        _symmetrize(out, r)
         for c in blocks[i + 1 :]:
             out[c, r] = transpose(out[r, c])
+
+
+# Rows of the sub-blocks a diagonal block is averaged by: (a + aᵀ) / 2 of a whole large block
+# would take two temporaries of its size (72 MB for one 3,000-sample trace block).
+SYMMETRIZE_ROWS = 256
+
+
+def _symmetrize(out: torch.Tensor, r: slice) -> None:
+    """out[r, r] = (out[r, r] + its transpose) / 2, sub-block by sub-block (the same numbers)."""
+    parts = chunks(r.start, r.stop, SYMMETRIZE_ROWS)
+    for i, p in enumerate(parts):
+        for q in parts[i:]:
+            avg = (out[p, q] + transpose(out[q, p])) / 2
+            out[p, q] = avg
+            if q != p:
+                out[q, p] = transpose(avg)

@@ -76,6 +76,25 @@ def _sum(tensors):
     return total
 
 
+def _fill(g: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
+    return buf.copy_(g)
+
+
+def _into(names, facs, out, form) -> list[torch.Tensor]:
+    """[Σ_calls form(factor, buffer)] per parameter; a parameter of one call is formed straight
+    into its `out` buffer (no copy), several calls are summed and then copied."""
+    res = []
+    for i, name in enumerate(names):
+        buf = None if out is None else out[i]
+        fl = facs[name]
+        if len(fl) == 1:
+            res.append(form(fl[0], buf))
+        else:
+            total = _sum(form(f, None) for f in fl)
+            res.append(total if buf is None else buf.copy_(total))
+    return res
+
+
 def formation_weight(rows: int) -> float:
     """Time per FLOP of forming per-sample gradients by matmuls with `rows` rows (O'·out), in
     units of the matmul peak (see FORMATION_WEIGHT)."""
@@ -108,9 +127,11 @@ class Term:
     def size(self) -> int:
         return sum(self.sizes)
 
-    def grads(self, facs: dict[str, list[Factor]], rows: slice) -> list[torch.Tensor]:
-        """Per-sample gradients of each parameter of the term, summed over calls: [(n, O', P)]."""
-        return [_sum(f.grads(rows) for f in facs[name]) for name in self.names]
+    def grads(self, facs: dict[str, list[Factor]], rows: slice,
+              out: Sequence[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Per-sample gradients of each parameter of the term, summed over calls: [(n, O', P)],
+        written into `out` (one buffer per parameter) when given."""
+        return _into(self.names, facs, out, lambda f, buf: f.grads(rows) if buf is None else _fill(f.grads(rows), buf))
 
 
 @dataclass(eq=False)
@@ -126,8 +147,15 @@ class LinearTerm(Term):
     onehot: int = 0  # number of one-hot (embedding) parameters
     grad_flops: float = 0.0  # per sample, all calls and parameters
 
-    def grads(self, facs, rows):
-        return [_sum(f.grads(rows, natural=False) for f in facs[name]) for name in self.names]
+    def grads(self, facs, rows, out=None, outs: slice | None = None):
+        """As `Term.grads`, in the (G, out, in) order; `outs`: only those output features of
+        each group (`LinearFactor.grads`), `part_sizes(outs)` parameters per name."""
+        return _into(self.names, facs, out, lambda f, buf: f.grads(rows, natural=False, into=buf, outs=outs))
+
+    def part_sizes(self, outs: slice) -> tuple[int, ...]:
+        """Parameters per name in output features `outs` of each group."""
+        width = len(range(self.out)[outs])
+        return tuple(size // self.out * width for size in self.sizes)
 
     def direct_flops(self, kind: str) -> float:
         """FLOPs of the direct contraction for one pair of samples (inf if not available)."""

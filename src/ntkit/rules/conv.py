@@ -104,6 +104,9 @@ class ConvFactor(LinearFactor):
     input: torch.Tensor | None = None  # (n, C_in, *L_in), not padded
     module: nn.Module | None = None
 
+    def tensors(self) -> list[torch.Tensor]:
+        return [*super().tensors(), self.cot, self.input]
+
     @property
     def grouped(self) -> bool:
         """All samples in one grouped weight backward (few rows per sample), else one call each."""
@@ -113,10 +116,11 @@ class ConvFactor(LinearFactor):
     def call_flops(self) -> float:  # type: ignore[override]
         return 0.0 if self.grouped else CONV_CALL_FLOPS
 
-    def grads(self, rows: slice | None = None, natural: bool = True) -> torch.Tensor:
+    def grads(self, rows: slice | None = None, natural: bool = True, into: torch.Tensor | None = None,
+              outs: slice | None = None) -> torch.Tensor:
         rows = slice(None) if rows is None else rows
         m = self.module
-        d = self.cot[:, rows]
+        d = self.cot[:, rows] if outs is None else self.cot[:, rows, outs]
         x = self.input[rows]
         o, n, c_out = d.shape[:3]
         nd = len(m.kernel_size)
@@ -125,7 +129,7 @@ class ConvFactor(LinearFactor):
             pad = _conv_pad(m)
             x = F.pad(x, pad, mode="constant" if m.padding_mode == "zeros" else m.padding_mode)
             padding = [0] * nd
-        w = m.weight.detach()
+        w = m.weight.detach() if outs is None else m.weight.detach()[outs]
         mask = [False, True, False]
         if self.grouped and n > 1:
             # (O', n, C_out, ...) -> (1, n·O'·C_out, ...): a view for sample-major cotangents.
@@ -134,10 +138,10 @@ class ConvFactor(LinearFactor):
             weight = w.new_empty(()).expand(n * o * c_out, *w.shape[1:])
             gw = torch.ops.aten.convolution_backward(go, xi, weight, None, list(m.stride), padding,
                                                      list(m.dilation), False, [0] * nd, n, mask)[1]
-            return gw.view(n, o, w.numel())
+            return gw.view(n, o, w.numel()) if into is None else into.copy_(gw.view(n, o, w.numel()))
         shape = (o * c_out, *w.shape[1:])
         weight = w.new_empty(()).expand(shape)  # only its shape is read
-        res = scratch.empty((n, o, w.numel()), d.dtype, d.device)
+        res = scratch.empty((n, o, w.numel()), d.dtype, d.device) if into is None else into
         for i in range(n):
             go = d[:, i].reshape(1, o * c_out, *d.shape[3:])  # a view for sample-major cotangents
             gw = torch.ops.aten.convolution_backward(go, x[i : i + 1], weight, None, list(m.stride), padding,
@@ -176,7 +180,7 @@ class ConvRule(Rule):
             def rows(sl, x=x):
                 return unfold(x[sl], k, st, dl, pad, mode, g).permute(0, 3, 1, 2)  # (n, S, G, in)
 
-            lazy = Lazy((n, s, g, in_g), rows)
+            lazy = Lazy((n, s, g, in_g), rows, source=x)
             if g == 1 and d.device.type == "cpu" and in_g >= CONV_BACKWARD_MIN_IN:
                 res["weight"] = ConvFactor(d5, module.weight.shape, x=lazy, cot=d, input=x, module=module)
             else:

@@ -57,6 +57,19 @@ class Factor:
         """FLOPs to form `grads()` for one sample."""
         return float(self.n_out * math.prod(self.shape))
 
+    def tensors(self) -> list[torch.Tensor]:
+        """The tensors this factor keeps alive (what holding it costs)."""
+        return []
+
+
+def held_bytes(factors) -> int:
+    """Bytes the `factors` keep alive, a tensor shared by several of them counted once."""
+    seen: dict[int, int] = {}
+    for f in factors:
+        for t in f.tensors():
+            seen[t.data_ptr()] = max(seen.get(t.data_ptr(), 0), t.numel() * t.element_size())
+    return sum(seen.values())
+
 
 @dataclass(eq=False)
 class GradFactor(Factor):
@@ -81,6 +94,9 @@ class GradFactor(Factor):
     def grads(self, rows: slice | None = None) -> torch.Tensor:
         return (self.g if rows is None else self.g[:, rows]).transpose(0, 1)
 
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.g]
+
 
 class Lazy:
     """An input tensor built on demand, a few samples at a time (unfolded patches are large).
@@ -88,9 +104,11 @@ class Lazy:
     shape: the logical (n, S, G, in); rows(sl) -> (len(sl), S, G, in).
     """
 
-    def __init__(self, shape: tuple[int, ...], rows: Callable[[slice], torch.Tensor]) -> None:
+    def __init__(self, shape: tuple[int, ...], rows: Callable[[slice], torch.Tensor],
+                 source: torch.Tensor | None = None) -> None:
         self.shape = torch.Size(shape)
         self.rows = rows
+        self.source = source  # the tensor the rows are built from (what holding them costs)
 
 
 @dataclass(eq=False)
@@ -173,19 +191,26 @@ class LinearFactor(Factor):
         onehot.scatter_(-1, idx.clamp_min(0).unsqueeze(-1), (idx >= 0).unsqueeze(-1).to(self.d.dtype))
         return onehot.unsqueeze(2)
 
+    def tensors(self) -> list[torch.Tensor]:
+        x = self.x.source if isinstance(self.x, Lazy) else self.x
+        return [t for t in (self.d, x, self.index) if isinstance(t, torch.Tensor)]
+
     # -- gradients ---------------------------------------------------------------------------------
     def grad_flops(self) -> float:
         o, _, s, g, out = self.d.shape
         return float(2 * o * s * g * out * (self.in_features if self.x_kind == "dense" else 1))
 
-    def grads(self, rows: slice | None = None, natural: bool = True) -> torch.Tensor:
-        """g: (n, O', P); in the parameter's order when `natural`, else as (G, out, in).
+    def grads(self, rows: slice | None = None, natural: bool = True, into: torch.Tensor | None = None,
+              outs: slice | None = None) -> torch.Tensor:
+        """g: (n, O', P); in the parameter's order when `natural`, else as (G, out, in); written
+        into `into` (n, O', P) when given. `outs`: only the output features outs of each group
+        (with natural=False), so that a large parameter's gradients can be formed a part at a time.
 
         Dense inputs: a few samples at a time (so that their patches stay in cache), one batched
         matmul over (sample, group) of (O'·out, S) @ (S, in).
         """
         rows = slice(None) if rows is None else rows
-        d = self.d[:, rows]
+        d = self.d[:, rows] if outs is None else self.d[:, rows, :, :, outs]
         o, n, s, g, out = d.shape
         inn = self.in_features
         if self.x_kind == "ones":
@@ -198,7 +223,8 @@ class LinearFactor(Factor):
             res.scatter_add_(2, idx.clamp_min(0).view(n, 1, s).expand(n, o * g * out, s), src)
             res = res.view(n, o, g * out * inn)
         else:
-            res = torch.empty(n, o, g * out * inn, dtype=d.dtype, device=d.device)
+            plain = into is not None and not (natural and self.transposed and inn > 1)
+            res = into if plain else torch.empty(n, o, g * out * inn, dtype=d.dtype, device=d.device)
             step = max(1, GRAD_CHUNK_ELEMENTS // max(1, s * g * inn))
             base = range(self.n_samples)[rows]
             for c0 in range(0, n, step):
@@ -213,6 +239,8 @@ class LinearFactor(Factor):
                     res[c0:c1] = torch.bmm(dm, xm).view(c, g, o, out * inn).transpose(1, 2).reshape(c, o, -1)
         if natural and self.transposed and inn > 1:
             res = res.view(n, o, g, out, inn).transpose(3, 4).reshape(n, o, g * out * inn)
+        if into is not None and res is not into:
+            return into.copy_(res)
         return res
 
     def weighted_grad(self, r: torch.Tensor, rows: slice | None = None) -> torch.Tensor:
