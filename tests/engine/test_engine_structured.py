@@ -226,8 +226,8 @@ def test_kept_sides_hold_gradients_only_so_more_of_them_are_cached(monkeypatch):
     """A symmetric kernel in 4 blocks under a budget that holds the blocks' per-sample gradients
     but not their cotangents: each block is captured once (4 captures, not 4 + 6 column
     recomputations), and the kernel matches the reference."""
-    import ntkit.engine.structured as engine_structured
     import ntkit.engine.structured_coverage as engine_coverage
+    import ntkit.engine.structured_side as engine_structured
 
     monkeypatch.setattr(conv_rules, "CONV_BACKWARD_MIN_IN", 0)
     case = next(c for c in ZOO if c.name == "convzoo")

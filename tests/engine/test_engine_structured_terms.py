@@ -18,7 +18,8 @@ from ntkit._runtime.blocks import block_slices
 from ntkit.engine.call import prepare
 from ntkit.engine.progress import Progress
 from ntkit.engine.rates import SideCost
-from ntkit.engine.structured import StructuredFallbackWarning, term_parts
+from ntkit.engine.structured import StructuredFallbackWarning
+from ntkit.engine.structured_terms import term_parts
 from ntkit.engine.symmetry import mirror
 from ntkit.reference import ntk_reference
 from ntkit.rules.contract import LinearTerm
@@ -77,13 +78,18 @@ def test_diagonal_blocks_split_in_parts_and_parameters_split_by_output_features(
     assert rel_err(_run(net, x, x2, output, 32, 9, 50), ntk_reference(net, x, x2, output)) < RTOL64
 
 
-def test_each_sample_is_captured_once_and_progress_ends_complete():
-    """The counted work the tiled planner assumes (`structured_seconds`): one capture per batch
-    of samples, not one per pair of blocks."""
+@pytest.mark.parametrize("block", [40, 10, 16])
+@pytest.mark.parametrize("symmetric", [True, False], ids=["sym", "rect"])
+def test_captures_are_the_work_the_planner_counts_and_progress_ends_complete(block, symmetric, monkeypatch):
+    """What `structured_seconds` counts (`tile_evaluations` without a cache): with one block
+    every sample is captured once; with several, each row block once and each of its pairs'
+    column blocks once more; always in capture batches."""
     import ntkit.engine.structured as S
+    from ntkit.schedule.features import tile_evaluations
 
     net = _convnet()
     x = torch.randn(40, 3, 8, 8, generator=torch.Generator().manual_seed(3), dtype=D)
+    x2 = None if symmetric else torch.randn(24, 3, 8, 8, generator=torch.Generator().manual_seed(6), dtype=D)
     seen: list[int] = []
     original = S.Side.__init__
 
@@ -92,12 +98,12 @@ def test_each_sample_is_captured_once_and_progress_ends_complete():
         original(self, fm, an, xs, *a, **k)
 
     events: list[tuple[int, int]] = []
-    S.Side.__init__ = count
-    try:
-        _run(net, x, None, "trace", 10, 6, 0, progress=lambda done, total: events.append((done, total)))
-    finally:
-        S.Side.__init__ = original
-    assert sum(seen) == 40 and max(seen) <= 6  # every sample once, in capture batches
+    monkeypatch.setattr(S.Side, "__init__", count)
+    _run(net, x, x2, "trace", block, 6, 0, progress=lambda done, total: events.append((done, total)))
+    assert max(seen) <= 6
+    assert sum(seen) == tile_evaluations(40, 40 if symmetric else 24, symmetric, block, [1], 1, 0)
+    if block >= 40:
+        assert sum(seen) == 40 + (0 if symmetric else 24)  # every sample once
     assert events[-1][0] == events[-1][1]
 
 
@@ -137,9 +143,11 @@ def test_plan_goes_term_by_term_when_factors_fit_but_gradients_do_not():
 def test_planner_counts_each_tile_sample_once_term_by_term():
     tiles = [Tile(0, 0, 0, 64, 0, 64, diagonal=True), Tile(0, 1, 0, 64, 64, 100, mirror=True),
              Tile(1, 1, 64, 100, 64, 100, diagonal=True)]
-    side = SideCost(t_side=0.01, bytes_per_sample=10**6, block=8, term_major=True)
+    side = SideCost(t_side=0.01, bytes_per_sample=10**6, block=64, term_major=True)
     assert structured_seconds(tiles, side, 10**9, 2.0) == pytest.approx(2.0 + 0.01 * (64 + 100 + 36))
-    classic = dataclasses.replace(side, term_major=False)
+    halves = dataclasses.replace(side, block=32)  # row block 0:32 once, 32:64 twice (its own and 0:32's pair)
+    assert structured_seconds(tiles[:1], halves, 10**9, 0.0) == pytest.approx(0.01 * (32 + 2 * 32))
+    classic = dataclasses.replace(side, term_major=False, block=8)  # blocks of 8, no side cache
     assert structured_seconds(tiles, classic, 10**6, 2.0) > structured_seconds(tiles, side, 10**6, 2.0)
 
 

@@ -31,10 +31,11 @@ from ntkit.schedule.features import FeaturePlan, plan_features, tile_evaluations
 from ntkit.tiled.features import unique_inputs
 
 def structured_seconds(tiles, side: SideCost, budget: int, contraction_s: float) -> float:
-    """Estimated seconds of structured derivatives over `tiles` (module docstring); a plan that
-    runs term by term captures each of a tile's samples once."""
+    """Estimated seconds of structured derivatives over `tiles` (module docstring). A plan that
+    runs term by term captures a tile's samples once when its block holds them all, else each
+    row block once and its column blocks once per row block (no cache between pairs)."""
     if side.term_major:
-        builds = sum(t.r1 - t.r0 + (0 if t.diagonal else t.c1 - t.c0) for t in tiles)
+        builds = sum(tile_evaluations(t.r1 - t.r0, t.c1 - t.c0, t.diagonal, side.block, [1], 1, 0) for t in tiles)
     else:
         builds = sum(tile_evaluations(t.r1 - t.r0, t.c1 - t.c0, t.diagonal, side.block, [1], side.bytes_per_sample,
                                       budget) for t in tiles)
