@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ntkit._runtime import malloc
 from ntkit.engine.jacobian_contraction import jacobian_contraction, triangle_part
 from ntkit.engine.memory import Plan
 from ntkit.engine.outputs import OutputSpec
@@ -215,6 +216,14 @@ def by_term(fm, an: Analysis, x1: torch.Tensor, x2: torch.Tensor, spec: OutputSp
         if symmetric and (r.start, r.stop) == (c.start, c.stop):
             b = r.stop - r.start
             diagonal[(r.start, r.stop)] = chunks(0, b, triangle_part(b, n_out if contraction_kind(spec) == "full" else 1))
+    with malloc.keep_freed(plan.budget // 4):  # the capture batches' working set, planned
+        _run_groups(fm, an, x1, x2, spec, groups, batch, direct, work, diagonal, n_out, out, progress, symmetric)
+    for (a, b), parts in diagonal.items():
+        if len(parts) > 1:
+            fill_lower_in_block(out, slice(a, b), [slice(a + p.start, a + p.stop) for p in parts])
+
+
+def _run_groups(fm, an, x1, x2, spec, groups, batch, direct, work, diagonal, n_out, out, progress, symmetric) -> None:
     p1 = None
     for k, (rows, cols, group) in enumerate(groups):
         if p1 is None or groups[k - 1][0] != rows:
@@ -226,9 +235,6 @@ def by_term(fm, an: Analysis, x1: torch.Tensor, x2: torch.Tensor, spec: OutputSp
         p2.release()
         p1.release()
         p2 = None
-    for (a, b), parts in diagonal.items():
-        if len(parts) > 1:
-            fill_lower_in_block(out, slice(a, b), [slice(a + p.start, a + p.stop) for p in parts])
 
 
 def _contract_group(p1: _Pool, p2: _Pool, pairs, work, diagonal, spec: OutputSpec, n_out: int,
