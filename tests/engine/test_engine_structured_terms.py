@@ -160,3 +160,32 @@ def test_mirror_in_sub_blocks_is_bitwise_symmetric_and_the_plain_average():
     mirror(got, [slice(0, 600)])
     assert symmetry.SYMMETRIZE_ROWS < 600
     assert torch.equal(got, want) and torch.equal(got, got.T)
+
+
+class _SeqMean(nn.Module):
+    """A dense layer over 256 positions, mean-pooled: its factors (inputs and cotangents per
+    position) are ~20x its per-sample gradients."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(16, 16)
+        self.b = nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.b(torch.tanh(self.a(x)).mean(1))
+
+
+@pytest.mark.parametrize("memory", ["24MB", "48MB"])
+def test_block_plan_stays_when_it_already_keeps_every_blocks_gradients(memory):
+    """Pairs of blocks would capture inputs again where the block plan keeps every block's
+    gradients (a few KB per input here) and captures each input once; the kernel is exact."""
+    torch.manual_seed(0)
+    net = _SeqMean().to(D)
+    x = torch.randn(400, 256, 16, generator=torch.Generator().manual_seed(7), dtype=D)
+    call = prepare(net, x, None, "trace", memory=memory)
+    plan = call.plan_for("structured")
+    assert plan.block < 400 and plan.capture_batch == 0
+    from helpers.engine import engine_ntk
+
+    k = engine_ntk(net, x[:120], output="trace", method="structured", memory=memory)
+    assert rel_err(k, ntk_reference(net, x[:120], None, "trace")) < RTOL64

@@ -31,7 +31,7 @@ from ntkit.rules.contract import LinearTerm, Operands, Term, contract_direct, co
 # capture's batched passes slow); otherwise the block plan above runs.
 TERM_MIN_BATCH = 8
 TERM_GOOD_BATCH = 32
-TERM_MIN_BLOCK = 64  # pairs of smaller blocks than this run the block plan instead
+TERM_MIN_BLOCK = 32  # pairs of smaller blocks than this run the block plan instead
 TERM_PARTS = (1, 2, 4, 8, 16)
 
 
@@ -84,6 +84,8 @@ def term_plan(an: Analysis, plan: Plan, n1: int, n2: int, symmetric: bool, block
                     continue
                 size, batch = min(n_max, max(block, by_fallback)), room // max(1, capture_per_sample)
             else:  # pairs of blocks: rows and columns held, and a capture batch of `least`
+                if n_max * row_bytes * sum(t.size for t in grad_terms) <= plan.budget // 4:
+                    break  # the block plan keeps every block's gradients: each captured once there
                 size = min(by_fallback, int((usable - least * capture_per_sample) // max(1.0, 2 * per_sample)))
                 if size < max(2 * block, TERM_MIN_BLOCK):
                     continue
