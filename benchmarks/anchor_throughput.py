@@ -207,12 +207,13 @@ def main() -> None:
     from ntkit.reference import ntk_reference
 
     device = torch.device(a.device)
+    # the load before this script's own work (the memory warm-up below keeps a core busy)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     if device.type == "cpu":
         warm_memory(a.warm)
     net = build_model("resnet18", (3, 32, 32), 10, seed=0).to(device)
     p = parameter_count(net)
     fm_flops = ntkit.plan(net, torch.randn(2, 3, 32, 32, device=device), output="logit:0").forward_flops
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     res = {"command": shlex.join(["python", "benchmarks/anchor_throughput.py", *sys.argv[1:]]),
            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
