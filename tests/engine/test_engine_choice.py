@@ -143,3 +143,48 @@ def test_a_model_vmap_cannot_batch_costs_its_per_sample_loop():
     assert after["ntk-vp"].time == float("inf")
     assert after["jacobian"].autodiff_flops == before["jacobian"].autodiff_flops
     assert after["jacobian"].cache == pytest.approx(LOOP_PENALTY * before["jacobian"].cache)
+
+
+def test_vmap_is_settled_only_where_it_can_change_the_choice(monkeypatch):
+    """A loop over samples only makes Jacobian rows dearer: a call whose cost-model choice is
+    structured derivatives without fallback parameters does not pay the one-sample vmap check
+    (a first call's overhead); one whose choice is Jacobian contraction does."""
+    monkeypatch.setattr(choice, "SETTLE_VMAP_FLOPS", 0.0)
+    wide = nn.Sequential(nn.Linear(6, 256), nn.Tanh(), nn.Linear(256, 4)).to(D).eval()
+    cache.clear(wide)
+    call = prepare(wide, torch.randn(32, 6, dtype=D), None, "full")
+    assert choice.decide(call).method == "structured"
+    assert call.fm.vmappable is None
+
+    class Scale(nn.Module):  # no rule: Jacobian contraction's or NTK-VP's cost decides
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Parameter(torch.ones(6, dtype=D))
+
+        def forward(self, x):
+            return (x * self.a)[:, :4]
+
+    model = Scale()
+    cache.clear(model)
+    call = prepare(model, torch.randn(32, 6, dtype=D), None, "trace")
+    assert choice.decide(call).method != "structured"
+    assert call.fm.vmappable is True
+
+
+def test_memory_traffic_counts_per_sample_rows_and_gradients():
+    """Jacobian contraction moves O'·P bytes-per-item of rows per sample through memory;
+    structured derivatives only the per-sample gradients of their "grads" terms (none for a dense
+    net, whose terms contract directly), and NTK-vector products none."""
+    from ntkit.engine.cost import BYTE_COST
+
+    model, x = _mlp(), torch.randn(40, 6, dtype=D)
+    call = prepare(model, x, None, "trace")
+    est = call.estimates()
+    p = sum(q.numel() for q in model.parameters())
+    assert est["jacobian"].traffic == 40 * 4 * p * 8
+    assert est["ntk-vp"].traffic == 0.0
+    terms = call._analysis(check=False).terms
+    assert est["structured"].traffic == 40 * 4 * 8 * sum(t.size for t in terms if t.mode == "grads")
+    bare = est["jacobian"].time / est["jacobian"].margin - BYTE_COST * est["jacobian"].traffic
+    assert bare == pytest.approx(est["jacobian"].matmul_flops + est["jacobian"].cache * est["jacobian"].autodiff_flops
+                                 / 0.25)

@@ -107,6 +107,16 @@ class KernelCall:
         if self.fm.vmappable is None:
             self.fm.jacobian_rows([min(self.fm.names, key=self.fm.sizes.get)], self.x1[:1], self.spec)
 
+    def vmap_may_matter(self, best: str) -> bool:
+        """Whether finding out that vmap cannot batch the model could change `auto`'s choice,
+        `best` under the assumption that it can: a loop only makes Jacobian rows dearer (Jacobian
+        contraction, NTK-vector products and structured derivatives' fallback parameters), so
+        structured derivatives without fallback stay ahead of both."""
+        if best != "structured":
+            return True
+        sc = self._structured_cost()
+        return sc is None or sc.fallback_params > 0
+
     def _structured_cost(self) -> StructuredCost | None:
         """The rules' FLOPs and the fallback parameters (None if the analysis itself fails)."""
         an = self._analysis(check=False)
@@ -117,7 +127,8 @@ class KernelCall:
         return StructuredCost(matmul_flops=an.matmul_flops, formation_flops=an.formation_flops,
                               fallback_params=sum(self.fm.sizes[n] for n in fb), fallback_groups=groups,
                               covered=bool(an.covered), formation_time=an.formation_time,
-                              per_output=an.per_output)
+                              per_output=an.per_output,
+                              grad_params=sum(t.size for t in an.terms if t.mode == "grads"))
 
     def _analysis(self, check: bool):
         try:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ntkit.engine.cost import AUTODIFF_RATE, MATMUL_RATE, Estimate
+from ntkit.engine.cost import AUTODIFF_RATE, BYTE_COST, MATMUL_RATE, Estimate
 from ntkit.engine.progress import Progress
 from ntkit.engine.rates import matmul_rate, sync as _sync
 
@@ -68,7 +68,7 @@ class Choice:
 
 def _parts(e: Estimate) -> tuple[float, float]:
     """(per-sample part, per-pair part) of an estimate, in its time units."""
-    per_sample = (e.formation_time + e.cache * e.autodiff_flops / AUTODIFF_RATE) * e.margin
+    per_sample = (e.formation_time + e.cache * e.autodiff_flops / AUTODIFF_RATE + BYTE_COST * e.traffic) * e.margin
     return per_sample, e.matmul_flops / MATMUL_RATE * e.margin
 
 
@@ -132,7 +132,8 @@ def decide(call, scale: float = 1.0) -> Choice:
     which the probes may take their share of."""
     fm = call.fm
     est = call.estimates()
-    if fm.vmappable is None and min(e.time for e in est.values()) >= SETTLE_VMAP_FLOPS:
+    first = min(est, key=lambda m: est[m].time)
+    if fm.vmappable is None and est[first].time >= SETTLE_VMAP_FLOPS and call.vmap_may_matter(first):
         # Whether vmap batches the model changes Jacobian contraction's cost several-fold
         # (cost.LOOP_PENALTY); a call this size affords the one-sample check.
         call.settle_vmap()

@@ -9,7 +9,8 @@ FLOPs of one sample, G parameter groups, sides = N1 + N2·[not symmetric], s = t
 the kernel computed (about 1/2 when symmetric: upper block triangle, and the upper
 chunk-triangle inside diagonal blocks, else 1):
 
-- jacobian:  autodiff  sides · F · G · (1 + 2·O') · cache(rows batch · O')
+- jacobian:  autodiff  sides · F · (G·(1 + O') + O') · cache(rows batch · O')  (each group's pass: the
+                       forward and the input cotangents; weight gradients once over all groups)
              matmul    s · 2·N1·N2·P · {O² full | O trace, diagonal | 1 logit:K, pntk}
 - ntk-vp:    autodiff  N1 · F · (1 + 2·O')  +  s · N1·O'·N2 · 2F
 - structured:
@@ -24,7 +25,11 @@ chunk-triangle inside diagonal blocks, else 1):
                          s · N1·N2 · (2·in + 2·O'·out) for trace
                        "grads": s · 2·N1·N2·P_group · {O'² full | O' trace, diagonal}
              fallback  the jacobian formula restricted to the parameters without a rule (P_fb, G_fb
-                       groups); 0 when every parameter has a rule
+                       groups: weight gradients sides · F · O' · P_fb / P); 0 when every parameter
+                       has a rule
+- memory traffic (every method, at BYTE_COST matmul-peak FLOPs per byte): the per-sample rows it
+  forms, sides · O' · itemsize bytes per parameter: all P for jacobian, the "grads" terms' and the
+  fallback parameters for structured, none for ntk-vp
 
 cache(b) is the slowdown of a vmapped pass whose largest activation (b copies of one sample's
 largest layer output) overflows the CPU cache: (bytes / CACHE_BYTES)^CACHE_EXPONENT above
@@ -73,6 +78,17 @@ CACHE_EXPONENT = 0.24
 # 36 convolution cases (see benchmarks/results/cost_model.md).
 CAPTURE_WEIGHT = 1.0
 STRUCTURED_MARGIN = 1.0
+# Memory traffic, in matmul-peak FLOPs per byte: the per-sample Jacobian rows that Jacobian
+# contraction forms (O'·P per sample: written by the vmapped backward, copied into their block,
+# read back by the Gram products) and the per-sample gradients of structured derivatives' "grads"
+# terms stream through main memory, which no FLOP count shows. About four passes at ~20 GB/s
+# against a ~180 GFLOP/s float32 matmul peak (this 2-core CPU) make ~32; a GPU's ratio is similar
+# (~50 TFLOP/s over ~3 TB/s, a few passes). Without it the FLOP model put Jacobian contraction at
+# half its time on models with many parameters per forward FLOP (a LayerNorm + GELU block over 16
+# tokens: estimated 0.92x structured derivatives' time, measured 1.6x) and picked it there; from
+# 24 up the pick is right on benchmarks/auto_zoo.py, and no case of benchmarks/cost_model.py's
+# grid (convolution nets, F >> P) changes its pick.
+BYTE_COST = 32.0
 # Jacobian rows of a model that vmap cannot batch over samples (transformers' attention-mask
 # branches, in-place buffer updates) run one sample at a time (ntkit.engine.functional): a
 # forward and one backward vmapped over the outputs per sample. Measured on a 1-layer BERT over
@@ -99,6 +115,7 @@ class StructuredCost:
     formation_time: float | None = None  # formation at its own rate (None: formation_flops at
     # the autodiff rate)
     per_output: bool = True  # the capture runs one backward per output (else one vmapped over O')
+    grad_params: int = 0  # parameters whose per-sample gradients the "grads" terms form
 
 
 @dataclass(frozen=True)
@@ -111,11 +128,12 @@ class Estimate:
     margin: float = 1.0  # multiplies the time (overheads the FLOPs do not show)
     formation_time: float = 0.0  # structured: forming per-sample gradients, already in time units
     cache: float = 1.0  # slowdown of the autodiff passes by cache overflow (see cache_penalty)
+    traffic: float = 0.0  # bytes of per-sample Jacobian rows / gradients through main memory
 
     @property
     def time(self) -> float:
         return (self.matmul_flops / MATMUL_RATE + self.formation_time
-                + self.cache * self.autodiff_flops / AUTODIFF_RATE) * self.margin
+                + self.cache * self.autodiff_flops / AUTODIFF_RATE + BYTE_COST * self.traffic) * self.margin
 
 
 def estimate(
@@ -146,6 +164,12 @@ def estimate(
     o_diff = spec.n_out(n_logits)
     share = 0.55 if symmetric and n1 > 1 else 1.0
     per_sample_rows = flops * (1 + 2 * o_diff)
+
+    def rows_flops(params: int, groups: int) -> float:
+        # Per sample: each group's pass runs the forward and the input cotangents of every layer
+        # for the O' outputs (F each); weight gradients (F for all parameters) only for the
+        # group's own parameters, about their share of F.
+        return flops * (groups * (1 + o_diff) + o_diff * params / max(n_params, 1))
     o_factor = {"full": n_logits**2, "trace": n_logits, "diagonal": n_logits}.get(spec.kind, 1)
     sides = n1 + (0 if symmetric else n2)
     sample_bytes = peak * itemsize
@@ -154,9 +178,11 @@ def estimate(
         jac_cache *= LOOP_PENALTY
         if method == "ntk-vp":
             return Estimate(method, math.inf, 0.0)
+    row_bytes = sides * o_diff * itemsize  # per parameter whose per-sample rows are formed
     if method == "jacobian":
-        rows = sides * per_sample_rows * plan.n_groups
-        return Estimate(method, share * 2.0 * n1 * n2 * n_params * o_factor, rows, cache=jac_cache)
+        rows = sides * rows_flops(n_params, plan.n_groups)
+        return Estimate(method, share * 2.0 * n1 * n2 * n_params * o_factor, rows, cache=jac_cache,
+                        traffic=row_bytes * n_params)
     if method == "ntk-vp":
         return Estimate(method, 0.0, n1 * per_sample_rows + share * n1 * o_diff * n2 * 2.0 * flops)
     if method == "structured":
@@ -174,6 +200,7 @@ def estimate(
         autodiff += capture * cache_penalty(per_pass, cache_bytes)
         if structured.fallback_params:
             matmul += share * 2.0 * n1 * n2 * structured.fallback_params * o_factor
-            autodiff += sides * per_sample_rows * structured.fallback_groups * jac_cache
-        return Estimate(method, matmul, autodiff, STRUCTURED_MARGIN, formation)
+            autodiff += sides * rows_flops(structured.fallback_params, structured.fallback_groups) * jac_cache
+        traffic = row_bytes * (structured.grad_params + structured.fallback_params)
+        return Estimate(method, matmul, autodiff, STRUCTURED_MARGIN, formation, traffic=traffic)
     raise ValueError(f"no cost model for method {method!r}")
