@@ -188,3 +188,30 @@ def test_memory_traffic_counts_per_sample_rows_and_gradients():
     bare = est["jacobian"].time / est["jacobian"].margin - BYTE_COST * est["jacobian"].traffic
     assert bare == pytest.approx(est["jacobian"].matmul_flops + est["jacobian"].cache * est["jacobian"].autodiff_flops
                                  / 0.25)
+
+
+def test_the_unchecked_estimate_sees_inputs_broadcast_over_the_batch():
+    """Position embeddings looked up with ids of shape (1, T), as transformers do: the cost
+    model's unchecked analysis must find the same fallback as the gradient-checked one, or a
+    first call's `auto` and a later call's would estimate (and pick) differently."""
+    from ntkit.engine.structured_coverage import analyze
+
+    class PosEmb(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pos = nn.Embedding(5, 8)
+            self.lin = nn.Linear(8, 3)
+
+        def forward(self, x):
+            ids = torch.arange(x.shape[1]).unsqueeze(0)  # (1, T): broadcast over the samples
+            return self.lin(x + self.pos(ids)).mean(1)
+
+    torch.manual_seed(0)
+    model, x = PosEmb().to(D), torch.randn(16, 5, 8, dtype=D)
+    cache.clear(model)
+    call = prepare(model, x, None, "trace")
+    quick = analyze(call.fm, x, 16, call.spec, True, check=False)
+    assert set(quick.fallback) == {"pos.weight"}
+    cache.clear(model)
+    call = prepare(model, x, None, "trace")
+    assert set(analyze(call.fm, x, 16, call.spec, True, check=True).fallback) == set(quick.fallback)
