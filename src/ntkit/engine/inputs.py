@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.utils._pytree as pytree
 
+from ntkit._runtime.digest import tensor_bytes
+
 __all__ = ["Batch", "Inputs", "as_inputs", "input_signature", "iter_leaves", "fingerprint_update"]
 
 Inputs = torch.Tensor | tuple | Mapping  # what users pass as x1 / x2
@@ -238,7 +240,7 @@ def fingerprint_update(h: "hashlib._Hash", x: Any, first: bool, n: int) -> None:
         x = x.contiguous().cpu()
         if first:
             h.update(f"{x.dtype}{tuple(x.shape[1:])}{n}".encode())
-        h.update(x.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(tensor_bytes(x))
         return
     x = x.contiguous().cpu()
     if first:
@@ -248,4 +250,4 @@ def fingerprint_update(h: "hashlib._Hash", x: Any, first: bool, n: int) -> None:
         for k, v in x.constants():
             h.update(f"|{k}={v!r}".encode())
     for _, t in x.leaves():
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(tensor_bytes(t))

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from ntkit._runtime.digest import tensor_bytes
 from ntkit.models.spec import ModelSpec, ModelSpecError, get_family, parse_model_spec
 
 __all__ = [
@@ -218,10 +219,8 @@ def model_fingerprint(model: nn.Module) -> str:
     """
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
-        t = tensor.detach().to("cpu").contiguous().reshape(-1)
-        header = f"{name}\0{t.dtype}\0{tuple(tensor.shape)}\0".encode()
-        # Viewing as bytes hashes every dtype alike, bfloat16 included (numpy has none).
-        data = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header = f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode()
+        data = tensor_bytes(tensor)
         # Length-prefixed, so no two different state dicts serialize to the same stream.
         for chunk in (header, data):
             digest.update(len(chunk).to_bytes(8, "little"))

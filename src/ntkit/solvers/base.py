@@ -20,6 +20,7 @@ from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
+from ntkit._runtime.digest import tensor_bytes
 from ntkit._runtime.files import atomic_open
 from ntkit.kernels import Kernel, Precomputed, as_kernel, kernel_config, kernel_from_config, parse_kernel
 from ntkit.kernels.base import KernelInputError, as_tensor
@@ -289,9 +290,9 @@ def kernel_probe(kernel: Precomputed, fit_idx: np.ndarray) -> dict[str, Any]:
     import hashlib
 
     idx = np.unique(np.concatenate([fit_idx[:8], fit_idx[-8:]])) if fit_idx.size else fit_idx
-    block = kernel(idx, idx).to(torch.float64).cpu().numpy() if idx.size else np.zeros((0, 0))
+    block = tensor_bytes(kernel(idx, idx).to(torch.float64)) if idx.size else b""
     return {"shape": [int(s) for s in kernel.shape], "index": idx.tolist(),
-            "sha256": hashlib.sha256(np.ascontiguousarray(block).tobytes()).hexdigest()}
+            "sha256": hashlib.sha256(block).hexdigest()}
 
 
 def check_kernel_probe(kernel: Precomputed, probe: dict[str, Any], path: Any) -> None:
