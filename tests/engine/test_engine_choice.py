@@ -215,3 +215,28 @@ def test_the_unchecked_estimate_sees_inputs_broadcast_over_the_batch():
     cache.clear(model)
     call = prepare(model, x, None, "trace")
     assert set(analyze(call.fm, x, 16, call.spec, True, check=True).fallback) == set(quick.fallback)
+
+
+def test_a_default_budget_that_follows_free_memory_does_not_probe_again(probes, monkeypatch):
+    """The default budget is a share of free memory, which other processes move: a repeated call
+    whose blocks come out the same reuses the decision (it used to probe again whenever the
+    budget's bytes changed); one whose blocks change decides again."""
+    import ntkit.engine.call as call_mod
+
+    calls, _ = probes
+    model, x = _mlp(), torch.randn(64, 6, dtype=D)
+    cache.clear(model)
+    budget = {"bytes": 4 * 2**30}
+    monkeypatch.setattr(call_mod, "parse_memory", lambda memory, device: budget["bytes"])
+    first = prepare(model, x, None, "full")
+    choice.decide(first)
+    n = len(calls)
+    budget["bytes"] = 3 * 2**30  # another process allocated; the blocks are the same
+    again = prepare(model, x, None, "full")
+    assert again.plan.block == first.plan.block and again.plan.budget != first.plan.budget
+    assert choice.decide(again).probe_seconds == 0.0 and len(calls) == n
+    budget["bytes"] = 40_000  # blocks shrink: another plan, decided again
+    tight = prepare(model, x, None, "full")
+    assert tight.plan.block < first.plan.block
+    choice.decide(tight)
+    assert len(calls) > n

@@ -65,6 +65,7 @@ class KernelCall:
     def __init__(self, fm, x1, x2, spec, batch_size, memory, start=None):
         self.fm, self.x1, self.x2 = fm, x1, x2
         self.batch_size = batch_size
+        self.memory = memory  # as asked: None follows free memory, which `plan` reads
         self.symmetric = x2 is None
         n_logits = fm.check_inputs(x1, x2)
         self.final = spec.resolve(n_logits, fm.out_shape if spec.kind == "axes" else None)

@@ -140,7 +140,11 @@ def decide(call, scale: float = 1.0) -> Choice:
         est = call.estimates()
     finite = {m: e for m, e in est.items() if math.isfinite(e.time)}
     model_method = min(finite, key=lambda m: finite[m].time)
-    key = ("choice", fm.sig, str(call.final), call.n1, call.n2, call.symmetric, call.plan.budget, call.batch_size,
+    # The budget as asked and the blocks it gave, not the bytes: a default budget follows free
+    # memory, and a repeated call must not probe again because another process allocated.
+    plan = call.plan
+    key = ("choice", fm.sig, str(call.final), call.n1, call.n2, call.symmetric, repr(call.memory), plan.block,
+           plan.n_groups, plan.chunk, call.batch_size,
            round(math.log2(max(scale, 1.0))))
     cached = fm.memo.get(key)
     if cached is not None:
