@@ -16,8 +16,8 @@ columns: "blocks"), so one probe gives a per-sample time a and a per-pair time b
 candidate's time for the whole call is a·(its inputs) + b·(its sample pairs). The fastest runs;
 it must beat the cost model's choice by `TIE` to replace it (timing noise). Smaller calls, and calls whose inputs are too few to cut a probe from, keep the cost
 model's choice. The probes are counted in the call's time; the decision is cached with the
-plan (`ntkit.engine.cache`: per model structure, input shape, output, dtype, device, sizes and
-budget), so `ntk_fn` and repeated calls pay nothing, and a changed model probes again.
+plan (`ntkit.engine.cache`: per model structure, input shape, output, dtype, device, sizes, the
+budget as asked and the blocks it gave), so `ntk_fn` and repeated calls pay nothing, and a changed model probes again.
 
 `decide(call)` returns a `Choice` with the estimates, the measured extrapolations and the
 reason, which `ntkit.plan` and `--explain` print.
