@@ -240,3 +240,87 @@ def test_a_default_budget_that_follows_free_memory_does_not_probe_again(probes, 
     assert tight.plan.block < first.plan.block
     choice.decide(tight)
     assert len(calls) > n
+
+
+@pytest.fixture
+def explore_all(monkeypatch):
+    """Every finite method counts as close to the cost model's choice, so each is tried."""
+    monkeypatch.setattr(choice, "EXPLORE", 1e9)
+
+
+def test_unprobed_calls_try_each_close_method_once_and_keep_the_fastest(explore_all):
+    """Given the times of real calls (injected through `record`), the choice is deterministic:
+    the cost model's pick first, then each close method once, then the fastest."""
+    model, x = _mlp(), torch.randn(20, 6, dtype=D)
+    cache.clear(model)
+    call = prepare(model, x, None, "full")
+    first = choice.decide(call, explore=True)
+    pick, others = first.method, first.explore
+    assert not first.measured and pick == first.model_method
+    assert set(others) == {"jacobian", "ntk-vp", "structured"} - {pick}
+    assert choice.decide(call, explore=True).method == pick  # untimed yet: its own time first
+    choice.record(call, pick, 1.0)
+    times = dict(zip(others, (0.5, 2.0)))
+    for m in others:
+        tried = choice.decide(call, explore=True)
+        assert tried.method == m and tried.trying
+        choice.record(call, m, times[m])
+    won = choice.decide(call, explore=True)
+    assert won.method == min(times, key=times.get) and not won.trying and "fastest on real calls" in won.reason
+    assert choice.decide(call).method == pick  # the tiles of ntkit.compute do not follow real calls
+    choice.record(call, pick, 0.499)  # a faster call of the pick: it is the fastest again
+    assert choice.decide(call, explore=True).method == pick
+
+
+def test_a_tried_method_must_beat_the_choice_by_the_trial_tie(explore_all):
+    model, x = _mlp(), torch.randn(20, 6, dtype=D)
+    cache.clear(model)
+    call = prepare(model, x, None, "trace")
+    first = choice.decide(call, explore=True)
+    choice.record(call, first.method, 1.0)
+    for m in first.explore:
+        choice.record(call, m, 1.0 / choice.TRIAL_TIE * 1.001)  # faster, but within the tie
+    assert choice.decide(call, explore=True).method == first.method
+
+
+def test_ntk_calls_try_the_close_methods_and_every_kernel_is_exact(explore_all, monkeypatch):
+    """End to end: repeated `ntkit.ntk` calls run the pick, then each other method once, then
+    the fastest of them; every call's kernel matches the float64 brute-force reference."""
+    import ntkit.engine.call as call_mod
+    from ntkit.reference import ntk_reference
+
+    ran = []
+    real_run = call_mod.KernelCall.run
+    monkeypatch.setattr(call_mod.KernelCall, "run", lambda self, m, p=None: ran.append(m) or real_run(self, m, p))
+    model, x = _mlp(), torch.randn(12, 6, dtype=D)
+    cache.clear(model)
+    ref = ntk_reference(model, x)
+    for _ in range(5):
+        k = ntkit.ntk(model, x)
+        assert ((k - ref).norm() / ref.norm()).item() < 1e-10  # float64: round-off of O(P) sums
+    assert len(set(ran[:3])) == 3 and ran[3] == ran[4]
+    plan = ntkit.plan(model, x)
+    assert "real calls:" in plan.decision and plan.method == ran[4]
+
+
+def test_a_tried_method_that_fails_falls_back_to_the_choice(explore_all, monkeypatch):
+    """Trying a method for its time must not fail a call the cost model's choice can run."""
+    import ntkit.engine.call as call_mod
+    from ntkit.reference import ntk_reference
+
+    model, x = _mlp(), torch.randn(12, 6, dtype=D)
+    cache.clear(model)
+    call = prepare(model, x, None, "trace")
+    first = choice.decide(call, explore=True)
+    broken = first.explore[0]
+
+    def fail(*a, **k):
+        raise RuntimeError("out of something")
+
+    monkeypatch.setitem(call_mod.STRATEGIES, broken, fail)
+    ntkit.ntk(model, x, output="trace")  # the pick, timed
+    k = ntkit.ntk(model, x, output="trace")  # tries `broken`, which fails: the next one instead
+    ref = ntk_reference(model, x).diagonal(dim1=2, dim2=3).sum(-1)
+    assert ((k - ref).norm() / ref.norm()).item() < 1e-10
+    trials = choice.decide(prepare(model, x, None, "trace"), explore=True).trials
+    assert trials[broken] == float("inf") and len(trials) == 3

@@ -18,6 +18,7 @@ from torch.func import jvp, vjp
 
 from ntkit._runtime import rss as _rss
 from ntkit.engine.call import ForwardADFallbackWarning, LayerCost, blocks, functional_model, prepare
+from ntkit.engine.choice import run_auto
 from ntkit.engine.finite import NonFiniteError, check_kernel
 from ntkit.engine.functional import FunctionalModel, OutputFn, ParamSelection
 from ntkit.engine.inputs import Inputs, as_inputs
@@ -111,7 +112,7 @@ def ntk(
     method = parse_method(method)
     spec = output_spec(output, trace_axes, diagonal_axes)
     call = prepare(model, x1, x2, spec, params, batch_size, device, memory, start=start, output_fn=output_fn)
-    K = call.run(call.choose() if method == "auto" else method, progress)
+    K = run_auto(call, progress) if method == "auto" else call.run(method, progress)
     check_kernel(K, f"the kernel (rows 0:{call.n1}, cols 0:{call.n2})", (call.x1, call.x2), call.fm.dtype)
     return K
 
@@ -181,7 +182,7 @@ def plan(
 
     call = prepare(model, x1, x2, output_spec(output, trace_axes, diagonal_axes), params, batch_size, device,
                    memory, start=_rss.mark(), output_fn=output_fn)
-    choice = decide(call)  # first: it may settle facts the estimates depend on (vmap support)
+    choice = decide(call, explore=True)  # first: it may settle facts the estimates depend on (vmap support)
     est = call.estimates()
     return NtkPlan(
         method=choice.method, decision=choice.describe(), estimates={m: e.time for m, e in est.items()}, n1=call.n1, n2=call.n2,

@@ -19,6 +19,17 @@ model's choice. The probes are counted in the call's time; the decision is cache
 plan (`ntkit.engine.cache`: per model structure, input shape, output, dtype, device, sizes, the
 budget as asked and the blocks it gave), so `ntk_fn` and repeated calls pay nothing, and a changed model probes again.
 
+Calls too short to probe learn from their own repeats instead (`ntkit.ntk` and `ntk_fn`, not the
+tiles of `ntkit.compute`, whose kernels must not depend on what ran before): every method
+estimated within `EXPLORE` of the cost model's choice runs once, on a later call of the same
+shape, and the call's time is recorded (`record`); once each has run, the fastest on those real
+calls is kept (by `TRIAL_TIE` over the cost model's choice). The cost model's errors on
+architectures it was never fitted on (a layer vmap batches slowly, a contraction far below the
+matmul peak) are then corrected after a few calls, as cuDNN's benchmark mode does on a shape's
+first call; the price is one call of each close candidate. Both sides of that comparison are a
+method's first call on the shape (its own one-time analysis included), so the choice is the
+faster first call, within the few percent that analysis takes.
+
 `decide(call)` returns a `Choice` with the estimates, the measured extrapolations and the
 reason, which `ntkit.plan` and `--explain` print.
 """
@@ -27,7 +38,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -35,7 +47,8 @@ from ntkit.engine.cost import AUTODIFF_RATE, BYTE_COST, MATMUL_RATE, Estimate
 from ntkit.engine.progress import Progress
 from ntkit.engine.rates import matmul_rate, sync as _sync
 
-__all__ = ["Choice", "PhaseClock", "decide", "time_probe", "MIN_K", "MIN_PROBE_SECONDS", "PROBE_SHARE", "RULE_OUT", "TIE"]
+__all__ = ["Choice", "PhaseClock", "decide", "record", "run_auto", "time_probe", "EXPLORE", "MIN_K", "MIN_PROBE_SECONDS",
+           "PROBE_SHARE", "RULE_OUT", "TIE", "TRIAL_TIE"]
 
 MIN_PROBE_SECONDS = 2.0  # a call estimated shorter keeps the cost model's choice
 PROBE_SHARE = 0.08  # the probes (all candidates) may take this share of the call's estimated time
@@ -43,6 +56,9 @@ RULE_OUT = 3.0  # methods estimated slower than this factor times the best are n
 TIE = 1.15  # a measured winner must beat the cost model's choice by this factor to replace it
 SETTLE_VMAP_FLOPS = 1e9  # calls estimated above this (~5 ms at the matmul rate) check vmap first
 MAX_K = 256  # samples per probe side (the probe's purpose is rates, not entries)
+EXPLORE = 1.6  # unprobed calls: methods estimated within this factor of the choice run once each
+# (the cost model was 1.4-1.6x off on unseen convolution nets with GroupNorm and concatenations)
+TRIAL_TIE = 1.03  # on real calls, another method must beat the cost model's choice by this factor
 MIN_K = 48  # smaller probes run far below the full call's rates (16 x 16 Jacobian-contraction probes
 # extrapolated to 2-9x the real time, 64 x 64 to 1.1-1.4x): such calls keep the cost model's choice
 
@@ -57,11 +73,18 @@ class Choice:
     measured: dict[str, float] = field(default_factory=dict)  # seconds extrapolated from the probes
     probe_seconds: float = 0.0  # spent probing (0 when the decision came from the cache)
     reason: str = ""
+    explore: tuple[str, ...] = ()  # methods to try once each on later calls (see `record`)
+    trials: dict[str, float] = field(default_factory=dict)  # seconds of real calls, per method
+    trying: bool = False  # `method` runs to be timed (see `record`), not because it won
+    plan_shape: tuple[int, int] = (0, 0)  # (block, parameter groups) of the plan decided for
 
     def describe(self) -> str:
         """One line for `ntkit.plan` / `--explain`."""
+        trials = ""
+        if self.trials:
+            trials = "; real calls: " + ", ".join(f"{m} {t:.3g} s" for m, t in sorted(self.trials.items(), key=lambda kv: kv[1]))
         if not self.measured:
-            return f"auto: {self.method} ({self.reason})"
+            return f"auto: {self.method} ({self.reason}{trials})"
         got = ", ".join(f"{m} {t:.3g} s" for m, t in sorted(self.measured.items(), key=lambda kv: kv[1]))
         return f"auto: {self.method} (measured on a slice, extrapolated: {got}; probes took {self.probe_seconds:.3g} s; {self.reason})"
 
@@ -126,11 +149,38 @@ def _max_k(call) -> int:
     return min(call.n1, call.n2, MAX_K)
 
 
-def decide(call, scale: float = 1.0) -> Choice:
+def _key(call, scale: float) -> tuple:
+    # The budget as asked, not its bytes, nor the blocks and groups it gave (`_same_plan` compares
+    # those): a default budget follows free memory, and a repeated call must not decide (probe,
+    # try methods) again because another process allocated.
+    return ("choice", call.fm.sig, str(call.final), call.n1, call.n2, call.symmetric, repr(call.memory),
+            call.plan.rows_batch, call.batch_size, round(math.log2(max(scale, 1.0))))
+
+
+PLAN_SLACK = 1.5  # a cached decision holds while the blocks and groups stay within this factor
+
+
+def _same_plan(choice: Choice, call) -> bool:
+    """Whether `choice` was decided for (about) `call`'s plan: blocks and parameter groups within
+    `PLAN_SLACK` (one more or fewer sample per block is the same decision; a budget that halves the
+    blocks is not)."""
+    block, groups = choice.plan_shape
+    return (max(block, call.plan.block) <= PLAN_SLACK * min(block, call.plan.block)
+            and max(groups, call.plan.n_groups) <= PLAN_SLACK * min(groups, call.plan.n_groups))
+
+
+def decide(call, scale: float = 1.0, explore: bool = False) -> Choice:
     """The method `auto` runs for `call` (a `ntkit.engine.call.KernelCall`); see the module
     docstring. `scale`: how many such calls the decision is for (the tiles of `ntkit.compute`),
-    which the probes may take their share of."""
+    which the probes may take their share of. explore: follow the times `record` kept for
+    earlier calls of this shape (trying each close candidate once; `ntkit.ntk` only)."""
     fm = call.fm
+    key = _key(call, scale)
+    cached = fm.memo.get(key)
+    if cached is not None and _same_plan(cached, call):
+        if explore and scale <= 1.0:
+            return _after_trials(call, key, cached)
+        return replace(cached, probe_seconds=0.0, reason=cached.reason + " (cached)")
     est = call.estimates()
     first = min(est, key=lambda m: est[m].time)
     if fm.vmappable is None and est[first].time >= SETTLE_VMAP_FLOPS and call.vmap_may_matter(first):
@@ -140,33 +190,79 @@ def decide(call, scale: float = 1.0) -> Choice:
         est = call.estimates()
     finite = {m: e for m, e in est.items() if math.isfinite(e.time)}
     model_method = min(finite, key=lambda m: finite[m].time)
-    # The budget as asked and the blocks it gave, not the bytes: a default budget follows free
-    # memory, and a repeated call must not probe again because another process allocated.
-    plan = call.plan
-    key = ("choice", fm.sig, str(call.final), call.n1, call.n2, call.symmetric, repr(call.memory), plan.block,
-           plan.n_groups, plan.chunk, call.batch_size,
-           round(math.log2(max(scale, 1.0))))
-    cached = fm.memo.get(key)
-    if cached is not None:
-        return Choice(cached.method, cached.model_method, cached.estimates, cached.measured, 0.0,
-                      cached.reason + " (cached)")
     # A call that would be short even at a slow 10 GFLOP/s needs no measured rate (a small call
     # pays nothing for the decision).
     rate = 1e10 if finite[model_method].time / 1e10 < MIN_PROBE_SECONDS else matmul_rate(fm.device, fm.dtype)
     seconds = {m: e.time / rate for m, e in finite.items()}
     best = seconds[model_method]
     candidates = [m for m in seconds if seconds[m] <= RULE_OUT * best]
-    choice = Choice(model_method, model_method, seconds, reason="")
+    close = tuple(sorted((m for m in seconds if m != model_method and seconds[m] <= EXPLORE * best), key=seconds.get))
     if len(candidates) < 2:
-        choice = Choice(model_method, model_method, seconds, reason="cost model: no other method within "
-                        f"{RULE_OUT:g}x")
+        choice = Choice(model_method, model_method, seconds, explore=close,
+                        reason=f"cost model: no other method within {RULE_OUT:g}x")
     elif best * scale < MIN_PROBE_SECONDS:
-        choice = Choice(model_method, model_method, seconds,
+        choice = Choice(model_method, model_method, seconds, explore=close,
                         reason=f"cost model: the call is estimated at {best * scale:.2g} s, too short to probe")
     else:
         choice = _measured(call, finite, seconds, candidates, model_method, rate, scale)
+    choice = replace(choice, plan_shape=(call.plan.block, call.plan.n_groups))
     fm.memo.put(key, choice)
+    fm.memo.put(("trials",) + key, {})  # times of real calls under another plan do not carry over
     return choice
+
+
+def _after_trials(call, key: tuple, cached: Choice) -> Choice:
+    """The cached decision, revised by the times of earlier real calls (see `record`)."""
+    trials = dict(call.fm.memo.get(("trials",) + key) or {})
+    base = replace(cached, probe_seconds=0.0, trials=trials, reason=cached.reason + " (cached)")
+    if not cached.explore or cached.method not in trials:
+        return base
+    for m in cached.explore:
+        if m in trials:
+            continue
+        with warnings.catch_warnings():  # a method that would run as another is not a candidate
+            warnings.simplefilter("ignore")
+            runs_as = call.resolve(m)
+        if runs_as != m:
+            trials[m] = math.inf
+            call.fm.memo.put(("trials",) + key, trials)
+            continue
+        return replace(base, method=m, trying=True,
+                       reason=f"trying {m} on this call: estimated within {EXPLORE:g}x of {cached.method}, "
+                              "which is timed on its real calls")
+    fastest = min(trials, key=trials.get)
+    if fastest != cached.method and trials[fastest] * TRIAL_TIE < trials[cached.method]:
+        return replace(base, method=fastest, reason=f"fastest on real calls of this shape (the cost model picked "
+                                                    f"{cached.model_method})")
+    return replace(base, reason=f"the cost model's choice, fastest on real calls of this shape (within {TRIAL_TIE - 1:.0%})")
+
+
+def record(call, method: str, seconds: float) -> None:
+    """Keep the time of a real `auto` call of `call`'s shape that ran `method` (the fastest such
+    call per method), for `decide(..., explore=True)`."""
+    key = ("trials",) + _key(call, 1.0)
+    trials = dict(call.fm.memo.get(key) or {})
+    trials[method] = min(seconds, trials.get(method, math.inf))
+    call.fm.memo.put(key, trials)
+
+
+def run_auto(call, progress=None) -> torch.Tensor:
+    """`call.run` by the method `auto` decides (`decide(call, explore=True)`), its time recorded.
+    A method tried for its time that fails (out of memory, an error the cost model's choice
+    would not meet) is recorded as unusable, and the call runs the cost model's choice instead."""
+    choice = decide(call, explore=True)
+    _sync(call.fm.device)
+    t = time.perf_counter()
+    try:
+        out = call.run(choice.method, progress)
+    except Exception:  # noqa: BLE001 - only a method being tried: the chosen one's errors are the call's
+        if not choice.trying:
+            raise
+        record(call, choice.method, math.inf)
+        return run_auto(call, progress)
+    _sync(call.fm.device)
+    record(call, choice.method, time.perf_counter() - t)
+    return out
 
 
 def _probe_k(call, finite: dict[str, Estimate], candidates: list[str], budget_s: float, rate: float) -> int:
