@@ -75,7 +75,9 @@ def ntk(
             tensors (keyword arguments, e.g. input_ids and attention_mask), all batched along
             dim 0; non-tensor values are passed unchanged; inputs are never differentiated.
             x2: the same structure with N2 samples, or None for x2 = x1 (symmetry is exploited).
-        method: "auto" (cost model, see `ntkit.engine.cost`), "jacobian" (Jacobian contraction),
+        method: "auto" (the cost model, `ntkit.engine.cost`, checked by probes on large calls and
+            by the times of repeated calls of the same shape, `ntkit.engine.choice`: later calls
+            may run another method, equal to round-off), "jacobian" (Jacobian contraction),
             "ntk-vp" (NTK-vector products), "structured" (structured derivatives: per-layer rules
             from `ntkit.rules`, Jacobian contraction for parameters without one, with a warning).
         output: "full" -> (N1, N2, O, O); "trace" -> (N1, N2) (sum over logits);
