@@ -104,9 +104,10 @@ class KernelCall:
 
     def settle_vmap(self) -> None:
         """Find out (once per model structure and input shape) whether vmap batches the model
-        over samples: one sample, the smallest parameter."""
+        over samples: two samples (one would hide a batching rule that broadcasts wrongly), the
+        smallest parameter, checked against plain autograd."""
         if self.fm.vmappable is None:
-            self.fm.jacobian_rows([min(self.fm.names, key=self.fm.sizes.get)], self.x1[:1], self.spec)
+            self.fm.jacobian_rows([min(self.fm.names, key=self.fm.sizes.get)], self.x1[:2], self.spec)
 
     def vmap_may_matter(self, best: str) -> bool:
         """Whether finding out that vmap cannot batch the model could change `auto`'s choice,
@@ -174,7 +175,7 @@ class KernelCall:
                 fm.memo.put(("forward_ad", fm.sig), reason)
             if reason is not None:
                 warnings.warn(
-                    f"method='ntk-vp' needs forward-mode AD, which {type(fm.model).__name__} does "
+                    f"method='ntk-vp' needs vmapped forward-mode AD, which {type(fm.model).__name__} does "
                     f"not support ({reason}); using Jacobian contraction instead",
                     ForwardADFallbackWarning,
                     stacklevel=4,

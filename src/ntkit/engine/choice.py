@@ -192,6 +192,11 @@ def decide(call, scale: float = 1.0, explore: bool = False) -> Choice:
         est = call.estimates()
     finite = {m: e for m, e in est.items() if math.isfinite(e.time)}
     model_method = min(finite, key=lambda m: finite[m].time)
+    if len(finite) > 1 and _runs_as(call, model_method) != model_method:
+        # NTK-vector products without (correct) vmapped forward AD run as Jacobian contraction:
+        # `auto` picks among the others, and says nothing of a method nobody asked for.
+        del finite[model_method]
+        model_method = min(finite, key=lambda m: finite[m].time)
     # A call that would be short even at a slow 10 GFLOP/s needs no measured rate (a small call
     # pays nothing for the decision).
     rate = 1e10 if finite[model_method].time / 1e10 < MIN_PROBE_SECONDS else matmul_rate(fm.device, fm.dtype)
@@ -214,6 +219,16 @@ def decide(call, scale: float = 1.0, explore: bool = False) -> Choice:
     return choice
 
 
+def _runs_as(call, method: str) -> str:
+    """`call.resolve(method)` without its warnings (they are for a user who asked for `method`);
+    only NTK-vector products can run as another method."""
+    if method != "ntk-vp":
+        return method
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return call.resolve(method)
+
+
 def _after_trials(call, key: tuple, cached: Choice) -> Choice:
     """The cached decision, revised by the times of earlier real calls (see `record`)."""
     trials = dict(call.fm.memo.get(("trials",) + key) or {})
@@ -225,10 +240,7 @@ def _after_trials(call, key: tuple, cached: Choice) -> Choice:
     for m in cached.explore:
         if m in trials:
             continue
-        with warnings.catch_warnings():  # a method that would run as another is not a candidate
-            warnings.simplefilter("ignore")
-            runs_as = call.resolve(m)
-        if runs_as != m:
+        if _runs_as(call, m) != m:  # a method that would run as another is not a candidate
             record(call, m, math.inf)
             continue
         return replace(base, method=m, trying=True,

@@ -27,6 +27,7 @@ from ntkit.engine.cache import Memo, memo_for
 from ntkit.engine.inputs import Batch, input_signature, iter_leaves
 from ntkit.engine.outputs import OutputSpec
 from ntkit.engine.returns import OutputError, pick_output
+from ntkit.engine.rows_check import rows_error, tolerance
 
 ParamSelection = str | Sequence[str] | None
 OutputFn = Callable[[Any], torch.Tensor]
@@ -148,6 +149,7 @@ class FunctionalModel:
         self.sizes = {n: t.numel() for n, t in self.theta.items()}
         self.n_params = sum(self.sizes.values())
         self.vmappable: bool | None = None  # decided on first use
+        self.vmap_checked: set[str] = set()  # parameters whose vmapped rows matched plain autograd
         self.n_logits: int | None = None
         self.out_squeezed = False  # model returns (N,) rather than (N, O)
         self.out_shape: tuple[int, ...] = ()  # S of the model's (N, *S) output
@@ -212,6 +214,7 @@ class FunctionalModel:
         if known is not None:  # this structure accepted these inputs before (and was checked)
             self.n_logits, self.out_squeezed, self.out_shape, self._profile = known
             self.vmappable = self.memo.get(("vmappable", self.sig))
+            self.vmap_checked = set(self.memo.get(("vmap_checked", self.sig)) or ())
             return self.n_logits
         # Two samples tell (N,) and (N, O) outputs apart; a model in training mode gets four for
         # the check that its samples do not interact.
@@ -370,31 +373,45 @@ class FunctionalModel:
     ) -> dict[str, torch.Tensor]:
         """∂f(x_n)/∂θ_g for the parameters `names`: {name: (n, O', *param.shape)}.
 
-        Vmapped per sample with torch.func; the first failure of vmap switches this model to a
-        per-sample autograd loop for good, with one warning that names the cause.
+        Vmapped per sample with torch.func; the first rows of each parameter are checked against
+        plain autograd (`ntkit.engine.rows_check`). A failure of vmap, or rows that fail the check,
+        switch this model to a per-sample autograd loop for good, with one warning that names
+        the cause.
         """
         if self.vmappable is not False:
             try:
                 rows = self._jacobian_rows_vmap(names, x, spec)
-                if not self.vmappable:
-                    self.vmappable = True
-                    self.memo.put(("vmappable", self.sig), True)
-                return rows
             except torch.OutOfMemoryError:
                 raise
             except Exception as e:  # noqa: BLE001 - vmap errors come in many types
-                if self.vmappable:  # it worked before: this is a real error, not a vmap limit
-                    raise
-                self.vmappable = False
-                self.memo.put(("vmappable", self.sig), False)
-                warnings.warn(
-                    f"torch.func.vmap cannot transform {type(self.model).__name__} "
-                    f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); computing its "
-                    "Jacobian one sample at a time instead (exact, but slower)",
-                    VmapFallbackWarning,
-                    stacklevel=4,
-                )
+                # Even after vmap worked on other samples (a batching rule can fail only for
+                # some batch sizes); an error of the model itself comes back from the loop.
+                self._no_vmap(f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+            else:
+                unchecked = [n for n in names if n not in self.vmap_checked]
+                if not unchecked:
+                    return rows
+                err = rows_error(self, unchecked, x, spec, rows)
+                if err <= tolerance(self.dtype):
+                    if x.shape[0] >= 2:  # one sample broadcasts against anything: proves little
+                        self.vmap_checked |= set(unchecked)
+                        self.vmappable = True
+                        self.memo.put(("vmappable", self.sig), True)
+                        self.memo.put(("vmap_checked", self.sig), frozenset(self.vmap_checked))
+                    return rows
+                self._no_vmap(f"its vmapped Jacobian rows differ from plain autograd's by {err:.1e} relative "
+                              "on the same samples: a wrong batching rule in one of its operators")
         return self._jacobian_rows_loop(names, x, spec)
+
+    def _no_vmap(self, why: str) -> None:
+        self.vmappable = False
+        self.memo.put(("vmappable", self.sig), False)
+        warnings.warn(
+            f"torch.func.vmap cannot transform {type(self.model).__name__} ({why}); computing its "
+            "Jacobian one sample at a time instead (exact, but slower)",
+            VmapFallbackWarning,
+            stacklevel=5,
+        )
 
     def _jacobian_rows_vmap(self, names, x, spec):
         group = {n: self.theta[n] for n in names}

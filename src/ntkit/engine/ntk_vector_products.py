@@ -22,6 +22,7 @@ from ntkit.engine.functional import FunctionalModel
 from ntkit.engine.memory import Plan
 from ntkit.engine.outputs import OutputSpec
 from ntkit.engine.progress import Progress
+from ntkit.engine.rows_check import jvp_error, tolerance
 from ntkit.engine.symmetry import chunks, fill_lower_in_block
 
 
@@ -46,18 +47,22 @@ def jvp_batch(fm: FunctionalModel, spec: OutputSpec):
 
 
 def forward_ad_error(fm: FunctionalModel, x: torch.Tensor, spec: OutputSpec) -> str | None:
-    """None if a vmapped JVP runs through the model on x[:1], else the reason it cannot.
+    """None if vmapped JVPs run through the model and agree with reverse mode, else the reason.
 
-    Some operators have no forward-mode derivative (e.g. the fused attention fast path); then
-    NTK-vector products are impossible and the caller falls back to Jacobian contraction.
+    Some operators have no forward-mode derivative (e.g. the fused attention fast path), and some
+    give wrong JVPs without raising (a custom op with only a backward, a wrong batching rule);
+    either way NTK-vector products are impossible and the caller falls back to Jacobian
+    contraction. Checked on x[:2] against reverse mode (`ntkit.engine.rows_check.jvp_error`).
     """
-    tangents = {n: torch.zeros(1, *t.shape, dtype=t.dtype, device=t.device) for n, t in fm.theta.items()}
     try:
-        jvp_batch(fm, spec)(tangents, x[:1])
+        err = jvp_error(jvp_batch(fm, spec), fm, x[:2], spec)
     except torch.OutOfMemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - unsupported operators raise various types
         return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+    if err > tolerance(fm.dtype):
+        return (f"its JVPs disagree with reverse mode by {err:.1e} relative: an operator's forward-mode "
+                "derivative or batching rule is wrong")
     return None
 
 
