@@ -21,6 +21,7 @@ from ntkit.engine.call import ForwardADFallbackWarning
 from ntkit.engine.functional import FunctionalModel, VmapFallbackWarning
 from ntkit.engine.outputs import parse_output
 from ntkit.reference import ntk_reference
+from zoo import ZOO, reference
 
 TOL = 1e-10
 
@@ -223,3 +224,28 @@ def test_jvp_error_is_round_off_on_a_plain_model():
     from ntkit.engine.ntk_vector_products import jvp_batch
 
     assert rows_check.jvp_error(jvp_batch(fm, spec), fm, x[:2], spec) < 1e-13
+
+
+@pytest.mark.parametrize("checked", [True, False])
+def test_loop_checks_its_backward_vmapped_over_outputs(monkeypatch, checked):
+    """The per-sample loop (models vmap cannot batch) runs one backward vmapped over the O'
+    outputs; a wrong batching rule there (simulated: the first output's row shifted) is caught
+    on first use, and the loop goes one backward per output."""
+    case = next(c for c in ZOO if c.name == "not-vmappable")
+    x1, _ = case.inputs()
+    model = case.model()
+    grad = torch.autograd.grad
+
+    def skewed(outputs, inputs, grad_outputs=None, **kw):
+        got = grad(outputs, inputs, grad_outputs, **kw)
+        if kw.get("is_grads_batched"):
+            got = tuple(None if g is None else torch.cat([g[:1] + 1.0, g[1:]]) for g in got)
+        return got
+
+    monkeypatch.setattr(torch.autograd, "grad", skewed)
+    if not checked:
+        monkeypatch.setattr("ntkit.engine.functional.rows_error", lambda *a, **k: 0.0)
+    with pytest.warns(VmapFallbackWarning):
+        k = ntkit.ntk(model, x1, method="jacobian")
+    err = _rel(k, reference(case, True, "full"))
+    assert (err < TOL) if checked else (err > 1e-3)

@@ -438,9 +438,14 @@ class FunctionalModel:
                         eye = torch.eye(y.shape[0], dtype=y.dtype, device=y.device)
                         g = torch.autograd.grad(y, list(leaves.values()), eye, retain_graph=True,
                                                 allow_unused=True, is_grads_batched=True)
-                        for n, gi in zip(names, g):
-                            out[n].append(gi if gi is not None else torch.zeros(y.shape[0], *leaves[n].shape,
-                                                                                dtype=y.dtype, device=y.device))
+                        g = {n: gi if gi is not None else torch.zeros(y.shape[0], *leaves[n].shape, dtype=y.dtype,
+                                                                     device=y.device) for n, gi in zip(names, g)}
+                        # a batching rule of the backward can be as wrong as the forward's
+                        if batched is None and rows_error(self, names, x[i : i + 1], spec,
+                                                          {n: gi[None] for n, gi in g.items()}) > tolerance(self.dtype):
+                            raise ValueError("the backward vmapped over the outputs disagrees with plain autograd")
+                        for n in names:
+                            out[n].append(g[n])
                         if batched is None and self.sig is not None:
                             self.memo.put(("batched_backward", self.sig), True)
                         continue
