@@ -570,6 +570,14 @@ def _summarize(row: dict) -> None:
     # done by the fourth repeat): what a loop of calls settles at.
     row["regret_settled"] = (statistics.median(warm[-2:]) / best if warm and len(warm) >= 4 and best
                              and agrees("auto-warm") else None)
+    # The noise floor: the fastest method against itself, the median of its 1st, 3rd, 5th calls
+    # over that of its 2nd, 4th: the regret that an `auto` always running the fastest method
+    # would show from this machine's timing noise alone (first calls and repeated calls).
+    def self_ratio(times: list[float] | None) -> float | None:
+        return statistics.median(times[0::2]) / statistics.median(times[1::2]) if times and len(times) >= 2 else None
+    row["noise_warm"] = self_ratio(ms[row["fastest"]].get("times_s")) if row["fastest"] else None
+    ff = row["fastest_first"]
+    row["noise_first"] = self_ratio(ms.get(f"{ff}-cold", {}).get("times_s")) if ff else None
     tut = ms["tutorial"].get("median_s")
     row["auto_vs_tutorial"] = ms["auto"]["median_s"] / tut if tut and "median_s" in ms["auto"] else None
     bad = [f"{c} {ms[c]['rel_err_vs_jacobian']:.1e}" for c in COLUMNS
@@ -605,7 +613,9 @@ def summary(rows: list[dict]) -> str:
             f"slowest repeated call (one that tries a close method): {stat('regret_trying')}; the last two "
             f"repeated calls (after the trying): {stat('regret_settled')}. "
             f"auto's first call against the fastest method's repeated calls: {stat('regret_cold_vs_warm')}. "
-            f"auto / tutorial: {stat('auto_vs_tutorial')}."
+            f"auto / tutorial: {stat('auto_vs_tutorial')}. The noise floor (the fastest method against itself: "
+            f"the median of its 1st, 3rd and 5th calls over that of its 2nd and 4th), first calls: "
+            f"{stat('noise_first')}; repeated calls: {stat('noise_warm')}."
             + (f" auto not timed on: {', '.join(failed)}." if failed else "")
             + (f" auto DISAGREES with jacobian on: {', '.join(wrong)}." if wrong else ""))
 
