@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
+from ntkit._runtime.flops import FlopCount
 from ntkit.engine.cache import Memo, memo_for
 from ntkit.engine.inputs import Batch, input_signature, iter_leaves
 from ntkit.engine.outputs import OutputSpec
@@ -321,15 +322,14 @@ class FunctionalModel:
     # -- profile --------------------------------------------------------------------------------
     def _profiled_call(self, x: torch.Tensor) -> torch.Tensor:
         """The probe forward of `check_inputs` on a few samples x, measuring the profile on the
-        way (forward FLOPs by FlopCounterMode, activation elements by hooks on the leaf modules,
-        both per sample): one forward serves validation and the cost model."""
+        way (forward FLOPs as FlopCounterMode counts them, `ntkit._runtime.flops`; activation
+        elements by hooks on the leaf modules; both per sample): one forward serves validation
+        and the cost model."""
         sizes = _ActivationSizes(self.model)
         try:
-            from torch.utils.flop_counter import FlopCounterMode
-
-            with FlopCounterMode(display=False) as counter:
+            with FlopCount() as counter:
                 out = self.call(self.theta, x, fresh_buffers=True)
-            flops = float(counter.get_total_flops())
+            flops = float(counter.total)
         except Exception:  # noqa: BLE001 - a counting failure is not the model's: run it plainly
             sizes.remove()
             self._profile = None
@@ -353,11 +353,9 @@ class FunctionalModel:
         sizes = _ActivationSizes(self.model)
         flops = 0.0
         try:
-            from torch.utils.flop_counter import FlopCounterMode
-
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            with torch.no_grad(), FlopCount() as counter:
                 self.call(self.theta, x[:1])
-            flops = float(counter.get_total_flops())
+            flops = float(counter.total)
         except Exception:  # noqa: BLE001 - the profile is an estimate; fall back below
             pass
         finally:
