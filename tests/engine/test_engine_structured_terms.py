@@ -151,15 +151,19 @@ def test_planner_counts_each_tile_sample_once_term_by_term():
     assert structured_seconds(tiles, classic, 10**6, 2.0) > structured_seconds(tiles, side, 10**6, 2.0)
 
 
-def test_mirror_in_sub_blocks_is_bitwise_symmetric_and_the_plain_average():
+@pytest.mark.parametrize("shape, cap", [((600, 600), 10_000), ((20, 20, 7, 7), 9 * 49), ((20, 20, 7), 16 * 7)])
+def test_mirror_in_sub_blocks_is_bitwise_symmetric_and_the_plain_average(monkeypatch, shape, cap):
+    """Diagonal blocks are averaged in sub-blocks of at most `cap` entries (rows 100, 3, 4 here:
+    uneven splits), with the numbers of the whole-block average, for every output layout."""
     from ntkit.engine import symmetry
+    from ntkit.engine.symmetry import transpose
 
-    a = torch.randn(600, 600, dtype=torch.float32, generator=torch.Generator().manual_seed(5))
-    want = (a + a.T) / 2
+    monkeypatch.setattr(symmetry, "SYMMETRIZE_ELEMENTS", cap)
+    a = torch.randn(*shape, dtype=torch.float32, generator=torch.Generator().manual_seed(5))
+    want = (a + transpose(a)) / 2
     got = a.clone()
-    mirror(got, [slice(0, 600)])
-    assert symmetry.SYMMETRIZE_ROWS < 600
-    assert torch.equal(got, want) and torch.equal(got, got.T)
+    mirror(got, [slice(0, shape[0])])
+    assert torch.equal(got, want) and torch.equal(got, transpose(got))
 
 
 class _SeqMean(nn.Module):
