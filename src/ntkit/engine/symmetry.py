@@ -46,15 +46,15 @@ def mirror(out: torch.Tensor, blocks: list[slice]) -> None:
 # Entries of the sub-blocks a diagonal block is averaged by (4 MB in float32). The average of a
 # whole block at once took temporaries of its size (72 MB for one 3,000-sample trace block; 151 MB
 # each for 32 samples of a per-pixel `full` kernel, 3 x 8 x 8 = 192 outputs, whatever the memory
-# budget) and ran out of cache: that per-pixel kernel took 234 ms by Jacobian contraction, 110 of
-# them averaging, and takes 144 ms in sub-blocks (structured derivatives 280 -> 184 ms; a
-# per-token full kernel, O = 128, 5-7% faster; trace and diagonal kernels unchanged).
+# budget) and ran out of cache: that whole call takes 0.59x the time by Jacobian contraction and
+# 0.63x by structured derivatives in sub-blocks, a per-token `full` kernel (O = 128) 0.88-0.92x,
+# trace and diagonal kernels the same (benchmarks/symmetrize.py, results/symmetrize.md).
 SYMMETRIZE_ELEMENTS = 1 << 20
 
 
 def _symmetrize(out: torch.Tensor, r: slice) -> None:
     """out[r, r] = (out[r, r] + its transpose) / 2, sub-block by sub-block (the same numbers)."""
-    per_pair = out[0, 0].numel() if out.ndim > 2 else 1  # O'², O' or 1 entries per sample pair
+    per_pair = math.prod(out.shape[2:])  # O'², O' or 1 entries per sample pair
     rows = max(1, math.isqrt(SYMMETRIZE_ELEMENTS // per_pair))
     parts = chunks(r.start, r.stop, rows)
     for i, p in enumerate(parts):
